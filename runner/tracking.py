@@ -1,0 +1,146 @@
+"""MLflow, and only here: where runs are stored, and what each run records.
+
+The store is, in order: the config key `mlflow.tracking_uri`, else `$MLFLOW_TRACKING_URI`, else
+`sqlite:///mlflow.db` in the folder the runner was launched from, with artifacts beside it in
+`mlartifacts/`. Everything goes through an explicit `MlflowClient`, never MLflow's global
+active run, so a run one job left open can never leak into the next job of the same process.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+import traceback
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Mapping, Optional
+from urllib.parse import urlparse
+
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunStatus
+from mlflow.exceptions import MlflowException
+
+from runner.engines import Trajectory
+from runner.schema import ConfigError
+
+DEFAULT_DB = "mlflow.db"
+ARTIFACTS_DIR = "mlartifacts"
+METRICS_PER_BATCH = 1000  # MLflow's limit for one log_batch call
+PARAMS_PER_BATCH = 100
+
+
+def tracking_uri(configured: Optional[str], launch_dir: Path) -> str:
+    """The store's URI, from the config key, the environment, or the default SQLite file.
+
+    >>> tracking_uri(None, Path("/tmp/x")) if "MLFLOW_TRACKING_URI" not in os.environ else ""
+    'sqlite:////tmp/x/mlflow.db'
+    """
+    uri = configured or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{launch_dir / DEFAULT_DB}"
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        # A relative SQLite path means the launch folder, whatever folder a job runs in.
+        uri = f"sqlite:///{(launch_dir / uri[len('sqlite:///'):]).resolve()}"
+    return uri
+
+
+@dataclass(frozen=True)
+class Store:
+    """An MLflow tracking store and the experiment that runs go into."""
+
+    uri: str
+    experiment_name: str
+    experiment_id: str
+    client: MlflowClient
+
+    @contextmanager
+    def run(self, name: str, tags: Mapping[str, str]) -> Iterator[str]:
+        """Create a run and always end it: FINISHED, FAILED (error attached) or KILLED."""
+        run_id = self.client.create_run(self.experiment_id, run_name=name, tags=dict(tags)).info.run_id
+        try:
+            yield run_id
+        except (KeyboardInterrupt, SystemExit):
+            self.client.set_terminated(run_id, RunStatus.to_string(RunStatus.KILLED))
+            raise
+        except Exception as error:
+            self._attach_error(run_id, error)
+            self.client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
+            raise
+        self.client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
+
+    def _attach_error(self, run_id: str, error: BaseException) -> None:
+        message = f"{type(error).__name__}: {error}"
+        self.client.set_tag(run_id, "error", message[:5000])
+        text = "".join(traceback.format_exception(error))
+        self.client.log_text(run_id, text, "error.txt")
+
+    def log_params(self, run_id: str, params: Mapping[str, str]) -> None:
+        items = [Param(key, str(value)) for key, value in params.items()]
+        for start in range(0, len(items), PARAMS_PER_BATCH):
+            self.client.log_batch(run_id, params=items[start : start + PARAMS_PER_BATCH])
+
+    def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
+        for key, value in tags.items():
+            self.client.set_tag(run_id, key, value)
+
+    def log_trajectory(self, run_id: str, trajectory: Trajectory) -> None:
+        """Metrics `x`, `loss`, `grad` at steps 0..epochs, in batches of MLflow's maximum size."""
+        now = int(time.time() * 1000)
+        metrics = [
+            Metric(name, float(value), now, step)
+            for name in ("x", "loss", "grad")
+            for step, value in enumerate(getattr(trajectory, name).tolist())
+        ]
+        for start in range(0, len(metrics), METRICS_PER_BATCH):
+            self.client.log_batch(run_id, metrics=metrics[start : start + METRICS_PER_BATCH])
+
+    def log_artifacts(self, run_id: str, files: list[Path], folders: Mapping[str, Path]) -> None:
+        """Upload `files` to the run's root and each folder under its name in `folders`."""
+        for path in files:
+            if path.exists():
+                self.client.log_artifact(run_id, str(path))
+        for name, folder in folders.items():
+            if folder.is_dir():
+                self.client.log_artifacts(run_id, str(folder), artifact_path=name)
+
+    def describe(self, run_id: str) -> str:
+        """Where a run is, for the terminal: a UI link for a server, the store otherwise."""
+        if urlparse(self.uri).scheme in ("http", "https"):
+            return f"{self.uri.rstrip('/')}/#/experiments/{self.experiment_id}/runs/{run_id}"
+        return (f"run {run_id} in experiment '{self.experiment_name}' (id {self.experiment_id}) "
+                f"of {self.uri}")
+
+
+@functools.lru_cache(maxsize=None)
+def connect(uri: str, experiment_name: str) -> Store:
+    """Open the store (creating or upgrading a SQLite file) and find or create the experiment.
+
+    Cached per process: opening a SQLite store costs 2-3 s, a sweep's later jobs reuse it.
+    """
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name(experiment_name)
+    if experiment is None:
+        try:
+            experiment_id = client.create_experiment(
+                experiment_name, artifact_location=_artifact_location(uri)
+            )
+        except MlflowException as error:  # another process created it first
+            if error.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            experiment_id = client.get_experiment_by_name(experiment_name).experiment_id
+    elif experiment.lifecycle_stage == "deleted":
+        raise ConfigError(
+            f"mlflow.experiment_name={experiment_name} names a deleted experiment in {uri}: "
+            f"restore it (mlflow experiments restore) or choose another name"
+        )
+    else:
+        experiment_id = experiment.experiment_id
+    return Store(uri=uri, experiment_name=experiment_name, experiment_id=experiment_id, client=client)
+
+
+def _artifact_location(uri: str) -> Optional[str]:
+    """For a SQLite store, artifacts go beside the database file (a server decides its own)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    database = Path(uri[len("sqlite:///"):])
+    return (database.parent / ARTIFACTS_DIR).as_uri()

@@ -1,0 +1,123 @@
+"""End to end: `python -m runner ...` in a subprocess, read back from MLflow as a user would."""
+
+from __future__ import annotations
+
+import csv
+import io
+
+import numpy as np
+import pytest
+from conftest import run_cli, runs_of
+from mlflow import MlflowClient
+
+pytestmark = pytest.mark.slow
+
+
+def metric_series(client, run_id, name):
+    history = sorted(client.get_metric_history(run_id, name), key=lambda m: m.step)
+    return [m.step for m in history], np.array([m.value for m in history])
+
+
+def test_a_tf_lr_sweep_typed_as_is(tmp_path, store_uri):
+    result = run_cli("backend=tf", "lr=0.1,0.3", cwd=tmp_path, store_uri=store_uri)
+    assert result.returncode == 0, result.stderr
+
+    runs = runs_of(store_uri)
+    assert [r.data.params["lr"] for r in runs] == ["0.1", "0.3"]
+    client = MlflowClient(store_uri)
+    for run in runs:
+        lr = float(run.data.params["lr"])
+        assert run.info.status == "FINISHED"
+        assert run.info.run_name == f"tf-square-lr{lr:g}"
+        closed = 5.0 * (1 - 2 * lr) ** np.arange(16)
+        for name, expected in (("x", closed), ("loss", closed**2), ("grad", 2 * closed)):
+            steps, values = metric_series(client, run.info.run_id, name)
+            assert steps == list(range(16))
+            np.testing.assert_allclose(values, expected, rtol=1e-5, atol=1e-6)
+        params = run.data.params
+        assert {k: params[k] for k in ("backend", "loss", "epochs", "x_start", "device", "dtype")} == {
+            "backend": "tf", "loss": "square", "epochs": "15", "x_start": "5.0", "device": "cpu",
+            "dtype": "float32"}
+        tags = run.data.tags
+        assert tags["backend"] == "tf" and tags["framework"] == "tensorflow"
+        assert tags["framework_version"].startswith("2.") and tags["device"] == "/CPU:0"
+
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"gradient_descent.png", "trajectory.csv", "runner.log", "hydra"} <= artifacts
+        hydra_files = {a.path for a in client.list_artifacts(run.info.run_id, "hydra")}
+        assert {"hydra/config.yaml", "hydra/overrides.yaml", "hydra/hydra.yaml"} <= hydra_files
+        local = client.download_artifacts(run.info.run_id, "trajectory.csv", str(tmp_path / run.info.run_id))
+        rows = list(csv.DictReader(io.StringIO(open(local).read())))
+        assert len(rows) == 16 and float(rows[1]["x"]) == pytest.approx(5.0 * (1 - 2 * lr))
+        png = client.download_artifacts(run.info.run_id, "gradient_descent.png", str(tmp_path / run.info.run_id))
+        assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    # Artifacts of a SQLite store sit beside it, not in ./mlruns of wherever the runner ran.
+    assert not (tmp_path / "mlruns").exists()
+
+    # The terminal shows the article's line and where each run is.
+    assert "[tf lr=0.3] [5.   2.   0.8  0.32 0.13 0.05 0.02 0.01 0.   0. " in result.stdout + result.stderr
+    assert f"MLflow: run {runs[1].info.run_id}" in result.stdout + result.stderr
+
+
+def test_three_backends_agree(tmp_path, store_uri):
+    result = run_cli("backend=numpy,tf,torch", cwd=tmp_path, store_uri=store_uri)
+    assert result.returncode == 0, result.stderr
+    runs = runs_of(store_uri)
+    assert sorted(r.data.tags["backend"] for r in runs) == ["numpy", "tf", "torch"]
+    assert all(r.info.status == "FINISHED" for r in runs)
+    client = MlflowClient(store_uri)
+    xs = [metric_series(client, r.info.run_id, "x")[1] for r in runs]
+    for other in xs[1:]:
+        np.testing.assert_allclose(other, xs[0], rtol=1e-6, atol=1e-7)
+    output = result.stdout + result.stderr
+    for backend in ("numpy", "tf", "torch"):
+        assert f"[{backend} lr=0.3] [5.   2.   0.8  0.32 0.13 0.05 0.02 0.01 0. " in output
+
+
+def test_a_numpy_run_imports_no_other_framework(tmp_path, store_uri):
+    result = run_cli("epochs=3", cwd=tmp_path, store_uri=store_uri, python_flags=("-X", "importtime"))
+    assert result.returncode == 0, result.stderr
+    imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines()
+                if line.startswith("import time:")}
+    assert "numpy" in imported and "mlflow" in imported
+    assert not {m for m in imported if m.split(".")[0] in ("tensorflow", "torch", "jax", "keras")}
+
+
+@pytest.mark.parametrize("args, message", [
+    (["lr=-0.1"], "lr=-0.1 is not allowed: lr must be a finite number > 0"),
+    (["lr=abc"], "Value 'abc' of type 'str' could not be converted to Float"),
+    (["device=cuda"], "device=cuda: backend=numpy computes on the CPU only"),
+    (["backend=jax"], "Could not find 'backend/jax'"),
+    (["backend=numpy", "lr=0.1,-0.1"], "lr=-0.1 is not allowed"),
+])
+def test_bad_input_is_one_clear_message_and_records_nothing(tmp_path, store_uri, args, message):
+    result = run_cli(*args, cwd=tmp_path, store_uri=store_uri)
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    bad_runs = [r for r in runs_of(store_uri) if r.data.params.get("lr") in ("-0.1", None)]
+    assert bad_runs == [] and all(r.info.status == "FINISHED" for r in runs_of(store_uri))
+
+
+def test_store_and_experiment_from_config_keys(tmp_path, store_uri):
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    result = run_cli("epochs=2", f"mlflow.tracking_uri={other}", "mlflow.experiment_name=article",
+                     cwd=tmp_path, store_uri=store_uri)
+    assert result.returncode == 0, result.stderr
+    assert runs_of(store_uri, "article") == [] and len(runs_of(other, "article")) == 1
+    assert (tmp_path / "mlartifacts").is_dir()  # beside other.db
+
+
+def test_default_store_is_sqlite_in_the_launch_folder(tmp_path):
+    result = run_cli("epochs=2", cwd=tmp_path, env={"MLFLOW_TRACKING_URI": ""})
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "mlflow.db").is_file() and (tmp_path / "mlartifacts").is_dir()
+    runs = runs_of(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+
+
+def test_show_config_runs_nothing(tmp_path, store_uri):
+    result = run_cli("--cfg", "job", "backend=tf", cwd=tmp_path, store_uri=store_uri)
+    assert result.returncode == 0, result.stderr
+    assert "name: tf" in result.stdout and "lr: 0.3" in result.stdout
+    assert runs_of(store_uri) == [] and not (tmp_path / "outputs").exists()

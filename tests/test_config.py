@@ -1,0 +1,118 @@
+"""Config composition as Hydra does it, the schema's errors, and sweep detection."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from conftest import BACKENDS
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
+
+from runner.__main__ import hydra_argv
+from runner.app import CONF_DIR, flat_params
+from runner.schema import ConfigError, check_ranges
+
+
+def composed(*overrides: str):
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+def test_defaults_are_the_article():
+    cfg = composed()
+    assert (cfg.backend.name, cfg.loss.name, cfg.x_start, cfg.epochs, cfg.lr) == ("numpy", "square", 5.0, 15, 0.3)
+    assert (cfg.device.value, cfg.dtype.value) == ("cpu", "float32")
+    assert cfg.mlflow.experiment_name == "runner" and cfg.mlflow.tracking_uri is None
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_every_backend_composes(backend):
+    assert composed(f"backend={backend}").backend.name == backend
+
+
+def test_overrides_are_typed():
+    cfg = composed("lr=1", "epochs=3", "x_start=-2", "device=auto", "dtype=float64")
+    assert isinstance(cfg.lr, float) and cfg.lr == 1.0
+    assert (cfg.epochs, cfg.x_start, cfg.device.value, cfg.dtype.value) == (3, -2.0, "auto", "float64")
+
+
+@pytest.mark.parametrize("override, message", [
+    ("lr=abc", "Value 'abc' of type 'str' could not be converted to Float"),
+    ("epochs=1.5", "Value '1.5' of type 'float' could not be converted to Integer"),
+    ("lrr=0.1", "Could not override 'lrr'"),
+    ("backend=jax", "Could not find 'backend/jax'"),
+    ("loss=nope", "Could not find 'loss/nope'"),
+    ("device=gpu", "Invalid value 'gpu', expected one of [cpu, cuda, auto]"),
+    ("dtype=float16", "Invalid value 'float16', expected one of [float32, float64]"),
+])
+def test_schema_errors_fail_at_composition(override, message):
+    with pytest.raises(ConfigCompositionException) as error:
+        composed(override)
+    assert message in f"{error.value} {error.value.__cause__}"
+
+
+def test_a_misspelt_key_in_a_loss_file_fails(tmp_path):
+    (tmp_path / "loss").mkdir()
+    (tmp_path / "loss" / "typo.yaml").write_text("name: typo\nvalue: x**2\ngrad: 2*x\nminimizer: 0\n")
+    with pytest.raises(ConfigCompositionException) as error:
+        composed("loss=typo", f"hydra.searchpath=[file://{tmp_path}]")
+    assert "Key 'minimizer' not in 'LossConfig'" in f"{error.value} {error.value.__cause__}"
+
+
+def test_bad_choice_lists_the_options():
+    with pytest.raises(ConfigCompositionException) as error:
+        composed("backend=jax")
+    assert "Available options in 'backend'" in str(error.value)
+    assert all(backend in str(error.value) for backend in BACKENDS)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("epochs=-1", "epochs=-1 is not allowed: epochs must be an integer >= 0"),
+    ("lr=0", "lr=0.0 is not allowed: lr must be a finite number > 0"),
+    ("lr=-0.1", "lr=-0.1 is not allowed: lr must be a finite number > 0"),
+    ("lr=inf", "lr=inf is not allowed"),
+    ("x_start=nan", "x_start=nan is not allowed: x_start must be a finite number"),
+    ("x_start=-inf", "x_start=-inf is not allowed"),
+])
+def test_ranges_are_checked_after_composition(override, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        check_ranges(composed(override))
+
+
+def test_ranges_accept_the_edges():
+    check_ranges(composed("epochs=0", "lr=1e-9", "x_start=0"))
+
+
+def test_params_are_the_flat_resolved_config():
+    params = flat_params(composed("backend=tf", "lr=0.1"))
+    assert params["backend"] == "tf" and params["loss"] == "square"
+    assert params["lr"] == 0.1 and params["epochs"] == 15 and params["x_start"] == 5.0
+    assert params["device"] == "cpu" and params["dtype"] == "float32"
+    assert params["loss.value"] == "x**2" and params["loss.grad"] == "2*x"
+    assert not any(key.startswith("mlflow") for key in params)
+
+
+@pytest.mark.parametrize("argv, multirun", [
+    (["backend=tf", "lr=0.1,0.3"], True),
+    (["backend=numpy,tf,torch"], True),
+    (["lr=range(0.1,0.5,0.1)"], True),
+    (["lr=choice(0.1,0.3)"], True),
+    (["backend=glob(*)"], True),
+    (["lr=interval(0,1)"], True),
+    (["backend=tf", "lr=0.3"], False),
+    (["loss.value='x**2 + 1'"], False),
+    (["loss.value='max(x, 1)'"], False),   # a quoted comma is a value, not a sweep
+    ([], False),
+])
+def test_sweep_syntax_becomes_a_multirun(argv, multirun):
+    assert hydra_argv(argv) == (["--multirun", *argv] if multirun else argv)
+
+
+@pytest.mark.parametrize("argv", [
+    ["-m", "lr=0.1,0.3"], ["--multirun", "lr=0.1,0.3"], ["--cfg", "job", "lr=0.1,0.3"],
+    ["--help"], ["--info", "defaults"], ["--run", "lr=0.1,0.3"], ["lr=0.1,"],
+])
+def test_explicit_modes_and_bad_syntax_are_left_to_hydra(argv):
+    assert hydra_argv(argv) == argv

@@ -1,0 +1,17 @@
+"""The examples in docstrings are run, so they stay true."""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+
+import pytest
+
+MODULES = ["runner.schema", "runner.losses", "runner.engines", "runner.engines.numpy",
+           "runner.app", "runner.__main__", "runner.tracking"]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_docstring_examples(name):
+    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0

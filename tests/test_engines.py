@@ -1,0 +1,80 @@
+"""Every engine against the closed form, the article, and each other."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+from conftest import backend_params
+
+from runner import engines
+from runner.losses import Loss, parse_expression
+from runner.schema import ConfigError
+
+SQUARE = Loss("square", parse_expression("loss.value", "x**2"), parse_expression("loss.grad", "2*x"))
+ARTICLE = "[5.   2.   0.8  0.32 0.13 0.05 0.02 0.01 0.   0.   0.   0.   0.   0.   0.   0.  ]"
+TOLERANCE = {"float32": dict(rtol=1e-5, atol=1e-6), "float64": dict(rtol=1e-12, atol=1e-12)}
+
+
+def descend(backend, lr=0.3, epochs=15, dtype="float32", x_start=5.0, loss=SQUARE):
+    engine = engines.load(backend)
+    return engine.descend(loss, x_start, epochs, lr, dtype, engine.resolve_device("cpu"))
+
+
+@pytest.mark.parametrize("backend", backend_params())
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("lr", [0.1, 0.3, 0.5, 0.75])
+def test_trajectory_is_the_closed_form(backend, dtype, lr):
+    trajectory = descend(backend, lr=lr, dtype=dtype)
+    closed = 5.0 * (1 - 2 * lr) ** np.arange(16)
+    assert trajectory.x.dtype == np.dtype(dtype)
+    assert trajectory.x.shape == trajectory.loss.shape == trajectory.grad.shape == (16,)
+    np.testing.assert_allclose(trajectory.x, closed, **TOLERANCE[dtype])
+    np.testing.assert_allclose(trajectory.loss, closed**2, **TOLERANCE[dtype])
+    np.testing.assert_allclose(trajectory.grad, 2 * closed, **TOLERANCE[dtype])
+
+
+@pytest.mark.parametrize("backend", backend_params())
+def test_reproduces_the_article(backend):
+    printed = np.array2string(np.around(descend(backend).x, 2), max_line_width=200)
+    assert printed == ARTICLE
+
+
+@pytest.mark.parametrize("backend", backend_params())
+def test_agrees_with_numpy_on_a_loss_with_functions(backend):
+    loss = Loss("wavy", parse_expression("loss.value", "x**2 + sin(3*x) + exp(-x)"),
+                parse_expression("loss.grad", "2*x + 3*cos(3*x) - exp(-x)"))
+    expected = descend("numpy", lr=0.05, epochs=40, dtype="float64", loss=loss)
+    actual = descend(backend, lr=0.05, epochs=40, dtype="float64", loss=loss)
+    np.testing.assert_allclose(actual.x, expected.x, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(actual.grad, expected.grad, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", backend_params())
+def test_zero_epochs_records_the_start(backend):
+    trajectory = descend(backend, epochs=0)
+    assert trajectory.x.tolist() == [5.0] and trajectory.grad.tolist() == [10.0]
+
+
+@pytest.mark.parametrize("backend", backend_params())
+def test_cpu_and_auto_without_gpu(backend):
+    engine = engines.load(backend)
+    cpu = engine.resolve_device("cpu")
+    assert "cpu" in cpu.lower()
+    assert "cpu" in descend(backend).device.lower()
+    if engine.resolve_device("auto") == cpu:  # no GPU here: asking for one is an error
+        with pytest.raises(ConfigError, match=f"device=cuda: backend={backend}"):
+            engine.resolve_device("cuda")
+
+
+def test_unknown_backend_is_a_config_error():
+    with pytest.raises(ConfigError, match="backend=nope: there is no engine module"):
+        engines.load("nope")
+
+
+def test_missing_framework_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", None)  # what `import torch` finds when it is absent
+    monkeypatch.delitem(sys.modules, "runner.engines.torch", raising=False)
+    with pytest.raises(ConfigError, match=r"backend=torch needs the Python package 'torch'.*pip install torch==2.13.0"):
+        engines.load("torch")

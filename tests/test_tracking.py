@@ -1,0 +1,58 @@
+"""The run lifecycle: every run ends FINISHED, FAILED with its error, or KILLED."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from runner import tracking
+from runner.engines import Trajectory
+
+
+@pytest.fixture
+def store(store_uri):
+    return tracking.connect(store_uri, "lifecycle")
+
+
+def status(store, run_id):
+    return store.client.get_run(run_id).info.status
+
+
+def test_a_run_that_ends_normally_is_finished(store):
+    with store.run("ok", tags={"backend": "numpy"}) as run_id:
+        store.log_trajectory(run_id, Trajectory(np.arange(2500.0), np.zeros(2500), np.ones(2500), "cpu"))
+    assert status(store, run_id) == "FINISHED"
+    history = store.client.get_metric_history(run_id, "x")
+    assert sorted(m.step for m in history) == list(range(2500))  # 7500 values, several batches
+
+
+def test_an_error_fails_the_run_and_attaches_the_error(store):
+    with pytest.raises(ZeroDivisionError):
+        with store.run("boom", tags={}) as run_id:
+            1 / 0
+    run = store.client.get_run(run_id)
+    assert run.info.status == "FAILED"
+    assert run.data.tags["error"] == "ZeroDivisionError: division by zero"
+    assert [a.path for a in store.client.list_artifacts(run_id)] == ["error.txt"]
+
+
+@pytest.mark.parametrize("interrupt", [KeyboardInterrupt, SystemExit])
+def test_an_interrupt_kills_the_run(store, interrupt):
+    with pytest.raises(interrupt):
+        with store.run("stopped", tags={}) as run_id:
+            raise interrupt()
+    assert status(store, run_id) == "KILLED"
+
+
+def test_nan_is_kept_and_inf_is_clamped(store):
+    with store.run("nan", tags={}) as run_id:
+        store.log_trajectory(run_id, Trajectory(np.array([1.0, np.nan]), np.array([1.0, np.inf]),
+                                                np.array([1.0, -np.inf]), "cpu"))
+    x = {m.step: m.value for m in store.client.get_metric_history(run_id, "x")}
+    loss = {m.step: m.value for m in store.client.get_metric_history(run_id, "loss")}
+    assert np.isnan(x[1]) and loss[1] > 1e308
+
+
+def test_a_relative_sqlite_uri_means_the_launch_folder(tmp_path):
+    assert tracking.tracking_uri("sqlite:///db/m.db", tmp_path) == f"sqlite:///{tmp_path}/db/m.db"
+    assert tracking.tracking_uri("http://127.0.0.1:5000", tmp_path) == "http://127.0.0.1:5000"
