@@ -38,9 +38,20 @@ def hydra_argv(argv: list[str]) -> list[str]:
 
 def main() -> None:
     sys.argv = [sys.argv[0], *hydra_argv(sys.argv[1:])]
+    from runner import sweep
     from runner.app import main as app
 
-    app()
+    interrupted = False
+    try:
+        app()
+    except KeyboardInterrupt:
+        interrupted = True
+        raise
+    finally:
+        # Here, not in a Hydra callback: Hydra skips on_multirun_end when a job failed.
+        sweeps_ok = sweep.finish(interrupted)
+    if not sweeps_ok:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """One job: composed config -> engine -> trajectory -> MLflow run and files.
 
 `main` is the Hydra task function; `run_job` does the work on a composed config and returns the
-final loss, the value a Hydra sweeper would minimise.
+final loss, the value a Hydra sweeper minimises.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,9 @@ import numpy as np
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from runner import engines, losses, plots, schema
+from runner import engines, losses, outcomes, plots, schema
+from runner.optimizers import Optimizer
+from runner.schema import ConfigError
 
 log = logging.getLogger("runner")
 
@@ -26,35 +29,56 @@ CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 
 def run_job(cfg: DictConfig) -> float:
-    """Run gradient descent as `cfg` says and record it as one MLflow run."""
+    """Run gradient descent as `cfg` says and record it as one MLflow run; return the final loss."""
     # Everything that can reject the input happens before the store is touched.
-    schema.check_ranges(cfg)
-    loss = losses.from_config(cfg.loss)
-    backend = cfg.backend.name
-    engine = engines.load(backend)
-    device = engine.resolve_device(cfg.device.value)
+    problem, engine = build_problem(cfg)
 
-    from runner import tracking  # imported here: `--cfg` and `--help` need no MLflow
+    from runner import sweep, tracking  # imported here: `--cfg` and `--help` need no MLflow
 
     hydra_cfg = HydraConfig.get()
     out_dir = Path(hydra_cfg.runtime.output_dir)
     uri = tracking.tracking_uri(cfg.mlflow.tracking_uri, Path(hydra_cfg.runtime.cwd))
     store = tracking.connect(uri, cfg.mlflow.experiment_name)
+    backend = cfg.backend.name
     tags = {"backend": backend, "framework": engine.FRAMEWORK, "framework_version": engine.VERSION,
-            "device": device, "loss": loss.name}
+            "device": problem.device, "loss": problem.loss.name, "optimizer": problem.optimizer.name}
+    if problem.loss.curvature is not None:
+        tags["loss_curvature"] = problem.loss.curvature
+    parent = sweep.parent_run_id(hydra_cfg)
+    if parent:
+        tags["mlflow.parentRunId"] = parent
     with store.run(name=run_name(cfg), tags=tags) as run_id:
         store.log_params(run_id, flat_params(cfg))
-        trajectory = engine.descend(loss, cfg.x_start, cfg.epochs, cfg.lr, cfg.dtype.value, device)
-        store.set_tags(run_id, {"device": trajectory.device})
+        started = time.perf_counter()
+        trajectory = engine.descend(problem)
+        wall_time = time.perf_counter() - started
+        outcome = outcomes.classify(trajectory, cfg.stop.tolerance, cfg.stop.diverge_above)
         store.log_trajectory(run_id, trajectory)
+        summary = {"final_loss": trajectory.loss[-1], "final_grad_norm": trajectory.grad_norm[-1],
+                   "epochs_run": len(trajectory.x) - 1, "wall_time_s": wall_time}
+        if outcome.steps_to_tolerance is not None:
+            summary["steps_to_tolerance"] = outcome.steps_to_tolerance
+        store.log_metrics(run_id, summary)
+        store.set_tags(run_id, {"device": trajectory.device, "outcome": outcome.label})
 
         csv_path = write_csv(out_dir / "trajectory.csv", trajectory)
         png_path = out_dir / "gradient_descent.png"
-        plots.article_figure(loss.value.bind(engines.load("numpy").OPS), trajectory).savefig(png_path)
+        figure = plots.article_figure(problem.loss.objective(engines.load("numpy").OPS, ()), trajectory) \
+            if trajectory.x.ndim == 1 else plots.path_figure(trajectory)
+        figure.savefig(png_path)
 
-        rounded = np.array2string(np.around(trajectory.x, 2), max_line_width=sys.maxsize)
-        log.info("[%s lr=%s] %s", backend, cfg.lr, rounded)
-        log.info("[%s lr=%s] MLflow: %s", backend, cfg.lr, store.describe(run_id))
+        label = f"[{backend} {problem.optimizer.name} lr={cfg.lr}]"
+        if trajectory.x.ndim == 1:
+            # The article's line; a long run shows its first and last 8 epochs.
+            rounded = np.array2string(np.around(trajectory.x, 2), max_line_width=sys.maxsize,
+                                      threshold=20, edgeitems=8)
+            log.info("%s %s", label, rounded)
+        else:
+            log.info("%s x: %s -> %s", label, problem.x_start.tolist(), np.around(trajectory.x[-1], 4).tolist())
+        steps = "" if outcome.steps_to_tolerance is None else f" (within tolerance at epoch {outcome.steps_to_tolerance})"
+        log.info("%s %s after %d epochs, final loss %.6g%s", label, outcome.label,
+                 len(trajectory.x) - 1, trajectory.loss[-1], steps)
+        log.info("%s MLflow: %s", label, store.describe(run_id))
         for handler in logging.getLogger().handlers:
             handler.flush()
         store.log_artifacts(
@@ -65,9 +89,30 @@ def run_job(cfg: DictConfig) -> float:
     return float(trajectory.loss[-1])
 
 
+def build_problem(cfg: DictConfig) -> tuple[engines.Problem, Any]:
+    """Check `cfg` and turn it into an engine's Problem; every ConfigError is raised here."""
+    schema.check_ranges(cfg)
+    loss = losses.from_config(cfg.loss)
+    start = schema.start_point(cfg.x_start)
+    shape = loss.shape(start)
+    if shape and len(start) not in (1, shape[0]):
+        raise ConfigError(f"x_start={cfg.x_start} is not allowed: loss={loss.name} takes "
+                          f"{shape[0]} coordinates (give {shape[0]} numbers, or one for all)")
+    x_start = np.broadcast_to(np.array(start, dtype=np.float64).reshape(-1 if shape else ()), shape).copy()
+    engine = engines.load(cfg.backend.name)
+    o = cfg.optimizer
+    if o.name not in engine.OPTIMIZERS:
+        raise ConfigError(f"optimizer={o.name}: backend={cfg.backend.name} implements "
+                          f"{', '.join(engine.OPTIMIZERS)}")
+    optimizer = Optimizer(o.name, cfg.lr, o.momentum, o.beta1, o.beta2, o.eps)
+    device = engine.resolve_device(cfg.device.value)
+    return engines.Problem(loss, x_start, cfg.epochs, optimizer, cfg.dtype.value, device,
+                           cfg.stop.diverge_above), engine
+
+
 def run_name(cfg: DictConfig) -> str:
-    """A name that says what the run is, e.g. 'tf-square-lr0.3'."""
-    return f"{cfg.backend.name}-{cfg.loss.name}-lr{cfg.lr:g}"
+    """A name that says what the run is, e.g. 'tf-sgd-square-lr0.3'."""
+    return f"{cfg.backend.name}-{cfg.optimizer.name}-{cfg.loss.name}-lr{cfg.lr:g}"
 
 
 def flat_params(cfg: DictConfig) -> dict[str, Any]:
@@ -87,7 +132,7 @@ def flat_params(cfg: DictConfig) -> dict[str, Any]:
         for key, value in node.items():
             if isinstance(value, dict):
                 walk(f"{prefix}{key}.", value)
-            else:
+            elif value is not None:  # a rule's unused hyperparameters, an unset minimiser
                 params[prefix[:-1] if key == "name" and prefix else f"{prefix}{key}"] = value
 
     walk("", tree)
@@ -95,12 +140,12 @@ def flat_params(cfg: DictConfig) -> dict[str, Any]:
 
 
 def write_csv(path: Path, trajectory: engines.Trajectory) -> Path:
-    """Every epoch of the trajectory, one row per step: step, x, loss, grad."""
+    """Every epoch of the trajectory, one row per step: step, then the series of `columns()`."""
+    columns = trajectory.columns()
     with path.open("w", newline="") as file:
         writer = csv.writer(file)
-        writer.writerow(["step", "x", "loss", "grad"])
-        for step, row in enumerate(zip(trajectory.x.tolist(), trajectory.loss.tolist(),
-                                       trajectory.grad.tolist())):
+        writer.writerow(["step", *columns])
+        for step, row in enumerate(zip(*(series.tolist() for series in columns.values()))):
             writer.writerow([step, *row])
     return path
 

@@ -31,3 +31,89 @@ def article_figure(loss_value: Callable[[np.ndarray], np.ndarray], trajectory: T
     axes.set_xlabel("X")
     axes.set_ylabel("loss function")
     return figure
+
+
+def path_figure(trajectory: Trajectory) -> Figure:
+    """A vector parameter's run: the loss against the epoch, and the path of its first two coordinates."""
+    figure = Figure(figsize=(10, 4.5))
+    loss_axes, path_axes = figure.subplots(1, 2)
+    loss_axes.plot(_on_scale(loss_axes, [trajectory.loss])[0], color="tab:blue")
+    loss_axes.set_xlabel("epoch")
+    loss_axes.set_ylabel("loss function")
+    x = trajectory.x.reshape(len(trajectory.x), -1)
+    if x.shape[1] >= 2:
+        path_axes.plot(x[:, 0], x[:, 1], color="red", marker="o", markersize=2)
+        path_axes.set_xlabel("x[0]")
+        path_axes.set_ylabel("x[1]")
+    figure.suptitle("gradient descent")
+    return figure
+
+
+def trajectories_figure(series: list[tuple[str, str, np.ndarray]]) -> Figure:
+    """Every job's loss against the epoch (symmetric log scale), one panel per backend.
+
+    `series` holds (backend, label, losses) per job.
+    """
+    backends = sorted({backend for backend, _, _ in series})
+    figure = Figure(figsize=(5 * max(1, len(backends)), 4.5), layout="constrained")
+    panels = np.atleast_1d(figure.subplots(1, max(1, len(backends)), sharey=True))
+    for axes, backend in zip(panels, backends):
+        mine = [(label, losses) for b, label, losses in series if b == backend]
+        shown = _on_scale(axes, [losses for _, losses in mine])
+        for (label, _), losses, colour in zip(mine, shown, _colours(len(mine))):
+            axes.plot(np.arange(len(losses)), losses, label=label, color=colour, linewidth=1)
+        axes.set_title(f"backend={backend}")
+        axes.set_xlabel("epoch")
+        axes.legend(fontsize="x-small", ncol=2)
+    panels[0].set_ylabel(f"loss (0 drawn at {LOG_FLOOR:g})")
+    return figure
+
+
+def final_loss_figure(points: list[tuple[str, float, float, bool]], stability_bound: float | None) -> Figure:
+    """The final loss against lr, one line per (backend, optimizer); diverged runs marked x.
+
+    `points` holds (series label, lr, final loss, diverged) per job. `stability_bound` is
+    lr = 2/L for plain gradient descent on a loss of curvature L, where known.
+    """
+    figure = Figure(figsize=(7, 4.8), layout="constrained")
+    axes = figure.subplots()
+    labels = sorted({label for label, _, _, _ in points})
+    # Backends that agree draw on top of each other: distinct dashes and marker sizes keep each visible.
+    styles = [("-", 9), ("--", 6), (":", 4), ("-.", 3)]
+    for i, (label, colour) in enumerate(zip(labels, _colours(len(labels)))):
+        mine = sorted((lr, loss, diverged) for l, lr, loss, diverged in points if l == label)
+        lrs = np.array([p[0] for p in mine])
+        (finals,) = _on_scale(axes, [np.array([p[1] for p in mine])])
+        diverged = np.array([p[2] for p in mine], dtype=bool)
+        dashes, size = styles[i % len(styles)]
+        axes.plot(lrs, finals, color=colour, marker="o", markersize=size, linestyle=dashes, label=label)
+        axes.scatter(lrs[diverged], finals[diverged], color=colour, marker="x", s=90, zorder=3)
+    if stability_bound is not None:
+        axes.axvline(stability_bound, color="grey", linestyle="--", label=f"lr = 2/L = {stability_bound:g}")
+    axes.set_xlabel("lr")
+    axes.set_ylabel(f"final loss (x: diverged; 0 drawn at {LOG_FLOOR:g})")
+    axes.set_title("final loss against learning rate")
+    axes.legend(fontsize="small")
+    return figure
+
+
+LOG_FLOOR = 1e-30  # losses below it (down to an exact 0) are drawn at it on a log scale
+
+
+def _on_scale(axes, series: list[np.ndarray]) -> list[np.ndarray]:
+    """Set a log y scale for non-negative series (returned clipped at LOG_FLOOR), symlog otherwise.
+
+    Non-finite values become NaN: they leave a gap instead of breaking the scale.
+    """
+    values = [np.where(np.isfinite(v), v, np.nan) for v in (np.asarray(s, dtype=np.float64) for s in series)]
+    if any(np.nanmin(v, initial=0.0) < 0 for v in values if v.size):
+        axes.set_yscale("symlog", linthresh=1e-8)
+        return values
+    axes.set_yscale("log")
+    return [np.maximum(v, LOG_FLOOR) for v in values]
+
+
+def _colours(n: int) -> list:
+    from matplotlib import colormaps
+
+    return [colormaps["viridis"](i / max(1, n - 1) * 0.9) for i in range(n)] if n > 1 else ["tab:blue"]

@@ -13,11 +13,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Optional
+from typing import Any, Dict, Optional
 
 from hydra.core.config_store import ConfigStore
 from hydra.errors import CompactHydraException
-from omegaconf import MISSING, DictConfig
+from omegaconf import MISSING, DictConfig, ListConfig
 
 
 class ConfigError(CompactHydraException):
@@ -44,13 +44,35 @@ class BackendConfig:
 
 @dataclass
 class LossConfig:
-    """A loss of one parameter `x`, written as expressions (see `runner.losses`)."""
+    """A loss of the parameter `x`, written as expressions (see `runner.losses`)."""
 
     name: str = MISSING
     value: str = MISSING  # e.g. "x**2"
-    grad: str = MISSING  # the hand-written derivative, e.g. "2*x", used by backend=numpy
-    minimiser: Optional[float] = None
-    curvature: Optional[float] = None  # second derivative at the minimiser: stable for lr < 2/L
+    # The hand-written derivative used by backend=numpy: "2*x", or a list with one partial
+    # derivative per coordinate when `dim` is set; null: worked out symbolically.
+    grad: Any = None
+    dim: Optional[int] = None  # a fixed number of coordinates x[0], x[1], ...; null: any shape
+    params: Dict[str, float] = field(default_factory=dict)  # constants the expressions may use
+    minimiser: Any = None  # a number, a list (one per coordinate) or an expression of params
+    curvature: Any = None  # largest 2nd derivative at the minimiser: GD is stable for lr < 2/L
+    expr: Optional[str] = None  # loss=expr: the expression typed on the command line
+
+
+@dataclass
+class OptimizerConfig:
+    """The update rule (see `runner.optimizers`); a rule reads only its own hyperparameters."""
+
+    name: str = MISSING
+    momentum: Optional[float] = None  # momentum, nesterov
+    beta1: Optional[float] = None  # adam
+    beta2: Optional[float] = None  # adam
+    eps: Optional[float] = None  # adam
+
+
+@dataclass
+class StopConfig:
+    tolerance: float = 1e-4  # converged: the gradient's norm is at most this at the last epoch
+    diverge_above: float = 1e6  # diverged: |x| beyond this (or a non-finite value); the run stops
 
 
 @dataclass
@@ -64,11 +86,13 @@ class MlflowConfig:
 class RunnerConfig:
     backend: BackendConfig = MISSING
     loss: LossConfig = MISSING
-    x_start: float = 5.0
+    optimizer: OptimizerConfig = MISSING
+    x_start: Any = 5.0  # a number, or a list: one number per coordinate
     epochs: int = 15
     lr: float = 0.3
     device: Device = Device.cpu
     dtype: DType = DType.float32
+    stop: StopConfig = field(default_factory=StopConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
 
 
@@ -77,16 +101,45 @@ def register() -> None:
 
 
 def check_ranges(cfg: DictConfig) -> None:
-    """Raise ConfigError naming the key and what is allowed, for values no type can exclude.
+    """Raise ConfigError naming the key and what is allowed, for values no type can exclude."""
+    if cfg.epochs < 0:
+        raise ConfigError(f"epochs={cfg.epochs} is not allowed: epochs must be an integer >= 0")
+    _positive("lr", cfg.lr)
+    _positive("stop.tolerance", cfg.stop.tolerance)
+    _positive("stop.diverge_above", cfg.stop.diverge_above)
+    if max(abs(v) for v in start_point(cfg.x_start)) > cfg.stop.diverge_above:
+        raise ConfigError(f"x_start={cfg.x_start} is not allowed: |x_start| must not exceed "
+                          f"stop.diverge_above={cfg.stop.diverge_above}")
+    for key in ("momentum", "beta1", "beta2"):
+        value = cfg.optimizer[key]
+        if value is not None and not 0 <= value < 1:
+            raise ConfigError(f"optimizer.{key}={value} is not allowed: optimizer.{key} must be in [0, 1)")
+    if cfg.optimizer.eps is not None:
+        _positive("optimizer.eps", cfg.optimizer.eps)
 
-    >>> from omegaconf import OmegaConf
-    >>> check_ranges(OmegaConf.create({"x_start": 5.0, "epochs": 15, "lr": -0.1}))
+
+def _positive(key: str, value: float) -> None:
+    """
+    >>> _positive("lr", -0.1)
     Traceback (most recent call last):
     runner.schema.ConfigError: lr=-0.1 is not allowed: lr must be a finite number > 0
     """
-    if cfg.epochs < 0:
-        raise ConfigError(f"epochs={cfg.epochs} is not allowed: epochs must be an integer >= 0")
-    if not (math.isfinite(cfg.lr) and cfg.lr > 0):
-        raise ConfigError(f"lr={cfg.lr} is not allowed: lr must be a finite number > 0")
-    if not math.isfinite(cfg.x_start):
-        raise ConfigError(f"x_start={cfg.x_start} is not allowed: x_start must be a finite number")
+    if not (math.isfinite(value) and value > 0):
+        raise ConfigError(f"{key}={value} is not allowed: {key} must be a finite number > 0")
+
+
+def start_point(x_start: Any) -> list[float]:
+    """x_start as a list of finite numbers (one number for a scalar start), or a ConfigError.
+
+    >>> start_point(5), start_point([1, -2.5])
+    ([5.0], [1.0, -2.5])
+    """
+    values = list(x_start) if isinstance(x_start, (list, tuple, ListConfig)) else [x_start]
+    try:
+        numbers = [float(v) for v in values]
+    except (TypeError, ValueError):
+        numbers = []
+    if not numbers or not all(math.isfinite(v) for v in numbers) or any(isinstance(v, bool) for v in values):
+        raise ConfigError(f"x_start={x_start} is not allowed: x_start must be a finite number "
+                          f"or a list of finite numbers")
+    return numbers

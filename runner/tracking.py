@@ -19,7 +19,7 @@ from typing import Iterator, Mapping, Optional
 from urllib.parse import urlparse
 
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunStatus
+from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 
 from runner.engines import Trajectory
@@ -45,6 +45,18 @@ def tracking_uri(configured: Optional[str], launch_dir: Path) -> str:
 
 
 @dataclass(frozen=True)
+class RunRecord:
+    """What a run recorded, as plain data."""
+
+    run_id: str
+    name: str
+    status: str
+    params: dict[str, str]
+    tags: dict[str, str]
+    metrics: dict[str, float]
+
+
+@dataclass(frozen=True)
 class Store:
     """An MLflow tracking store and the experiment that runs go into."""
 
@@ -56,19 +68,26 @@ class Store:
     @contextmanager
     def run(self, name: str, tags: Mapping[str, str]) -> Iterator[str]:
         """Create a run and always end it: FINISHED, FAILED (error attached) or KILLED."""
-        run_id = self.client.create_run(self.experiment_id, run_name=name, tags=dict(tags)).info.run_id
+        run_id = self.create(name, tags)
         try:
             yield run_id
         except (KeyboardInterrupt, SystemExit):
-            self.client.set_terminated(run_id, RunStatus.to_string(RunStatus.KILLED))
+            self.end(run_id, "KILLED")
             raise
         except Exception as error:
-            self._attach_error(run_id, error)
-            self.client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
+            self.attach_error(run_id, error)
+            self.end(run_id, "FAILED")
             raise
-        self.client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
+        self.end(run_id, "FINISHED")
 
-    def _attach_error(self, run_id: str, error: BaseException) -> None:
+    def create(self, name: str, tags: Mapping[str, str]) -> str:
+        return self.client.create_run(self.experiment_id, run_name=name, tags=dict(tags)).info.run_id
+
+    def end(self, run_id: str, status: str) -> None:
+        """End a run as FINISHED, FAILED or KILLED."""
+        self.client.set_terminated(run_id, RunStatus.to_string(getattr(RunStatus, status)))
+
+    def attach_error(self, run_id: str, error: BaseException) -> None:
         message = f"{type(error).__name__}: {error}"
         self.client.set_tag(run_id, "error", message[:5000])
         text = "".join(traceback.format_exception(error))
@@ -80,17 +99,24 @@ class Store:
             self.client.log_batch(run_id, params=items[start : start + PARAMS_PER_BATCH])
 
     def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
-        for key, value in tags.items():
-            self.client.set_tag(run_id, key, value)
+        self.client.log_batch(run_id, tags=[RunTag(key, str(value)) for key, value in tags.items()])
 
     def log_trajectory(self, run_id: str, trajectory: Trajectory) -> None:
-        """Metrics `x`, `loss`, `grad` at steps 0..epochs, in batches of MLflow's maximum size."""
+        """Every series of `trajectory.columns()` at steps 0.., in batches of MLflow's maximum size."""
         now = int(time.time() * 1000)
         metrics = [
             Metric(name, float(value), now, step)
-            for name in ("x", "loss", "grad")
-            for step, value in enumerate(getattr(trajectory, name).tolist())
+            for name, series in trajectory.columns().items()
+            for step, value in enumerate(series.tolist())
         ]
+        self._log_metrics(run_id, metrics)
+
+    def log_metrics(self, run_id: str, values: Mapping[str, float]) -> None:
+        """Single values (a summary), at step 0."""
+        now = int(time.time() * 1000)
+        self._log_metrics(run_id, [Metric(k, float(v), now, 0) for k, v in values.items()])
+
+    def _log_metrics(self, run_id: str, metrics: list[Metric]) -> None:
         for start in range(0, len(metrics), METRICS_PER_BATCH):
             self.client.log_batch(run_id, metrics=metrics[start : start + METRICS_PER_BATCH])
 
@@ -102,6 +128,22 @@ class Store:
         for name, folder in folders.items():
             if folder.is_dir():
                 self.client.log_artifacts(run_id, str(folder), artifact_path=name)
+
+    def children(self, parent_id: str) -> list[RunRecord]:
+        """The runs of a sweep: those tagged with `parent_id` as their parent, oldest first."""
+        runs = self.client.search_runs(
+            [self.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'",
+            order_by=["attributes.start_time ASC"], max_results=50000,
+        )
+        return [RunRecord(run.info.run_id, run.info.run_name, run.info.status, dict(run.data.params),
+                          dict(run.data.tags), dict(run.data.metrics)) for run in runs]
+
+    def download(self, run_id: str, artifact: str, folder: Path) -> Optional[Path]:
+        """A run's artifact as a local file, or None when the run has no such artifact."""
+        try:
+            return Path(self.client.download_artifacts(run_id, artifact, str(folder)))
+        except (MlflowException, OSError):
+            return None
 
     def describe(self, run_id: str) -> str:
         """Where a run is, for the terminal: a UI link for a server, the store otherwise."""

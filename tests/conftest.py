@@ -56,12 +56,14 @@ def run_cli(*args: str, cwd: Path, store_uri: str | None = None, env: dict | Non
                           env=full_env, capture_output=True, text=True, timeout=600)
 
 
-def runs_of(uri: str, experiment: str = "runner") -> list:
-    """Every run of `experiment` in the store at `uri`, oldest first."""
+def runs_of(uri: str, experiment: str = "runner", sweeps: bool = False) -> list:
+    """The job runs of `experiment` in the store at `uri`, oldest first (with `sweeps`: the
+    sweeps' parent runs instead)."""
     from mlflow import MlflowClient
 
     client = MlflowClient(uri)
     found = client.get_experiment_by_name(experiment)
     if found is None:
         return []
-    return client.search_runs([found.experiment_id], order_by=["attributes.start_time ASC"])
+    runs = client.search_runs([found.experiment_id], order_by=["attributes.start_time ASC"])
+    return [run for run in runs if (run.data.tags.get("kind") == "sweep") == sweeps]

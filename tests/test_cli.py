@@ -28,7 +28,7 @@ def test_a_tf_lr_sweep_typed_as_is(tmp_path, store_uri):
     for run in runs:
         lr = float(run.data.params["lr"])
         assert run.info.status == "FINISHED"
-        assert run.info.run_name == f"tf-square-lr{lr:g}"
+        assert run.info.run_name == f"tf-sgd-square-lr{lr:g}"
         closed = 5.0 * (1 - 2 * lr) ** np.arange(16)
         for name, expected in (("x", closed), ("loss", closed**2), ("grad", 2 * closed)):
             steps, values = metric_series(client, run.info.run_id, name)
@@ -55,7 +55,7 @@ def test_a_tf_lr_sweep_typed_as_is(tmp_path, store_uri):
     assert not (tmp_path / "mlruns").exists()
 
     # The terminal shows the article's line and where each run is.
-    assert "[tf lr=0.3] [5.   2.   0.8  0.32 0.13 0.05 0.02 0.01 0.   0. " in result.stdout + result.stderr
+    assert "[tf sgd lr=0.3] [5.   2.   0.8  0.32 0.13 0.05 0.02 0.01 0.   0. " in result.stdout + result.stderr
     assert f"MLflow: run {runs[1].info.run_id}" in result.stdout + result.stderr
 
 
@@ -71,7 +71,7 @@ def test_three_backends_agree(tmp_path, store_uri):
         np.testing.assert_allclose(other, xs[0], rtol=1e-6, atol=1e-7)
     output = result.stdout + result.stderr
     for backend in ("numpy", "tf", "torch"):
-        assert f"[{backend} lr=0.3] [5.   2.   0.8  0.32 0.13 0.05 0.02 0.01 0. " in output
+        assert f"[{backend} sgd lr=0.3] [5.   2.   0.8  0.32 0.13 0.05 0.02 0.01 0. " in output
 
 
 def test_a_numpy_run_imports_no_other_framework(tmp_path, store_uri):

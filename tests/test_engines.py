@@ -9,17 +9,21 @@ import pytest
 from conftest import backend_params
 
 from runner import engines
+from runner.engines import Problem
 from runner.losses import Loss, parse_expression
+from runner.optimizers import Optimizer
 from runner.schema import ConfigError
 
-SQUARE = Loss("square", parse_expression("loss.value", "x**2"), parse_expression("loss.grad", "2*x"))
+SQUARE = Loss("square", parse_expression("loss.value", "x**2"), (parse_expression("loss.grad", "2*x"),))
 ARTICLE = "[5.   2.   0.8  0.32 0.13 0.05 0.02 0.01 0.   0.   0.   0.   0.   0.   0.   0.  ]"
 TOLERANCE = {"float32": dict(rtol=1e-5, atol=1e-6), "float64": dict(rtol=1e-12, atol=1e-12)}
 
 
-def descend(backend, lr=0.3, epochs=15, dtype="float32", x_start=5.0, loss=SQUARE):
+def descend(backend, lr=0.3, epochs=15, dtype="float32", x_start=5.0, loss=SQUARE, optimizer=None):
     engine = engines.load(backend)
-    return engine.descend(loss, x_start, epochs, lr, dtype, engine.resolve_device("cpu"))
+    optimizer = optimizer or Optimizer("sgd", lr)
+    return engine.descend(Problem(loss, np.array(x_start, dtype=np.float64), epochs, optimizer, dtype,
+                                  engine.resolve_device("cpu")))
 
 
 @pytest.mark.parametrize("backend", backend_params())
@@ -44,7 +48,7 @@ def test_reproduces_the_article(backend):
 @pytest.mark.parametrize("backend", backend_params())
 def test_agrees_with_numpy_on_a_loss_with_functions(backend):
     loss = Loss("wavy", parse_expression("loss.value", "x**2 + sin(3*x) + exp(-x)"),
-                parse_expression("loss.grad", "2*x + 3*cos(3*x) - exp(-x)"))
+                (parse_expression("loss.grad", "2*x + 3*cos(3*x) - exp(-x)"),))
     expected = descend("numpy", lr=0.05, epochs=40, dtype="float64", loss=loss)
     actual = descend(backend, lr=0.05, epochs=40, dtype="float64", loss=loss)
     np.testing.assert_allclose(actual.x, expected.x, rtol=1e-10, atol=1e-12)

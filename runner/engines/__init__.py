@@ -5,10 +5,11 @@ never pays for importing TensorFlow or PyTorch. Each engine module provides:
 
     FRAMEWORK: str                    the framework's distribution name, e.g. "tensorflow"
     VERSION: str                      its version
-    OPS: dict[str, callable]          the framework's sin, cos, exp, ... for loss expressions
+    OPS: dict[str, callable]          the framework's sin, cos, exp, ..., sum for loss expressions
+    OPTIMIZERS: tuple[str, ...]       the update rules it implements (see runner.optimizers)
     resolve_device(requested) -> str  "cpu" | "cuda" | "auto" -> the device to use, or a
                                       ConfigError naming the backend
-    descend(loss, x_start, epochs, lr, dtype, device) -> Trajectory
+    descend(problem: Problem) -> Trajectory
 
 An engine knows nothing of Hydra or MLflow: it takes plain values and returns arrays, so it can
 be tested and benchmarked alone. Adding a backend is one module here plus `conf/backend/NAME.yaml`.
@@ -19,26 +20,81 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 from types import ModuleType
+from typing import Optional
 
 import numpy as np
 
+from runner.losses import Loss
+from runner.optimizers import Optimizer
 from runner.schema import ConfigError
 
 # What to `pip install` when an engine's framework is missing, where the name differs.
 INSTALL_HINT = {"tensorflow": "tensorflow-cpu", "torch": "torch==2.13.0"}
+
+# Engines look for divergence once per this many steps (a check per step would cost a device
+# synchronisation each time); rows past the first diverged one are dropped.
+CHECK_EVERY = 256
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One gradient descent to run, as plain values."""
+
+    loss: Loss
+    x_start: np.ndarray  # float64, the parameter's shape: () for a scalar
+    epochs: int
+    optimizer: Optimizer
+    dtype: str = "float32"
+    device: str = "cpu"
+    diverge_above: float = 1e6  # |x| beyond this counts as diverged, and the run stops
 
 
 @dataclass(frozen=True)
 class Trajectory:
     """Gradient descent as plain data: row k holds x_k, the loss at x_k and the gradient at x_k.
 
-    Row 0 is the starting point, so each array has epochs + 1 rows.
+    Row 0 is the starting point; a run that diverged stops at the first diverged row, so there
+    are at most epochs + 1 rows. `x` and `grad` have the parameter's shape after the row axis.
     """
 
     x: np.ndarray
     loss: np.ndarray
     grad: np.ndarray
     device: str  # where the parameter actually lived, as the framework names it
+
+    @property
+    def grad_norm(self) -> np.ndarray:
+        return np.sqrt(np.sum(np.square(self.grad.reshape(len(self.grad), -1), dtype=np.float64), axis=1))
+
+    def columns(self) -> dict[str, np.ndarray]:
+        """One series per name, as metrics and the CSV name them.
+
+        A scalar parameter gives `x`, `loss`, `grad`; a vector gives `x/0`, `x/1`, ..., `loss`,
+        `grad/0`, `grad/1`, ... and `grad_norm`.
+        """
+        if self.x.ndim == 1:
+            return {"x": self.x, "loss": self.loss, "grad": self.grad}
+        x, grad = self.x.reshape(len(self.x), -1), self.grad.reshape(len(self.grad), -1)
+        return {**{f"x/{i}": x[:, i] for i in range(x.shape[1])}, "loss": self.loss,
+                **{f"grad/{i}": grad[:, i] for i in range(grad.shape[1])}, "grad_norm": self.grad_norm}
+
+
+def first_diverged_row(x: np.ndarray, loss: np.ndarray, bound: float) -> Optional[int]:
+    """The index of the first row with a non-finite value or |x| > bound, or None.
+
+    >>> first_diverged_row(np.array([1.0, -8.0, np.inf]), np.array([1.0, 64.0, np.inf]), 5.0)
+    1
+    """
+    with np.errstate(invalid="ignore"):
+        flat = np.abs(x.reshape(len(x), -1))
+        bad = ~np.isfinite(loss) | ~np.all(flat <= bound, axis=1)  # NaN fails `<=`
+    rows = np.flatnonzero(bad)
+    return int(rows[0]) if rows.size else None
+
+
+def chunks(epochs: int):
+    """Row ranges [start, stop) of at most CHECK_EVERY rows covering rows 0..epochs."""
+    return ((start, min(start + CHECK_EVERY, epochs + 1)) for start in range(0, epochs + 1, CHECK_EVERY))
 
 
 def load(backend: str) -> ModuleType:

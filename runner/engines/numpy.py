@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from runner.engines import Trajectory, no_gpu
-from runner.losses import Loss
+from runner import optimizers
+from runner.engines import Problem, Trajectory, chunks, first_diverged_row, no_gpu
 
 FRAMEWORK = "numpy"
 VERSION = np.__version__
 OPS = {"sin": np.sin, "cos": np.cos, "tanh": np.tanh, "exp": np.exp, "log": np.log,
-       "sqrt": np.sqrt, "abs": np.abs}
+       "sqrt": np.sqrt, "abs": np.abs, "sum": np.sum}
+OPTIMIZERS = tuple(optimizers.RULES)
 
 
 def resolve_device(requested: str) -> str:
@@ -19,20 +20,40 @@ def resolve_device(requested: str) -> str:
     return "cpu"
 
 
-def descend(loss: Loss, x_start: float, epochs: int, lr: float, dtype: str, device: str) -> Trajectory:
-    """Gradient descent with NumPy scalars of `dtype`.
+def descend(problem: Problem) -> Trajectory:
+    """Gradient descent with NumPy values of the problem's dtype.
 
     >>> from runner.losses import Loss, parse_expression as p
-    >>> square = Loss("square", p("loss.value", "x**2"), p("loss.grad", "2*x"))
-    >>> descend(square, 5.0, 2, 0.3, "float64", "cpu").x.tolist()
+    >>> square = Loss("square", p("loss.value", "x**2"), (p("loss.grad", "2*x"),))
+    >>> sgd = optimizers.Optimizer("sgd", lr=0.3)
+    >>> descend(Problem(square, np.array(5.0), 2, sgd, "float64")).x.tolist()
     [5.0, 2.0, 0.8]
     """
-    value, derivative = loss.value.bind(OPS), loss.grad.bind(OPS)
-    scalar = np.dtype(dtype).type
-    x, step = scalar(x_start), scalar(lr)
-    xs, losses, grads = (np.empty(epochs + 1, dtype) for _ in range(3))
-    for k in range(epochs + 1):
-        grad = derivative(x)
-        xs[k], losses[k], grads[k] = x, value(x), grad
-        x = x - step * grad  # the update after the last row is computed and discarded
-    return Trajectory(xs, losses, grads, device="cpu")
+    dtype = np.dtype(problem.dtype)
+    shape = problem.x_start.shape
+    value = problem.loss.objective(OPS, shape)
+    derivative = _derivative(problem, dtype)
+    init, update = optimizers.RULES[problem.optimizer.name](problem.optimizer, dtype.type)
+    x = problem.x_start.astype(dtype)[()]  # [()] makes a 0-d array a scalar: much faster to step
+    state = init(x)
+    xs, grads = np.empty((problem.epochs + 1, *shape), dtype), np.empty((problem.epochs + 1, *shape), dtype)
+    losses = np.empty(problem.epochs + 1, dtype)
+    rows = problem.epochs + 1
+    with np.errstate(all="ignore"):  # a diverging run overflows on purpose; it is detected below
+        for start, stop in chunks(problem.epochs):
+            for k in range(start, stop):
+                grad = derivative(x)
+                xs[k], losses[k], grads[k] = x, value(x), grad
+                x, state = update(grad, state, x)  # the update after the last row is discarded
+            diverged = first_diverged_row(xs[start:stop], losses[start:stop], problem.diverge_above)
+            if diverged is not None:
+                rows = start + diverged + 1
+                break
+    return Trajectory(xs[:rows], losses[:rows], grads[:rows], device="cpu")
+
+
+def _derivative(problem: Problem, dtype: np.dtype):
+    parts = [part.bind(OPS) for part in problem.loss.grad]
+    if problem.loss.dim is None:
+        return parts[0]
+    return lambda x: np.array([part(x) for part in parts], dtype)

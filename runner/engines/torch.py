@@ -1,16 +1,16 @@
-"""The PyTorch engine: the gradient by autograd, on one leaf tensor kept on its device."""
+"""The PyTorch engine: autograd on one leaf tensor kept on its device, stepped by `torch.optim`."""
 
 from __future__ import annotations
 
 import torch
 
-from runner.engines import Trajectory, no_gpu
-from runner.losses import Loss
+from runner.engines import Problem, Trajectory, chunks, first_diverged_row, no_gpu
 
 FRAMEWORK = "torch"
 VERSION = torch.__version__
 OPS = {"sin": torch.sin, "cos": torch.cos, "tanh": torch.tanh, "exp": torch.exp,
-       "log": torch.log, "sqrt": torch.sqrt, "abs": torch.abs}
+       "log": torch.log, "sqrt": torch.sqrt, "abs": torch.abs, "sum": torch.sum}
+OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam")
 
 
 def resolve_device(requested: str) -> str:
@@ -23,20 +23,40 @@ def resolve_device(requested: str) -> str:
     raise no_gpu("torch", requested, "sees no CUDA GPU (torch.cuda.is_available() is False)")
 
 
-def descend(loss: Loss, x_start: float, epochs: int, lr: float, dtype: str, device: str) -> Trajectory:
-    """Gradient descent on one `requires_grad` tensor, updated in place under `no_grad`.
+def _optimizer(problem: Problem, x: torch.Tensor) -> torch.optim.Optimizer:
+    o = problem.optimizer
+    if o.name == "adam":
+        return torch.optim.Adam([x], lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps)
+    return torch.optim.SGD([x], lr=o.lr, momentum=o.momentum or 0.0, nesterov=o.name == "nesterov")
 
-    The rows are written into tensors on the same device and copied to the host once at the
-    end, so a GPU run does not synchronise at every step.
+
+def descend(problem: Problem) -> Trajectory:
+    """Gradient descent on one `requires_grad` tensor.
+
+    Rows are written into tensors on the same device and copied to the host once per chunk of
+    steps (to look for divergence), so a GPU run does not synchronise at every step.
     """
-    value = loss.value.bind(OPS)
-    dt = getattr(torch, dtype)
-    x = torch.tensor(x_start, dtype=dt, device=device, requires_grad=True)
-    xs, losses, grads = (torch.empty(epochs + 1, dtype=dt, device=device) for _ in range(3))
-    for k in range(epochs + 1):
-        y = value(x)
-        (grad,) = torch.autograd.grad(y, x)
-        with torch.no_grad():
-            xs[k], losses[k], grads[k] = x, y, grad
-            x -= lr * grad  # the update after the last row is computed and discarded
-    return Trajectory(xs.cpu().numpy(), losses.cpu().numpy(), grads.cpu().numpy(), device=str(x.device))
+    dt = getattr(torch, problem.dtype)
+    device = problem.device
+    value = problem.loss.objective(OPS, problem.x_start.shape)
+    x = torch.tensor(problem.x_start, dtype=dt, device=device, requires_grad=True)
+    optimizer = _optimizer(problem, x)
+    n = problem.epochs + 1
+    xs, grads = (torch.empty((n, *x.shape), dtype=dt, device=device) for _ in range(2))
+    losses = torch.empty(n, dtype=dt, device=device)
+    rows = n
+    for start, stop in chunks(problem.epochs):
+        for k in range(start, stop):
+            optimizer.zero_grad(set_to_none=True)
+            y = value(x)
+            y.backward()
+            with torch.no_grad():
+                xs[k], losses[k], grads[k] = x, y, x.grad
+            optimizer.step()  # the update after the last row is discarded
+        diverged = first_diverged_row(xs[start:stop].cpu().numpy(), losses[start:stop].cpu().numpy(),
+                                      problem.diverge_above)
+        if diverged is not None:
+            rows = start + diverged + 1
+            break
+    return Trajectory(xs[:rows].cpu().numpy(), losses[:rows].cpu().numpy(), grads[:rows].cpu().numpy(),
+                      device=str(x.device))

@@ -1,0 +1,172 @@
+"""The sweep report, built from what the jobs recorded: their MLflow runs and trajectory CSVs.
+
+One row per job (backend, optimizer, loss, lr, final x, final loss, outcome, steps to
+tolerance, wall time, parity), two figures, and a parity line per backend, all logged to the
+sweep's parent run under `report/` and written into the sweep folder.
+
+Parity is the largest difference between a job's x and that of another backend at the same
+settings, over the epochs both ran, relative to max(1, |x|).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from runner import plots
+from runner.outcomes import DIVERGED
+
+log = logging.getLogger("runner")
+
+COLUMNS = ["backend", "optimizer", "loss", "lr", "final_x", "final_loss", "outcome",
+           "steps_to_tolerance", "wall_time_s", "parity"]
+
+
+@dataclass
+class Job:
+    """One child run and its trajectory (empty when the run failed before recording one)."""
+
+    record: object  # runner.tracking.RunRecord
+    series: dict[str, np.ndarray]
+
+    @property
+    def settings(self) -> tuple:
+        """Everything but the backend: jobs with equal settings must agree."""
+        return tuple(sorted((k, v) for k, v in self.record.params.items() if k != "backend"))
+
+    @property
+    def x(self) -> np.ndarray:
+        names = ["x"] if "x" in self.series else sorted(k for k in self.series if k.startswith("x/"))
+        return np.stack([self.series[n] for n in names], axis=1) if names else np.empty((0, 0))
+
+
+def build(store, parent_id: str, folder: Path) -> bool:
+    """Write, log and print the report of a sweep; True when every job's run FINISHED."""
+    with tempfile.TemporaryDirectory() as tmp:
+        jobs = [Job(record, _read_series(store.download(record.run_id, "trajectory.csv", Path(tmp))))
+                for record in store.children(parent_id)]
+    rows = [_row(job, jobs) for job in jobs]
+    rows.sort(key=lambda r: (r["loss"], r["optimizer"], float(r["lr"] or "nan"), r["backend"]))
+
+    out = folder / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    table_path = out / "runs.csv"
+    with table_path.open("w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=COLUMNS + ["status", "run_id", "error"], extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    figures = _figures(jobs, rows, out)
+    parity = _parity_by_backend(rows)
+    failed = [r for r in rows if r["status"] != "FINISHED"]
+
+    store.log_artifacts(parent_id, files=[], folders={"report": out})
+    store.log_metrics(parent_id, {"jobs": len(rows), "jobs_failed": len(failed),
+                                  **{f"parity/{b}": v for b, v in parity.items() if math.isfinite(v)}})
+    store.set_tags(parent_id, {"jobs": len(rows), "jobs_failed": len(failed)})
+
+    log.info("Sweep report: %d runs, %d failed; table %s, figures %s", len(rows), len(failed),
+             table_path, ", ".join(str(f) for f in figures))
+    log.info("\n%s", format_table(rows))
+    if parity:
+        log.info("Parity (largest relative difference from the other backends): %s",
+                 ", ".join(f"{b} {v:.3g}" for b, v in parity.items()))
+    for row in failed:
+        log.error("Job failed: %s: %s", row["run_name"], row["error"])
+    return not failed
+
+
+def _read_series(path: Optional[Path]) -> dict[str, np.ndarray]:
+    if path is None:
+        return {}
+    with path.open() as file:
+        reader = csv.reader(file)
+        header = next(reader)
+        values = np.array([[float(v) for v in row] for row in reader], dtype=np.float64)
+    return {name: values[:, i] if len(values) else np.empty(0) for i, name in enumerate(header)}
+
+
+def _row(job: Job, jobs: list[Job]) -> dict:
+    r = job.record
+    x = job.x
+    final_x = x[-1].tolist() if len(x) else None
+    return {
+        "backend": r.params.get("backend", ""), "optimizer": r.params.get("optimizer", ""),
+        "loss": r.params.get("loss", ""), "lr": r.params.get("lr", ""),
+        "final_x": "" if final_x is None else (final_x[0] if len(final_x) == 1 else final_x),
+        "final_loss": r.metrics.get("final_loss", ""),
+        "outcome": r.tags.get("outcome", "failed" if r.status == "FAILED" else r.status.lower()),
+        "steps_to_tolerance": _int_or_blank(r.metrics.get("steps_to_tolerance")),
+        "wall_time_s": r.metrics.get("wall_time_s", ""),
+        "parity": _parity(job, jobs),
+        "status": r.status, "run_id": r.run_id, "run_name": r.name,
+        "error": r.tags.get("error", ""), "curvature": r.tags.get("loss_curvature"),
+    }
+
+
+def _int_or_blank(value: Optional[float]) -> object:
+    return "" if value is None else int(value)
+
+
+def _parity(job: Job, jobs: list[Job]) -> float:
+    """The largest relative difference of x from another backend's job at the same settings."""
+    worst = math.nan
+    for other in jobs:
+        if other is job or other.settings != job.settings or not len(other.x) or not len(job.x):
+            continue
+        if other.record.params.get("backend") == job.record.params.get("backend"):
+            continue
+        n = min(len(job.x), len(other.x))
+        a, b = job.x[:n], other.x[:n]
+        both = np.isfinite(a) & np.isfinite(b)
+        if both.any():
+            difference = float(np.max(np.abs(a - b)[both] / np.maximum(1.0, np.abs(b[both]))))
+            worst = difference if math.isnan(worst) else max(worst, difference)
+    return worst
+
+
+def _parity_by_backend(rows: list[dict]) -> dict[str, float]:
+    worst: dict[str, float] = {}
+    for row in rows:
+        if isinstance(row["parity"], float) and not math.isnan(row["parity"]):
+            worst[row["backend"]] = max(worst.get(row["backend"], 0.0), row["parity"])
+    return dict(sorted(worst.items()))
+
+
+def _figures(jobs: list[Job], rows: list[dict], out: Path) -> list[Path]:
+    series = [(j.record.params.get("backend", "?"),
+               f"{j.record.params.get('optimizer', '')} lr={j.record.params.get('lr', '')}",
+               j.series["loss"]) for j in jobs if "loss" in j.series]
+    paths = [out / "trajectories.png", out / "final_loss_vs_lr.png"]
+    plots.trajectories_figure(series).savefig(paths[0])
+    points = [(f"{r['backend']} {r['optimizer']}", float(r["lr"]), float(r["final_loss"]),
+               r["outcome"] == DIVERGED) for r in rows if r["final_loss"] != "" and r["lr"] != ""]
+    curvatures = {r["curvature"] for r in rows}
+    bound = 2.0 / float(curvatures.pop()) if len(curvatures) == 1 and None not in curvatures else None
+    plots.final_loss_figure(points, bound).savefig(paths[1])
+    return paths
+
+
+def format_table(rows: list[dict]) -> str:
+    """The rows as an aligned text table for the terminal."""
+    def cell(value: object) -> str:
+        if isinstance(value, float):
+            return "" if math.isnan(value) else f"{value:.4g}"
+        if isinstance(value, list):
+            return "[" + ", ".join(f"{v:.4g}" for v in value) + "]"
+        return str(value)
+
+    headers = ["backend", "optimizer", "loss", "lr", "final x", "final loss", "outcome", "steps",
+               "wall s", "parity"]
+    cells = [[cell(row[c]) for c in COLUMNS] for row in rows]
+    widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in cells]
+    return "\n".join(lines)
