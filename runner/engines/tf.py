@@ -6,13 +6,24 @@ here); one Variable and one traced loop cost tens of microseconds a step.
 
 from __future__ import annotations
 
+import logging
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TF's C++ info and warnings off the console
 
+import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from runner.engines import Problem, Trajectory, no_gpu  # noqa: E402
+
+class _NoRetracingWarning(logging.Filter):
+    """Each run traces its own loop (about 0.1 s); in a sweep TF would warn about it every job."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "triggered tf.function retracing" not in record.getMessage()
+
+
+tf.get_logger().addFilter(_NoRetracingWarning())
 
 # Jobs sharing a GPU: without memory growth the first TensorFlow process takes it all.
 for _gpu in tf.config.list_physical_devices("GPU"):
@@ -36,23 +47,20 @@ def resolve_device(requested: str) -> str:
 
 
 def _optimizer(problem: Problem, dt: tf.DType) -> tf.keras.optimizers.Optimizer:
-    """The Keras optimizer of the problem, its hyperparameters held in the variable's dtype.
+    """The Keras optimizer of the problem, its hyperparameters kept at full precision.
 
-    Keras turns Python-float hyperparameters into float32 tensors, which would put float32
-    rounding into a float64 run: the learning rate is passed as a callable and the betas and
-    momentum as tensors of `dt` instead.
+    Keras turns Python floats into float32 tensors before casting them to the variable's dtype,
+    which would put float32 rounding into a float64 run. NumPy float64 scalars (floats to the
+    constructors' checks) keep their precision through that cast, and the learning rate, which
+    Keras would store in a float32 variable, is passed as a callable returning a tensor of `dt`.
     """
     o = problem.optimizer
     lr = tf.constant(o.lr, dt)
     if o.name == "adam":
-        return tf.keras.optimizers.Adam(learning_rate=lambda: lr, beta_1=tf.constant(o.beta1, dt),
-                                        beta_2=tf.constant(o.beta2, dt), epsilon=o.eps)
-    if o.name == "sgd":
-        return tf.keras.optimizers.SGD(learning_rate=lambda: lr)
-    optimizer = tf.keras.optimizers.SGD(learning_rate=lambda: lr, momentum=o.momentum,
-                                        nesterov=o.name == "nesterov")
-    optimizer.momentum = tf.constant(o.momentum, dt)  # the constructor accepts only a Python float
-    return optimizer
+        return tf.keras.optimizers.Adam(learning_rate=lambda: lr, beta_1=np.float64(o.beta1),
+                                        beta_2=np.float64(o.beta2), epsilon=np.float64(o.eps))
+    return tf.keras.optimizers.SGD(learning_rate=lambda: lr, momentum=np.float64(o.momentum or 0.0),
+                                   nesterov=o.name == "nesterov")
 
 
 def descend(problem: Problem) -> Trajectory:

@@ -1,0 +1,94 @@
+"""Presets, vector losses, user expressions and the sweep report, run as a user runs them."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+from conftest import run_cli, runs_of
+from mlflow import MlflowClient
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.parametrize("launcher", ["basic", "joblib"])
+def test_lr_sweep_preset_and_its_report(tmp_path, store_uri, launcher):
+    args = ["experiment=lr_sweep"] + (["hydra/launcher=joblib"] if launcher == "joblib" else [])
+    result = run_cli(*args, cwd=tmp_path, store_uri=store_uri)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    client = MlflowClient(store_uri)
+    (parent,) = runs_of(store_uri, "lr_sweep", sweeps=True)
+    children = runs_of(store_uri, "lr_sweep")
+    assert len(children) == 3 * 15
+    for run in children:
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        lr = float(run.data.params["lr"])
+        expected = "diverged" if lr > 1 else "not_converged" if lr == 1 else "converged"
+        assert run.data.tags["outcome"] == expected, (lr, run.data.tags["backend"])
+        epochs_run = int(run.data.metrics["epochs_run"])
+        assert epochs_run == 200 or expected == "diverged" and epochs_run < 200
+        for name in ("x", "loss", "grad"):
+            steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, name))
+            assert steps == list(range(epochs_run + 1))
+
+    assert parent.info.status == "FINISHED" and parent.info.run_name.startswith("sweep-")
+    report = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    assert report == {"report/runs.csv", "report/trajectories.png", "report/final_loss_vs_lr.png"}
+    table = client.download_artifacts(parent.info.run_id, "report/runs.csv", str(tmp_path))
+    rows = list(csv.DictReader(open(table)))
+    assert len(rows) == 45 and {r["backend"] for r in rows} == {"numpy", "tf", "torch"}
+    assert all(float(r["parity"]) < 1e-5 for r in rows)  # float32: the backends agree
+    assert {r["outcome"] for r in rows if float(r["lr"]) > 1} == {"diverged"}
+    assert parent.data.metrics["jobs"] == 45 and parent.data.metrics["jobs_failed"] == 0
+    assert "parity/tf" in parent.data.metrics
+
+    output = result.stdout + result.stderr
+    assert "Sweep report: 45 runs, 0 failed" in output
+    assert "Parity (largest relative difference from the other backends): numpy" in output
+
+
+def test_a_vector_loss_logs_coordinates_and_the_gradient_norm(tmp_path, store_uri):
+    result = run_cli("loss=rosenbrock", "x_start=[-1.5,2]", "lr=0.0005", "epochs=50",
+                     "optimizer=adam", "backend=numpy,torch", cwd=tmp_path, store_uri=store_uri)
+    assert result.returncode == 0, result.stderr[-3000:]
+    client = MlflowClient(store_uri)
+    runs = runs_of(store_uri)
+    histories = []
+    for run in runs:
+        names = set(run.data.metrics)
+        assert {"x/0", "x/1", "loss", "grad/0", "grad/1", "grad_norm"} <= names and "x" not in names
+        histories.append([m.value for m in sorted(client.get_metric_history(run.info.run_id, "x/1"),
+                                                   key=lambda m: m.step)])
+    np.testing.assert_allclose(histories[0], histories[1], rtol=1e-5)
+    assert histories[0][0] == 2.0 and len(histories[0]) == 51
+
+
+def test_a_user_expression_on_every_backend(tmp_path, store_uri):
+    result = run_cli("loss=expr", "loss.expr='x**4 - 3*x**2 + x'", "backend=numpy,tf,torch",
+                     "x_start=2", "lr=0.01", "epochs=300", "dtype=float64", cwd=tmp_path, store_uri=store_uri)
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = runs_of(store_uri)
+    finals = [run.data.metrics["final_loss"] for run in runs]
+    assert len(finals) == 3 and np.ptp(finals) < 1e-10
+    # the minimum of x^4 - 3x^2 + x near x = 1.13 is about -1.07
+    assert finals[0] == pytest.approx(-1.0702, abs=1e-3)
+    assert all(run.data.tags["outcome"] == "converged" for run in runs)
+
+
+def test_a_malformed_expression_is_a_config_error(tmp_path, store_uri):
+    result = run_cli("loss=expr", "loss.expr='x**4 - import(os)'", cwd=tmp_path, store_uri=store_uri)
+    assert result.returncode != 0
+    assert "loss.value='x**4 - import(os)' is not an expression" in result.stderr
+    assert "Traceback" not in result.stderr and runs_of(store_uri) == []
+
+
+def test_a_diverging_job_is_an_ordinary_result(tmp_path, store_uri):
+    result = run_cli("lr=0.3,1.5", "epochs=1000", cwd=tmp_path, store_uri=store_uri)
+    assert result.returncode == 0, result.stderr[-3000:]
+    outcomes = {run.data.params["lr"]: run for run in runs_of(store_uri)}
+    assert outcomes["1.5"].data.tags["outcome"] == "diverged"
+    assert outcomes["1.5"].data.metrics["epochs_run"] == 18 and outcomes["1.5"].info.status == "FINISHED"
+    assert outcomes["0.3"].data.tags["outcome"] == "converged"
