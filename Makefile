@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 .PHONY: run test ui clean
 
 run: $(VENV)/.installed
-	$(BIN)/python -m runner backend=numpy,tf,torch
+	$(BIN)/python -m runner experiment=article
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest
