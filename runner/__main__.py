@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import signal
 import sys
 
 from hydra._internal.utils import get_args_parser
@@ -36,22 +37,24 @@ def hydra_argv(argv: list[str]) -> list[str]:
     return argv
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, unwound like Ctrl-C so that every open MLflow run ends KILLED, not RUNNING."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise Terminated
+
+
 def main() -> None:
     sys.argv = [sys.argv[0], *hydra_argv(sys.argv[1:])]
-    from runner import sweep
     from runner.app import main as app
 
-    interrupted = False
+    signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         app()
-    except KeyboardInterrupt:
-        interrupted = True
-        raise
-    finally:
-        # Here, not in a Hydra callback: Hydra skips on_multirun_end when a job failed.
-        sweeps_ok = sweep.finish(interrupted)
-    if not sweeps_ok:
-        sys.exit(1)
+    except KeyboardInterrupt as stop:
+        print("runner: interrupted; its open MLflow runs were ended as KILLED", file=sys.stderr)
+        sys.exit(143 if isinstance(stop, Terminated) else 130)
 
 
 if __name__ == "__main__":

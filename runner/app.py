@@ -18,7 +18,7 @@ import numpy as np
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from runner import engines, losses, outcomes, plots, schema
+from runner import engines, losses, outcomes, plots, provenance, schema
 from runner.optimizers import Optimizer
 from runner.schema import ConfigError
 
@@ -30,18 +30,27 @@ CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 def run_job(cfg: DictConfig) -> float:
     """Run gradient descent as `cfg` says and record it as one MLflow run; return the final loss."""
-    # Everything that can reject the input happens before the store is touched.
-    problem, engine = build_problem(cfg)
-
     from runner import sweep, tracking  # imported here: `--cfg` and `--help` need no MLflow
 
     hydra_cfg = HydraConfig.get()
-    out_dir = Path(hydra_cfg.runtime.output_dir)
     uri = tracking.tracking_uri(cfg.mlflow.tracking_uri, Path(hydra_cfg.runtime.cwd))
+    tracking.check_reachable(uri)  # an unreachable server is said at once, before any work
+    # Everything that can reject the input happens before the store is touched.
+    problem, engine = build_problem(cfg)
     store = tracking.connect(uri, cfg.mlflow.experiment_name)
+    config_hash = provenance.config_hash(cfg)
+    if cfg.skip_done:
+        done = store.finished_run(config_hash)
+        if done:
+            log.info("[%s] skipped: run %s already has this config (skip_done=true)", run_name(cfg), done)
+            return float(store.record(done).metrics.get("final_loss", float("nan")))
+
+    out_dir = Path(hydra_cfg.runtime.output_dir)
     backend = cfg.backend.name
     tags = {"backend": backend, "framework": engine.FRAMEWORK, "framework_version": engine.VERSION,
-            "device": problem.device, "loss": problem.loss.name, "optimizer": problem.optimizer.name}
+            "device": problem.device, "loss": problem.loss.name, "optimizer": problem.optimizer.name,
+            "config_hash": config_hash, **provenance.code_tags(),
+            **provenance.version_tags("numpy", "hydra-core", "omegaconf", "mlflow", "matplotlib")}
     if problem.loss.curvature is not None:
         tags["loss_curvature"] = problem.loss.curvature
     parent = sweep.parent_run_id(hydra_cfg)
@@ -99,7 +108,7 @@ def build_problem(cfg: DictConfig) -> tuple[engines.Problem, Any]:
         raise ConfigError(f"x_start={cfg.x_start} is not allowed: loss={loss.name} takes "
                           f"{shape[0]} coordinates (give {shape[0]} numbers, or one for all)")
     x_start = np.broadcast_to(np.array(start, dtype=np.float64).reshape(-1 if shape else ()), shape).copy()
-    engine = engines.load(cfg.backend.name)
+    engine = engines.load(cfg.backend.name, cfg.backend.module)
     o = cfg.optimizer
     if o.name not in engine.OPTIMIZERS:
         raise ConfigError(f"optimizer={o.name}: backend={cfg.backend.name} implements "
@@ -107,7 +116,7 @@ def build_problem(cfg: DictConfig) -> tuple[engines.Problem, Any]:
     optimizer = Optimizer(o.name, cfg.lr, o.momentum, o.beta1, o.beta2, o.eps)
     device = engine.resolve_device(cfg.device.value)
     return engines.Problem(loss, x_start, cfg.epochs, optimizer, cfg.dtype.value, device,
-                           cfg.stop.diverge_above), engine
+                           cfg.stop.diverge_above, cfg.seed), engine
 
 
 def run_name(cfg: DictConfig) -> str:

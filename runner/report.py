@@ -16,7 +16,7 @@ import math
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -47,11 +47,15 @@ class Job:
         return np.stack([self.series[n] for n in names], axis=1) if names else np.empty((0, 0))
 
 
-def build(store, parent_id: str, folder: Path) -> bool:
-    """Write, log and print the report of a sweep; True when every job's run FINISHED."""
+def build(store, parent_id: str, folder: Path, reused: Sequence[str] = ()) -> bool:
+    """Write, log and print the report of a sweep; True when every job's run FINISHED.
+
+    `reused` are FINISHED runs of earlier sweeps that stand in for jobs skipped by skip_done.
+    """
+    records = [*(store.record(run_id) for run_id in reused), *store.children(parent_id)]
     with tempfile.TemporaryDirectory() as tmp:
         jobs = [Job(record, _read_series(store.download(record.run_id, "trajectory.csv", Path(tmp))))
-                for record in store.children(parent_id)]
+                for record in records]
     rows = [_row(job, jobs) for job in jobs]
     rows.sort(key=lambda r: (r["loss"], r["optimizer"], float(r["lr"] or "nan"), r["backend"]))
 
@@ -71,8 +75,8 @@ def build(store, parent_id: str, folder: Path) -> bool:
                                   **{f"parity/{b}": v for b, v in parity.items() if math.isfinite(v)}})
     store.set_tags(parent_id, {"jobs": len(rows), "jobs_failed": len(failed)})
 
-    log.info("Sweep report: %d runs, %d failed; table %s, figures %s", len(rows), len(failed),
-             table_path, ", ".join(str(f) for f in figures))
+    log.info("Sweep report: %d runs (%d reused), %d failed; table %s, figures %s", len(rows),
+             len(reused), len(failed), table_path, ", ".join(str(f) for f in figures))
     log.info("\n%s", format_table(rows))
     if parity:
         log.info("Parity (largest relative difference from the other backends): %s",

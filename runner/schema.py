@@ -37,9 +37,10 @@ class DType(Enum):
 
 @dataclass
 class BackendConfig:
-    """Which engine computes the gradient: a module `runner.engines.<name>`."""
+    """Which engine computes the gradient: the module `runner.engines.<name>` unless `module` says."""
 
     name: str = MISSING
+    module: Optional[str] = None
 
 
 @dataclass
@@ -93,6 +94,8 @@ class RunnerConfig:
     device: Device = Device.cpu
     dtype: DType = DType.float32
     stop: StopConfig = field(default_factory=StopConfig)
+    seed: int = 0  # seeds every framework's random generator; recorded with the run
+    skip_done: bool = False  # skip a job whose config already has a FINISHED run in the experiment
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
 
 

@@ -1,24 +1,31 @@
-"""A sweep is a parent MLflow run, one child run per job, and a report at the end.
+"""A sweep: every job checked before any starts, one parent MLflow run, failures collected, a report.
 
-`SweepCallback.on_multirun_start` runs once, in the launching process, before any job: it
-opens the store (so a new SQLite file is created and migrated once, not by parallel workers at
-the same time), creates the parent run, and writes its id into the sweep folder, where every job
-finds it whatever process or machine the launcher runs it in (`parent_run_id`).
+Hydra's sweeper plugin `hydra_plugins/runner_sweeper` (the default `hydra/sweeper=runner`)
+expands the sweep like Hydra's basic sweeper and then calls, in order:
 
-Hydra skips `on_multirun_end` when a job failed, and parallel launchers hand no job results
-back, so the report is not built there: `finish` is called by the entry point after Hydra has
-returned or raised, and builds it from what the jobs recorded in MLflow (`runner.report`).
+1. `check_jobs`: compose every job's config and check it as a job would (`app.build_problem`),
+   so a bad value anywhere in the sweep is one clear error and nothing is recorded;
+2. `parent_run`: open the store once in the launching process (a new SQLite file is created
+   and migrated here, not by parallel workers at the same time), create the parent run and
+   write its id into the sweep folder, where every job finds it whatever process or machine the
+   launcher runs it in (`parent_run_id`); jobs whose config already has a FINISHED run are left
+   out when `skip_done=true`;
+3. the launcher, for the remaining jobs; a failed job does not stop the others;
+4. on the way out of `parent_run`, whatever happened: runs left RUNNING by stopped workers are
+   ended KILLED, the report is built from what the jobs recorded (`runner.report`), and the
+   parent ends FINISHED, FAILED (a job failed) or KILLED (Ctrl-C, SIGTERM).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional, Sequence
 
-from hydra.experimental.callback import Callback
+from hydra.errors import CompactHydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
@@ -27,32 +34,90 @@ log = logging.getLogger("runner")
 PARENT_FILE = "mlflow_parent_run.json"
 
 
+class SweepFailed(CompactHydraException):
+    """Some jobs of a sweep failed; the others ran and were recorded."""
+
+
 @dataclass
 class Sweep:
     store: Any  # runner.tracking.Store
     run_id: str
     folder: Path
+    reused: list[str] = field(default_factory=list)  # FINISHED runs standing in for skipped jobs
 
 
-_started: list[Sweep] = []  # the sweeps this process launched, for `finish`
+def check_jobs(config_loader: Any, sweep_config: DictConfig, jobs: Sequence[Sequence[str]]) -> list[DictConfig]:
+    """Every job's composed config, each checked; a ConfigError names the job and the key."""
+    from runner.app import build_problem
+    from runner.schema import ConfigError
+
+    configs = []
+    for number, overrides in enumerate(jobs):
+        cfg = config_loader.load_sweep_config(sweep_config, list(overrides))
+        try:
+            build_problem(cfg)
+        except ConfigError as error:
+            raise ConfigError(f"job #{number} ({' '.join(overrides)}): {error}") from None
+        configs.append(cfg)
+    return configs
 
 
-class SweepCallback(Callback):
-    """Creates a sweep's parent run before its jobs start."""
+@contextmanager
+def parent_run(sweep_config: DictConfig, job_configs: Sequence[DictConfig]) -> Iterator[tuple[Sweep, list[int]]]:
+    """The sweep's parent run around its jobs; yields it and the indices of the jobs to launch."""
+    from runner import provenance, report, tracking
 
-    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from runner import tracking
+    folder = Path(sweep_config.hydra.sweep.dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    uri = tracking.tracking_uri(sweep_config.mlflow.tracking_uri, Path.cwd())
+    store = tracking.connect(uri, sweep_config.mlflow.experiment_name)
+    sweep = Sweep(store, store.create(f"sweep-{folder.name}", tags={
+        "kind": "sweep", "sweep_dir": str(folder.resolve()),
+        "sweep_overrides": " ".join(sweep_config.hydra.overrides.task), **provenance.code_tags()}), folder)
+    (folder / PARENT_FILE).write_text(json.dumps({"tracking_uri": uri, "run_id": sweep.run_id}))
+    log.info("Sweep: parent MLflow %s", store.describe(sweep.run_id))
 
-        folder = Path(config.hydra.sweep.dir)
-        folder.mkdir(parents=True, exist_ok=True)
-        uri = tracking.tracking_uri(config.mlflow.tracking_uri, Path.cwd())
-        store = tracking.connect(uri, config.mlflow.experiment_name)
-        overrides = " ".join(config.hydra.overrides.task)
-        run_id = store.create(f"sweep-{folder.name}", tags={"sweep_dir": str(folder.resolve()),
-                                                           "sweep_overrides": overrides, "kind": "sweep"})
-        (folder / PARENT_FILE).write_text(json.dumps({"tracking_uri": uri, "run_id": run_id}))
-        _started.append(Sweep(store, run_id, folder))
-        log.info("Sweep: parent MLflow %s", store.describe(run_id))
+    to_launch = []
+    for index, cfg in enumerate(job_configs):
+        done = store.finished_run(provenance.config_hash(cfg)) if cfg.skip_done else None
+        if done:
+            sweep.reused.append(done)
+        else:
+            to_launch.append(index)
+    if sweep.reused:
+        log.info("Sweep: %d of %d jobs already have a FINISHED run (skip_done=true); running %d",
+                 len(sweep.reused), len(job_configs), len(to_launch))
+
+    status = "FAILED"
+    try:
+        yield sweep, to_launch
+        status = "FINISHED"
+    except (KeyboardInterrupt, SystemExit):
+        status = "KILLED"
+        raise
+    finally:
+        try:
+            if status == "KILLED":
+                store.kill_running_children(sweep.run_id)
+            all_finished = report.build(store, sweep.run_id, folder, reused=sweep.reused)
+            if status == "FINISHED" and not all_finished:
+                status = "FAILED"
+        finally:
+            store.end(sweep.run_id, status)
+
+
+def failures_error(results: Sequence[Any]) -> Optional[SweepFailed]:
+    """One error listing every failed job and why, or None when all succeeded."""
+    from hydra.core.utils import JobStatus
+
+    failed = [r for r in results if r.status == JobStatus.FAILED]
+    if not failed:
+        return None
+    lines = [f"{len(failed)} of {len(results)} jobs failed (the others ran and are recorded):"]
+    for r in failed:
+        error = r._return_value  # JobReturn keeps the job's exception here
+        lines.append(f"  #{r.hydra_cfg.hydra.job.num} {' '.join(r.overrides)}: {type(error).__name__}: {error}")
+    return SweepFailed("\n".join(lines))
 
 
 def parent_run_id(hydra_cfg: Any) -> Optional[str]:
@@ -61,20 +126,3 @@ def parent_run_id(hydra_cfg: Any) -> Optional[str]:
         return None
     path = Path(hydra_cfg.sweep.dir) / PARENT_FILE
     return json.loads(path.read_text())["run_id"] if path.exists() else None
-
-
-def finish(interrupted: bool = False) -> bool:
-    """Report on and end every sweep this process started; False if any of its jobs failed."""
-    from runner import report
-
-    all_ok = True
-    while _started:
-        sweep = _started.pop()
-        ok = False
-        try:
-            ok = report.build(sweep.store, sweep.run_id, sweep.folder)
-        finally:
-            status = "KILLED" if interrupted else ("FINISHED" if ok else "FAILED")
-            sweep.store.end(sweep.run_id, status)
-        all_ok = all_ok and ok
-    return all_ok

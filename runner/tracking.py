@@ -56,6 +56,11 @@ class RunRecord:
     metrics: dict[str, float]
 
 
+def _record(run) -> RunRecord:
+    return RunRecord(run.info.run_id, run.info.run_name, run.info.status, dict(run.data.params),
+                     dict(run.data.tags), dict(run.data.metrics))
+
+
 @dataclass(frozen=True)
 class Store:
     """An MLflow tracking store and the experiment that runs go into."""
@@ -131,12 +136,32 @@ class Store:
 
     def children(self, parent_id: str) -> list[RunRecord]:
         """The runs of a sweep: those tagged with `parent_id` as their parent, oldest first."""
-        runs = self.client.search_runs(
-            [self.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'",
-            order_by=["attributes.start_time ASC"], max_results=50000,
-        )
-        return [RunRecord(run.info.run_id, run.info.run_name, run.info.status, dict(run.data.params),
-                          dict(run.data.tags), dict(run.data.metrics)) for run in runs]
+        return self._search(f"tags.mlflow.parentRunId = '{parent_id}'")
+
+    def record(self, run_id: str) -> RunRecord:
+        return _record(self.client.get_run(run_id))
+
+    def finished_run(self, config_hash: str) -> Optional[str]:
+        """A FINISHED run of this experiment whose config has this hash, if there is one."""
+        found = self._search(f"tags.config_hash = '{config_hash}' and attributes.status = 'FINISHED'")
+        return found[0].run_id if found else None
+
+    def kill_running_children(self, parent_id: str) -> None:
+        """End as KILLED the sweep's runs still RUNNING: jobs of worker processes stopped with it."""
+        for record in self._search(f"tags.mlflow.parentRunId = '{parent_id}' and attributes.status = 'RUNNING'"):
+            self.end(record.run_id, "KILLED")
+
+    def _search(self, filter_string: str) -> list[RunRecord]:
+        runs = self.client.search_runs([self.experiment_id], filter_string=filter_string,
+                                       order_by=["attributes.start_time ASC"], max_results=50000)
+        return [_record(run) for run in runs]
+
+    def metric_series(self, run_id: str, name: str) -> "np.ndarray":
+        """A metric's values by step (float64), as logged."""
+        import numpy as np
+
+        history = sorted(self.client.get_metric_history(run_id, name), key=lambda m: m.step)
+        return np.array([m.value for m in history], dtype=np.float64)
 
     def download(self, run_id: str, artifact: str, folder: Path) -> Optional[Path]:
         """A run's artifact as a local file, or None when the run has no such artifact."""
@@ -153,12 +178,37 @@ class Store:
                 f"of {self.uri}")
 
 
+def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
+    """For an http(s) store, make sure a server answers, within `timeout_s`; raise ConfigError if not.
+
+    MLflow's client retries an unreachable server for about four minutes; this answers at once.
+    Any HTTP answer counts, an authentication error included: only no answer is an error.
+    """
+    if urlparse(uri).scheme not in ("http", "https"):
+        return
+    import urllib.error
+    import urllib.request
+
+    probe = f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/search?max_results=1"
+    try:
+        urllib.request.urlopen(probe, timeout=timeout_s).close()
+    except urllib.error.HTTPError:
+        return
+    except (urllib.error.URLError, OSError) as error:
+        reason = getattr(error, "reason", error)
+        raise ConfigError(
+            f"mlflow.tracking_uri={uri}: no MLflow tracking server answers there ({reason}); "
+            f"start one, or unset MLFLOW_TRACKING_URI to use the local SQLite store"
+        )
+
+
 @functools.lru_cache(maxsize=None)
 def connect(uri: str, experiment_name: str) -> Store:
     """Open the store (creating or upgrading a SQLite file) and find or create the experiment.
 
     Cached per process: opening a SQLite store costs 2-3 s, a sweep's later jobs reuse it.
     """
+    check_reachable(uri)
     client = MlflowClient(tracking_uri=uri)
     experiment = client.get_experiment_by_name(experiment_name)
     if experiment is None:
@@ -178,6 +228,17 @@ def connect(uri: str, experiment_name: str) -> Store:
     else:
         experiment_id = experiment.experiment_id
     return Store(uri=uri, experiment_name=experiment_name, experiment_id=experiment_id, client=client)
+
+
+def open_run(uri: str, run_id: str) -> Store:
+    """The store holding `run_id`, set to that run's experiment."""
+    check_reachable(uri)
+    client = MlflowClient(tracking_uri=uri)
+    try:
+        experiment = client.get_experiment(client.get_run(run_id).info.experiment_id)
+    except MlflowException as error:
+        raise ConfigError(f"run {run_id} is not in {uri}: {error.message}")
+    return Store(uri=uri, experiment_name=experiment.name, experiment_id=experiment.experiment_id, client=client)
 
 
 def _artifact_location(uri: str) -> Optional[str]:

@@ -7,7 +7,8 @@ import importlib
 
 import pytest
 
-MODULES = ["runner.schema", "runner.losses", "runner.engines", "runner.engines.numpy",
+MODULES = ["runner.schema", "runner.losses", "runner.engines", "runner.engines.numpy", "runner.optimizers",
+           "runner.outcomes", "runner.provenance",
            "runner.app", "runner.__main__", "runner.tracking"]
 
 

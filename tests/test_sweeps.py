@@ -46,7 +46,7 @@ def test_lr_sweep_preset_and_its_report(tmp_path, store_uri, launcher):
     assert "parity/tf" in parent.data.metrics
 
     output = result.stdout + result.stderr
-    assert "Sweep report: 45 runs, 0 failed" in output
+    assert "Sweep report: 45 runs (0 reused), 0 failed" in output
     assert "Parity (largest relative difference from the other backends): numpy" in output
 
 

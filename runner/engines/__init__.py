@@ -12,7 +12,8 @@ never pays for importing TensorFlow or PyTorch. Each engine module provides:
     descend(problem: Problem) -> Trajectory
 
 An engine knows nothing of Hydra or MLflow: it takes plain values and returns arrays, so it can
-be tested and benchmarked alone. Adding a backend is one module here plus `conf/backend/NAME.yaml`.
+be tested and benchmarked alone. Adding a backend is one module here plus `conf/backend/NAME.yaml`
+(an engine outside this package names its module in that file: `module: mypackage.engine`).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class Problem:
     dtype: str = "float32"
     device: str = "cpu"
     diverge_above: float = 1e6  # |x| beyond this counts as diverged, and the run stops
+    seed: int = 0  # for the framework's random generator (descent itself draws nothing)
 
 
 @dataclass(frozen=True)
@@ -97,17 +99,18 @@ def chunks(epochs: int):
     return ((start, min(start + CHECK_EVERY, epochs + 1)) for start in range(0, epochs + 1, CHECK_EVERY))
 
 
-def load(backend: str) -> ModuleType:
-    """Import the engine of `backend`, or raise a ConfigError saying what to install.
+def load(backend: str, module: Optional[str] = None) -> ModuleType:
+    """Import the engine of `backend` (the module `module`, by default runner.engines.BACKEND),
+    or raise a ConfigError saying what to install.
 
     >>> load("numpy").FRAMEWORK
     'numpy'
     """
-    module_name = f"{__name__}.{backend}"
+    module_name = module or f"{__name__}.{backend}"
     try:
         return importlib.import_module(module_name)
     except ModuleNotFoundError as error:
-        if error.name == module_name:
+        if error.name and (module_name == error.name or module_name.startswith(error.name + ".")):
             raise ConfigError(f"backend={backend}: there is no engine module {module_name}")
         if error.name is None or error.name.startswith(__name__):
             raise

@@ -29,6 +29,7 @@ def descend(problem: Problem) -> Trajectory:
     >>> descend(Problem(square, np.array(5.0), 2, sgd, "float64")).x.tolist()
     [5.0, 2.0, 0.8]
     """
+    np.random.seed(problem.seed)
     dtype = np.dtype(problem.dtype)
     shape = problem.x_start.shape
     value = problem.loss.objective(OPS, shape)

@@ -67,6 +67,7 @@ def descend(problem: Problem) -> Trajectory:
     """Gradient descent on one `tf.Variable`, all epochs in one traced `tf.function`."""
     # The bound expression is already plain tensor arithmetic: nothing for AutoGraph to convert.
     value = tf.autograph.experimental.do_not_convert(problem.loss.objective(OPS, problem.x_start.shape))
+    tf.random.set_seed(problem.seed)
     dt = tf.as_dtype(problem.dtype)
     with tf.device(problem.device):
         x = tf.Variable(problem.x_start, dtype=dt)

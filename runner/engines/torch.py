@@ -36,6 +36,7 @@ def descend(problem: Problem) -> Trajectory:
     Rows are written into tensors on the same device and copied to the host once per chunk of
     steps (to look for divergence), so a GPU run does not synchronise at every step.
     """
+    torch.manual_seed(problem.seed)
     dt = getattr(torch, problem.dtype)
     device = problem.device
     value = problem.loss.objective(OPS, problem.x_start.shape)

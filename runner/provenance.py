@@ -1,0 +1,70 @@
+"""What a run needs to be reproduced: a canonical hash of its config, and where its code came from."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import platform
+import subprocess
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+PROJECT = Path(__file__).resolve().parent.parent
+# Keys that say where or whether to record, not what is computed.
+NOT_HASHED = ("mlflow", "skip_done")
+
+
+def config_hash(cfg: DictConfig) -> str:
+    """A hash of the resolved config that ignores how numbers were spelt.
+
+    >>> a = config_hash(OmegaConf.create({"lr": 0.3, "x_start": 5}))
+    >>> a == config_hash(OmegaConf.create({"lr": 0.30, "x_start": 5.0}))
+    True
+    >>> a == config_hash(OmegaConf.create({"lr": 0.31, "x_start": 5}))
+    False
+    """
+    tree = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    for key in (*NOT_HASHED, "hydra"):
+        tree.pop(key, None)
+    text = json.dumps(_canonical(tree), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def _canonical(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _canonical(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v) for v in value]
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)  # 5 and 5.0, 0.3 and 0.30: one number, one spelling
+    return value
+
+
+@functools.lru_cache(maxsize=None)
+def code_tags() -> dict[str, str]:
+    """The project's git commit and whether its tree had uncommitted changes, and the Python."""
+    tags = {"python_version": platform.python_version()}
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT, capture_output=True,
+                                text=True, timeout=10, check=True).stdout.strip()
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=PROJECT,
+                                capture_output=True, text=True, timeout=10, check=True).stdout
+        tags.update(git_commit=commit, git_dirty=str(bool(status.strip())).lower())
+    except (OSError, subprocess.SubprocessError):
+        tags.update(git_commit="unknown", git_dirty="unknown")
+    return tags
+
+
+def version_tags(*distributions: str) -> dict[str, str]:
+    """`<name>_version` for each installed distribution."""
+    tags = {}
+    for name in distributions:
+        try:
+            tags[f"{name.replace('-', '_')}_version"] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return tags
