@@ -93,7 +93,8 @@ def final_loss_figure(points: list[tuple[str, float, float, bool]], stability_bo
     axes.set_xlabel("lr")
     axes.set_ylabel(f"final loss (x: diverged; 0 drawn at {LOG_FLOOR:g})")
     axes.set_title("final loss against learning rate")
-    axes.legend(fontsize="small")
+    if labels or stability_bound is not None:
+        axes.legend(fontsize="small")
     return figure
 
 

@@ -7,6 +7,7 @@ import hashlib
 import json
 import platform
 import subprocess
+from enum import Enum
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -27,11 +28,16 @@ def config_hash(cfg: DictConfig) -> str:
     >>> a == config_hash(OmegaConf.create({"lr": 0.31, "x_start": 5}))
     False
     """
-    tree = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-    for key in (*NOT_HASHED, "hydra"):
-        tree.pop(key, None)
+    # Not to_container(cfg) whole: in a sweep's job configs the hydra node cannot be resolved yet.
+    tree = {key: _plain(cfg[key]) for key in cfg if key not in (*NOT_HASHED, "hydra")}
     text = json.dumps(_canonical(tree), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def _plain(value: Any) -> Any:
+    if OmegaConf.is_config(value):
+        return OmegaConf.to_container(value, resolve=True, enum_to_str=True)
+    return value.name if isinstance(value, Enum) else value
 
 
 def _canonical(value: Any) -> Any:

@@ -47,10 +47,15 @@ class Sweep:
 
 
 def check_jobs(config_loader: Any, sweep_config: DictConfig, jobs: Sequence[Sequence[str]]) -> list[DictConfig]:
-    """Every job's composed config, each checked; a ConfigError names the job and the key."""
+    """Every job's composed config, each checked; a ConfigError names the job and the key.
+
+    An unreachable tracking server is reported first, before any framework is imported.
+    """
+    from runner import tracking
     from runner.app import build_problem
     from runner.schema import ConfigError
 
+    tracking.check_reachable(tracking.tracking_uri(sweep_config.mlflow.tracking_uri, Path.cwd()))
     configs = []
     for number, overrides in enumerate(jobs):
         cfg = config_loader.load_sweep_config(sweep_config, list(overrides))

@@ -86,7 +86,8 @@ class Store:
         self.end(run_id, "FINISHED")
 
     def create(self, name: str, tags: Mapping[str, str]) -> str:
-        return self.client.create_run(self.experiment_id, run_name=name, tags=dict(tags)).info.run_id
+        tags = {key: str(value) for key, value in tags.items()}  # a server accepts only strings
+        return self.client.create_run(self.experiment_id, run_name=name, tags=tags).info.run_id
 
     def end(self, run_id: str, status: str) -> None:
         """End a run as FINISHED, FAILED or KILLED."""

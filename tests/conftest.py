@@ -48,8 +48,8 @@ def store_uri(tmp_path, migrated_store) -> str:
 def run_cli(*args: str, cwd: Path, store_uri: str | None = None, env: dict | None = None,
             python_flags: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
     """`python -m runner ARGS` in `cwd`, as a user types it."""
-    full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
-    full_env.pop("HYDRA_FULL_ERROR", None)
+    inherited = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    full_env = {**inherited, "PYTHONPATH": str(REPO), **(env or {})}
     if store_uri:
         full_env["MLFLOW_TRACKING_URI"] = store_uri
     return subprocess.run([sys.executable, *python_flags, "-m", "runner", *args], cwd=cwd,

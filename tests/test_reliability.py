@@ -1,0 +1,298 @@
+"""Reliability, done for real: bad input, failing jobs, signals, parallel writers, a real tracking
+server, reproducible runs and skipping finished work."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import REPO, run_cli, runs_of
+from mlflow import MlflowClient
+
+pytestmark = pytest.mark.slow
+
+FIXTURES = REPO / "tests" / "fixtures"
+TEST_BACKENDS = f"hydra.searchpath=[file://{FIXTURES / 'conf'}]"  # backend=failing, backend=hanging
+TEST_ENGINES = {"PYTHONPATH": f"{REPO}{os.pathsep}{FIXTURES}"}
+
+
+def snapshot(uri: str) -> list:
+    """Everything a bad command could have changed: experiments, and every run's state."""
+    client = MlflowClient(uri)
+    experiments = client.search_experiments()
+    runs = client.search_runs([e.experiment_id for e in experiments])
+    return sorted([("experiment", e.name, e.lifecycle_stage) for e in experiments]) + sorted(
+        (r.info.run_id, r.info.status, r.info.end_time, len(r.data.metrics), len(r.data.params),
+         len(r.data.tags)) for r in runs)
+
+
+@pytest.fixture
+def used_store(tmp_path, store_uri):
+    """A store that already holds one finished sweep, so that we can see nothing else changes."""
+    result = run_cli("lr=0.1,0.3", "epochs=3", cwd=tmp_path, store_uri=store_uri)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return store_uri
+
+
+# --- 1. bad input -------------------------------------------------------------------------------
+
+BAD_INPUT = [
+    (["backend=jax"], ["Could not find 'backend/jax'", "Available options in 'backend'", "numpy", "torch"]),
+    (["loss=cubic"], ["Could not find 'loss/cubic'", "Available options in 'loss'", "double_well", "square"]),
+    (["optimizer=rmsprop"], ["Could not find 'optimizer/rmsprop'", "adam", "momentum", "nesterov", "sgd"]),
+    (["lr=abc"], ["Value 'abc' of type 'str' could not be converted to Float", "full_key: lr"]),
+    (["epochs=1.5"], ["Value '1.5' of type 'float' could not be converted to Integer", "full_key: epochs"]),
+    (["epochs=-1"], ["epochs=-1 is not allowed: epochs must be an integer >= 0"]),
+    (["lr=0"], ["lr=0.0 is not allowed: lr must be a finite number > 0"]),
+    (["lr=-0.1"], ["lr=-0.1 is not allowed: lr must be a finite number > 0"]),
+    (["x_start=nan"], ["x_start=nan is not allowed: x_start must be a finite number or a list of finite numbers"]),
+    (["x_start=inf"], ["x_start=inf is not allowed: x_start must be a finite number"]),
+    (["lrr=0.1"], ["Could not override 'lrr'", "Key 'lrr' not in 'RunnerConfig'"]),
+    (["device=cuda"], ["device=cuda: backend=numpy computes on the CPU only; use device=cpu or device=auto"]),
+    (["optimizer=momentum", "optimizer.momentum=1.5"], ["optimizer.momentum=1.5 is not allowed: optimizer.momentum must be in [0, 1)"]),
+    (["lr=0.1,-0.1"], ["job #1 (lr=-0.1): lr=-0.1 is not allowed"]),  # a sweep: checked before any job runs
+    (["backend=numpy,torch", "device=cuda"], ["job #0 (backend=numpy device=cuda): device=cuda: backend=numpy"]),
+]
+
+
+@pytest.mark.parametrize("args, messages", BAD_INPUT, ids=[" ".join(a) for a, _ in BAD_INPUT])
+def test_bad_input_is_one_clear_message_and_changes_nothing(tmp_path, used_store, args, messages):
+    before = snapshot(used_store)
+    result = run_cli(*args, cwd=tmp_path, store_uri=used_store)
+    assert result.returncode != 0
+    for message in messages:
+        assert message in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) <= 15, result.stderr  # short: no stack, at most the search path
+    assert snapshot(used_store) == before
+
+
+def test_cuda_without_a_gpu_names_the_backend(tmp_path, used_store):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: device=cuda is allowed here")
+    before = snapshot(used_store)
+    result = run_cli("backend=torch", "device=cuda", cwd=tmp_path, store_uri=used_store)
+    assert result.returncode != 0
+    assert "device=cuda: backend=torch sees no CUDA GPU" in result.stderr and "Traceback" not in result.stderr
+    assert snapshot(used_store) == before
+
+
+def test_a_backend_whose_framework_is_missing_says_what_to_install(tmp_path, used_store):
+    before = snapshot(used_store)
+    hidden = {"PYTHONPATH": f"{FIXTURES / 'without_torch'}{os.pathsep}{REPO}"}
+    result = run_cli("backend=torch", cwd=tmp_path, store_uri=used_store, env=hidden)
+    assert result.returncode != 0
+    assert ("backend=torch needs the Python package 'torch', which is not installed: "
+            "pip install torch==2.13.0") in result.stderr
+    assert "Traceback" not in result.stderr and snapshot(used_store) == before
+
+
+def test_a_full_traceback_only_with_hydra_full_error(tmp_path, store_uri):
+    result = run_cli("lr=-0.1", cwd=tmp_path, store_uri=store_uri, env={"HYDRA_FULL_ERROR": "1"})
+    assert result.returncode != 0 and "Traceback" in result.stderr and "lr=-0.1 is not allowed" in result.stderr
+
+
+# --- 2. a failing job does not sink the sweep ---------------------------------------------------
+
+def test_a_failing_job_does_not_sink_the_sweep(tmp_path, store_uri):
+    result = run_cli(TEST_BACKENDS, "backend=failing", "lr=0.1,0.2,0.3", "epochs=5", cwd=tmp_path,
+                     store_uri=store_uri, env=TEST_ENGINES)
+    assert result.returncode != 0
+    assert "1 of 3 jobs failed (the others ran and are recorded):" in result.stderr
+    assert "#1 backend=failing lr=0.2 epochs=5: RuntimeError: injected failure at lr=0.2" in result.stderr
+
+    client = MlflowClient(store_uri)
+    runs = {r.data.params["lr"]: r for r in runs_of(store_uri)}
+    assert {lr: r.info.status for lr, r in runs.items()} == {"0.1": "FINISHED", "0.2": "FAILED", "0.3": "FINISHED"}
+    failed = runs["0.2"]
+    assert failed.data.tags["error"] == "RuntimeError: injected failure at lr=0.2"
+    assert "error.txt" in {a.path for a in client.list_artifacts(failed.info.run_id)}
+    # the job after the failed one, in the same process, ran and logged normally
+    assert len(client.get_metric_history(runs["0.3"].info.run_id, "x")) == 6
+    (parent,) = runs_of(store_uri, sweeps=True)
+    assert parent.info.status == "FAILED" and parent.data.metrics["jobs_failed"] == 1
+    assert "Sweep report: 3 runs (0 reused), 1 failed" in result.stdout + result.stderr
+
+
+# --- 3. interrupts ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_an_interrupted_sweep_ends_its_runs_killed(tmp_path, store_uri, sig, code):
+    env = {**os.environ, **TEST_ENGINES, "MLFLOW_TRACKING_URI": store_uri}
+    process = subprocess.Popen([sys.executable, "-m", "runner", TEST_BACKENDS, "backend=hanging",
+                                "lr=0.1,0.3"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not any(r.info.status == "RUNNING" for r in runs_of(store_uri)):
+            time.sleep(0.5)
+        assert any(r.info.status == "RUNNING" for r in runs_of(store_uri)), "no job started"
+        process.send_signal(sig)
+        output, _ = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == code, output[-2000:]
+    assert "interrupted; its open MLflow runs were ended as KILLED" in output
+    (job,) = runs_of(store_uri)  # the second job never started
+    (parent,) = runs_of(store_uri, sweeps=True)
+    assert (job.info.status, parent.info.status) == ("KILLED", "KILLED")
+    assert MlflowClient(store_uri).search_experiments()  # the store is still readable
+
+
+# --- 4. parallel writers ------------------------------------------------------------------------
+
+def test_forty_jobs_four_workers_one_fresh_sqlite_store(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'fresh.db'}"  # created by the sweep itself, not a template
+    result = run_cli("hydra/launcher=joblib", "hydra.launcher.n_jobs=4", "lr=range(0.01,0.41,0.01)",
+                     cwd=tmp_path, store_uri=uri)
+    assert result.returncode == 0, result.stderr[-3000:]
+    client = MlflowClient(uri)
+    runs = runs_of(uri)
+    assert len(runs) == 40 and all(r.info.status == "FINISHED" for r in runs)
+    assert len({r.info.run_id for r in runs}) == 40
+    for run in runs:
+        for name in ("x", "loss", "grad"):
+            assert sorted(m.step for m in client.get_metric_history(run.info.run_id, name)) == list(range(16))
+
+
+# --- 5. a remote tracking server ----------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """A real `mlflow server` on 127.0.0.1, SQLite behind it, artifacts proxied by the server."""
+    folder = tmp_path_factory.mktemp("server")
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{folder / 'server.db'}",
+         "--artifacts-destination", str(folder / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1"], cwd=folder, stdout=open(folder / "server.log", "w"), stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        assert process.poll() is None, (folder / "server.log").read_text()[-2000:]
+        try:
+            urllib.request.urlopen(f"{url}/health", timeout=2).close()
+            break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        raise AssertionError("mlflow server did not answer /health in 120 s")
+    yield url
+    process.terminate()
+    process.wait(timeout=30)
+
+
+def test_a_sweep_against_a_tracking_server(tmp_path, mlflow_server):
+    result = run_cli("lr=0.1,0.3", "backend=numpy,torch", "epochs=4", cwd=tmp_path, store_uri=mlflow_server)
+    assert result.returncode == 0, result.stderr[-3000:]
+    client = MlflowClient(mlflow_server)
+    runs = runs_of(mlflow_server)
+    assert len(runs) == 4 and all(r.info.status == "FINISHED" for r in runs)
+    for run in runs:
+        assert len(client.get_metric_history(run.info.run_id, "x")) == 5
+        assert {"gradient_descent.png", "trajectory.csv"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
+    (parent,) = runs_of(mlflow_server, sweeps=True)
+    assert parent.info.status == "FINISHED"
+    assert {a.path for a in client.list_artifacts(parent.info.run_id, "report")} >= {"report/runs.csv"}
+    assert f"MLflow: {mlflow_server}/#/experiments/" in result.stdout + result.stderr
+    assert not (tmp_path / "mlruns").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.parametrize("args", [["epochs=3"], ["lr=0.1,0.3", "backend=tf"]], ids=["run", "sweep"])
+def test_an_unreachable_server_is_said_within_seconds(tmp_path, args):
+    uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    started = time.time()
+    result = run_cli(*args, cwd=tmp_path, store_uri=uri)
+    elapsed = time.time() - started
+    assert result.returncode != 0
+    assert f"mlflow.tracking_uri={uri}: no MLflow tracking server answers there" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert elapsed < 10, elapsed  # MLflow's own retries would take about four minutes
+    assert not (tmp_path / "outputs").exists() or not any((tmp_path / "outputs").rglob("trajectory.csv"))
+
+
+# --- 6. reproducible runs -----------------------------------------------------------------------
+
+def test_a_rerun_is_bit_identical_and_carries_its_provenance(tmp_path, store_uri):
+    args = ("backend=numpy,tf,torch", "lr=0.75", "epochs=40", "optimizer=adam", "seed=7")
+    assert run_cli(*args, cwd=tmp_path, store_uri=store_uri).returncode == 0
+    assert run_cli(*args, cwd=tmp_path, store_uri=store_uri).returncode == 0
+    client = MlflowClient(store_uri)
+    runs = runs_of(store_uri)
+    assert len(runs) == 6
+    for backend in ("numpy", "tf", "torch"):
+        first, second = [r for r in runs if r.data.tags["backend"] == backend]
+        assert first.data.tags["config_hash"] == second.data.tags["config_hash"]
+        for name in ("x", "loss", "grad"):
+            a = [(m.step, m.value) for m in client.get_metric_history(first.info.run_id, name)]
+            b = [(m.step, m.value) for m in client.get_metric_history(second.info.run_id, name)]
+            assert sorted(a) == sorted(b)
+    tags, params = runs[0].data.tags, runs[0].data.params
+    assert params["seed"] == "7"
+    assert len(tags["git_commit"]) == 40 or tags["git_commit"] == "unknown"
+    assert tags["git_dirty"] in ("true", "false", "unknown")
+    assert tags["python_version"] == ".".join(map(str, sys.version_info[:3]))
+    assert {"numpy_version", "mlflow_version", "hydra_core_version", "framework_version"} <= set(tags)
+
+
+def reproduce(run_id, store_uri, cwd):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": store_uri}
+    return subprocess.run([sys.executable, "-m", "runner.reproduce", run_id], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "tf", "torch"])
+def test_reproduce_a_logged_run(tmp_path, store_uri, backend):
+    assert run_cli(f"backend={backend}", "loss=rosenbrock", "x_start=[-1.5,2]", "lr=0.001", "epochs=30",
+                   cwd=tmp_path, store_uri=store_uri).returncode == 0
+    (run,) = runs_of(store_uri)
+    result = reproduce(run.info.run_id, store_uri, tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "x/0: 31 steps, identical" in result.stdout and "every metric matches" in result.stdout
+
+    # A record that no longer matches the computation is caught.
+    MlflowClient(store_uri).log_metric(run.info.run_id, "x/1", 123.0, step=5)
+    tampered = reproduce(run.info.run_id, store_uri, tmp_path)
+    assert tampered.returncode == 1 and "x/1: 31 steps, DIFFERS" in tampered.stdout
+
+
+def test_reproduce_an_unknown_run_is_one_line(tmp_path, store_uri):
+    result = reproduce("0" * 32, store_uri, tmp_path)
+    assert result.returncode == 2 and result.stderr.startswith(f"cannot re-run {'0' * 32}")
+    assert "Traceback" not in result.stderr
+
+
+# --- 7. skip what is done -----------------------------------------------------------------------
+
+def test_skip_done_finishes_an_interrupted_sweep_without_repeating_work(tmp_path, store_uri):
+    assert run_cli("lr=0.1,0.3", "epochs=5", cwd=tmp_path, store_uri=store_uri).returncode == 0
+    first = {r.info.run_id for r in runs_of(store_uri)}
+    # 0.30 is 0.3: the same config, however it is spelt
+    result = run_cli("lr=0.1,0.30,0.5", "epochs=5", "skip_done=true", cwd=tmp_path, store_uri=store_uri)
+    assert result.returncode == 0, result.stderr[-2000:]
+    runs = runs_of(store_uri)
+    assert len(runs) == 3 and first <= {r.info.run_id for r in runs}
+    assert [r.data.params["lr"] for r in runs if r.info.run_id not in first] == ["0.5"]
+    output = result.stdout + result.stderr
+    assert "2 of 3 jobs already have a FINISHED run (skip_done=true); running 1" in output
+    assert "Sweep report: 3 runs (2 reused), 0 failed" in output
+
+    single = run_cli("lr=0.5", "epochs=5", "skip_done=true", cwd=tmp_path, store_uri=store_uri)
+    assert single.returncode == 0 and "skipped: run" in single.stdout + single.stderr
+    assert len(runs_of(store_uri)) == 3
