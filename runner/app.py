@@ -62,7 +62,7 @@ def run_job(cfg: DictConfig) -> float:
         trajectory = engine.descend(problem)
         wall_time = time.perf_counter() - started
         outcome = outcomes.classify(trajectory, cfg.stop.tolerance, cfg.stop.diverge_above)
-        store.log_trajectory(run_id, trajectory)
+        store.log_trajectory(run_id, trajectory, cfg.mlflow.max_logged_steps)
         summary = {"final_loss": trajectory.loss[-1], "final_grad_norm": trajectory.grad_norm[-1],
                    "epochs_run": len(trajectory.x) - 1, "wall_time_s": wall_time}
         if outcome.steps_to_tolerance is not None:

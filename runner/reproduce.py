@@ -57,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
 
     trajectory = engine.descend(problem)
     outcome = classify(trajectory, cfg.stop.tolerance, cfg.stop.diverge_above)
-    fresh = {name: series.astype(np.float64) for name, series in trajectory.columns().items()}
+    steps = tracking.logged_steps(len(trajectory.x), cfg.mlflow.max_logged_steps)
+    fresh = {name: series[steps].astype(np.float64) for name, series in trajectory.columns().items()}
     summary = {"final_loss": trajectory.loss[-1], "final_grad_norm": trajectory.grad_norm[-1],
                "epochs_run": len(trajectory.x) - 1, "steps_to_tolerance": outcome.steps_to_tolerance}
 
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         stored = store.metric_series(args.run_id, name)
         same = stored.shape == series.shape and np.array_equal(stored, series, equal_nan=True)
         all_match &= same
-        print(f"  {name}: {len(series)} steps, {'identical' if same else _first_difference(stored, series)}")
+        print(f"  {name}: {len(series)} logged steps, {'identical' if same else _first_difference(stored, series)}")
     for name in SUMMARY:
         stored, value = record.metrics.get(name), summary[name]
         same = (stored is None and value is None) or (

@@ -81,6 +81,9 @@ class MlflowConfig:
     # null: $MLFLOW_TRACKING_URI if set, else sqlite:///mlflow.db in the launch folder
     tracking_uri: Optional[str] = None
     experiment_name: str = "runner"
+    # Metrics keep every step up to this many; a longer run logs this many evenly spaced steps,
+    # the first and the last among them (trajectory.csv always keeps every epoch). null: all.
+    max_logged_steps: Optional[int] = 10000
 
 
 @dataclass
@@ -108,6 +111,9 @@ def check_ranges(cfg: DictConfig) -> None:
     if cfg.epochs < 0:
         raise ConfigError(f"epochs={cfg.epochs} is not allowed: epochs must be an integer >= 0")
     _positive("lr", cfg.lr)
+    if cfg.mlflow.max_logged_steps is not None and cfg.mlflow.max_logged_steps < 2:
+        raise ConfigError(f"mlflow.max_logged_steps={cfg.mlflow.max_logged_steps} is not allowed: "
+                          f"it must be an integer >= 2 (the first and the last step), or null for all")
     _positive("stop.tolerance", cfg.stop.tolerance)
     _positive("stop.diverge_above", cfg.stop.diverge_above)
     if max(abs(v) for v in start_point(cfg.x_start)) > cfg.stop.diverge_above:

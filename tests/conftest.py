@@ -13,7 +13,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 BACKENDS = sorted(path.stem for path in (REPO / "conf" / "backend").glob("*.yaml"))
-FRAMEWORK_OF = {"numpy": "numpy", "tf": "tensorflow", "torch": "torch"}
+FRAMEWORK_OF = {"numpy": "numpy", "tf": "tensorflow", "torch": "torch", "jax": "jax"}
 
 
 def backend_params(backends=BACKENDS):

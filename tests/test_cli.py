@@ -87,7 +87,7 @@ def test_a_numpy_run_imports_no_other_framework(tmp_path, store_uri):
     (["lr=-0.1"], "lr=-0.1 is not allowed: lr must be a finite number > 0"),
     (["lr=abc"], "Value 'abc' of type 'str' could not be converted to Float"),
     (["device=cuda"], "device=cuda: backend=numpy computes on the CPU only"),
-    (["backend=jax"], "Could not find 'backend/jax'"),
+    (["backend=mxnet"], "Could not find 'backend/mxnet'"),
     (["backend=numpy", "lr=0.1,-0.1"], "lr=-0.1 is not allowed"),
 ])
 def test_bad_input_is_one_clear_message_and_records_nothing(tmp_path, store_uri, args, message):
@@ -121,3 +121,14 @@ def test_show_config_runs_nothing(tmp_path, store_uri):
     assert result.returncode == 0, result.stderr
     assert "name: tf" in result.stdout and "lr: 0.3" in result.stdout
     assert runs_of(store_uri) == [] and not (tmp_path / "outputs").exists()
+
+
+def test_a_long_run_keeps_every_epoch_in_the_csv_and_a_stride_in_mlflow(tmp_path, store_uri):
+    result = run_cli("epochs=100000", "lr=0.0001", "mlflow.max_logged_steps=1000", cwd=tmp_path, store_uri=store_uri)
+    assert result.returncode == 0, result.stderr[-2000:]
+    (run,) = runs_of(store_uri)
+    client = MlflowClient(store_uri)
+    steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "loss"))
+    assert len(steps) == 1000 and (steps[0], steps[-1]) == (0, 100000)
+    local = client.download_artifacts(run.info.run_id, "trajectory.csv", str(tmp_path / "csv"))
+    assert sum(1 for _ in open(local)) == 1 + 100001

@@ -42,7 +42,7 @@ def test_overrides_are_typed():
     ("lr=abc", "Value 'abc' of type 'str' could not be converted to Float"),
     ("epochs=1.5", "Value '1.5' of type 'float' could not be converted to Integer"),
     ("lrr=0.1", "Could not override 'lrr'"),
-    ("backend=jax", "Could not find 'backend/jax'"),
+    ("backend=mxnet", "Could not find 'backend/mxnet'"),
     ("loss=nope", "Could not find 'loss/nope'"),
     ("device=gpu", "Invalid value 'gpu', expected one of [cpu, cuda, auto]"),
     ("dtype=float16", "Invalid value 'float16', expected one of [float32, float64]"),
@@ -63,7 +63,7 @@ def test_a_misspelt_key_in_a_loss_file_fails(tmp_path):
 
 def test_bad_choice_lists_the_options():
     with pytest.raises(ConfigCompositionException) as error:
-        composed("backend=jax")
+        composed("backend=mxnet")
     assert "Available options in 'backend'" in str(error.value)
     assert all(backend in str(error.value) for backend in BACKENDS)
 

@@ -56,3 +56,13 @@ def test_nan_is_kept_and_inf_is_clamped(store):
 def test_a_relative_sqlite_uri_means_the_launch_folder(tmp_path):
     assert tracking.tracking_uri("sqlite:///db/m.db", tmp_path) == f"sqlite:///{tmp_path}/db/m.db"
     assert tracking.tracking_uri("http://127.0.0.1:5000", tmp_path) == "http://127.0.0.1:5000"
+
+
+def test_a_long_run_logs_an_even_stride_with_the_first_and_last_step(store):
+    n = 100_001
+    trajectory = Trajectory(np.arange(n, dtype=float), np.zeros(n), np.ones(n), "cpu")
+    with store.run("long", tags={}) as run_id:
+        store.log_trajectory(run_id, trajectory, max_steps=1001)
+    steps = sorted(m.step for m in store.client.get_metric_history(run_id, "x"))
+    assert len(steps) == 1001 and steps[0] == 0 and steps[-1] == n - 1
+    assert set(np.diff(steps)) == {100}

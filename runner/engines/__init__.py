@@ -30,7 +30,7 @@ from runner.optimizers import Optimizer
 from runner.schema import ConfigError
 
 # What to `pip install` when an engine's framework is missing, where the name differs.
-INSTALL_HINT = {"tensorflow": "tensorflow-cpu", "torch": "torch==2.13.0"}
+INSTALL_HINT = {"tensorflow": "tensorflow-cpu", "torch": "torch==2.13.0", "jax": "'jax[cpu]' optax"}
 
 # Engines look for divergence once per this many steps (a check per step would cost a device
 # synchronisation each time); rows past the first diverged one are dropped.

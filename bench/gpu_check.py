@@ -1,0 +1,68 @@
+"""GPU check: torch and jax on `cuda` give the CPU's trajectory, for every optimizer and loss.
+
+Run by bench/gpu.sh on a machine with a GPU, torch and jax (the runner's other dependencies
+are not needed for this part). Prints a markdown table and exits 1 on any mismatch.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from omegaconf import OmegaConf  # noqa: E402
+
+from runner import engines, losses  # noqa: E402
+from runner.engines import Problem  # noqa: E402
+from runner.optimizers import Optimizer  # noqa: E402
+from runner.schema import LossConfig  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+OPTIMIZERS = [Optimizer("sgd", 0.01), Optimizer("momentum", 0.01, momentum=0.9),
+              Optimizer("nesterov", 0.01, momentum=0.9), Optimizer("adam", 0.05, beta1=0.9, beta2=0.999, eps=1e-8)]
+STARTS = {"square": 5.0, "double_well": 2.5, "rosenbrock": [-1.5, 2.0]}
+TOLERANCE = {"float32": 1e-5, "float64": 1e-12}
+
+
+def load_loss(name):
+    return losses.from_config(OmegaConf.merge(OmegaConf.structured(LossConfig),
+                                              OmegaConf.load(REPO / "conf" / "loss" / f"{name}.yaml")))
+
+
+def main() -> int:
+    rows, worst_ok = [], True
+    print("| backend | device used | dtype | runs | largest relative difference from the CPU | per step on GPU (µs) | within tolerance |")
+    print("|---|---|---|---|---|---|---|")
+    for backend in ("torch", "jax"):
+        engine = engines.load(backend)
+        gpu = engine.resolve_device("cuda")
+        assert engine.resolve_device("auto") == gpu, "device=auto must take the GPU"
+        for dtype in ("float32", "float64"):
+            worst, used, count, step_us = 0.0, set(), 0, []
+            for loss_name, start in STARTS.items():
+                loss = load_loss(loss_name)
+                x0 = np.broadcast_to(np.array(start, float), (loss.dim,) if loss.dim else ()).copy()
+                for o in OPTIMIZERS:
+                    if loss.dim:
+                        o = Optimizer(o.name, o.lr / 20, o.momentum, o.beta1, o.beta2, o.eps)
+                    cpu = engine.descend(Problem(loss, x0, 300, o, dtype, engine.resolve_device("cpu")))
+                    started = time.perf_counter()
+                    on_gpu = engine.descend(Problem(loss, x0, 300, o, dtype, gpu))
+                    step_us.append((time.perf_counter() - started) / 301 * 1e6)
+                    used.add(on_gpu.device)
+                    scale = np.maximum(1.0, np.abs(cpu.x.astype(np.float64)))
+                    worst = max(worst, float(np.max(np.abs(on_gpu.x - cpu.x) / scale)))
+                    count += 1
+            ok = worst <= TOLERANCE[dtype]
+            worst_ok &= ok
+            print(f"| {backend} | {', '.join(sorted(used))} | {dtype} | {count} | {worst:.3g} | "
+                  f"{np.median(step_us):.3g} | {'yes' if ok else 'NO'} |")
+    return 0 if worst_ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,261 @@
+"""The runner's benchmark: every figure a ratio measured in this one run, printed as markdown.
+
+    python bench/run.py            # about 3 minutes on 2 cores
+    python bench/run.py --quick    # fewer repeats, for a smoke test
+
+1. Per-step cost on y = x^2 (20 000 epochs after a warm-up), each framework in a process of
+   its own: the article's code (the variable re-created every step) against the runner's engine,
+   and for PyTorch a bare loop that keeps one `requires_grad` tensor alive.
+2. Start-up: `python -m runner backend=numpy` against a floor script that imports hydra,
+   mlflow, numpy and matplotlib, creates one MLflow run, logs the same metrics in one batch,
+   saves the same figure and ends the run.
+3. Sweep size: a 30-job numpy lr sweep in one process against the floor doing 30 runs.
+4. Epoch count: one numpy run at 10^3, 10^4 and 10^5 epochs.
+
+Timings are wall-clock medians; these machines are shared, so compare ratios, not seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+EPOCHS = 20_000
+LR = 1e-4  # x stays a normal float for 20 000 steps: no subnormal slow-down in any framework
+
+
+# --- per-step costs, one framework per process ---------------------------------------------------
+
+def article_numpy(epochs):
+    import numpy as np
+
+    def dfunc(x):
+        return 2 * x
+
+    xs = np.zeros(epochs + 1)
+    x = 5.0
+    xs[0] = x
+    for i in range(epochs):
+        x += -dfunc(x) * LR
+        xs[i + 1] = x
+    return xs
+
+
+def article_tf(epochs):
+    import numpy as np
+    import tensorflow as tf
+
+    def dfunc(x_value):
+        x = tf.Variable(x_value, dtype=tf.float32)
+        with tf.GradientTape() as g:
+            y = x**2
+        return g.gradient(y, x).numpy()
+
+    xs = np.zeros(epochs + 1)
+    x = 5.0
+    xs[0] = x
+    for i in range(epochs):
+        x += -dfunc(x) * LR
+        xs[i + 1] = x
+    return xs
+
+
+def article_torch(epochs):
+    import numpy as np
+    import torch
+
+    def dfunc(x_value):
+        x = torch.tensor(float(x_value), requires_grad=True)
+        y = x**2
+        y.backward()
+        return x.grad
+
+    xs = np.zeros(epochs + 1)
+    x = 5.0
+    xs[0] = x
+    for i in range(epochs):
+        x += -dfunc(x) * LR
+        xs[i + 1] = x
+    return xs
+
+
+def bare_torch(epochs):
+    import torch
+
+    x = torch.tensor(5.0, requires_grad=True)
+    xs = torch.empty(epochs + 1)
+    for i in range(epochs + 1):
+        y = x**2
+        y.backward()
+        with torch.no_grad():
+            xs[i] = x
+            x -= LR * x.grad
+        x.grad = None
+    return xs
+
+
+def engine_runner(backend):
+    import numpy as np
+
+    from runner import engines
+    from runner.engines import Problem
+    from runner.losses import Loss, parse_expression
+    from runner.optimizers import Optimizer
+
+    engine = engines.load(backend)
+    square = Loss("square", parse_expression("loss.value", "x**2"), (parse_expression("loss.grad", "2*x"),))
+
+    def run(epochs):
+        return engine.descend(Problem(square, np.array(5.0), epochs, Optimizer("sgd", LR), "float32",
+                                      engine.resolve_device("cpu")))
+    return run
+
+
+ARTICLE = {"numpy": article_numpy, "tf": article_tf, "torch": article_torch}
+
+
+def per_step(function, epochs, repeats):
+    function(min(epochs, 200))  # warm-up: imports, tracing, compilation
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        function(epochs)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times) / epochs * 1e6
+
+
+def measure_engine(backend, repeats):
+    """Runs in a process of its own: microseconds per step of each variant."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    result = {"engine": per_step(engine_runner(backend), EPOCHS, repeats)}
+    if backend in ARTICLE:
+        # The article's TensorFlow code takes over a millisecond a step: 2 000 steps suffice.
+        result["article"] = per_step(ARTICLE[backend], EPOCHS if backend != "tf" else 2_000, repeats)
+    if backend == "torch":
+        result["bare"] = per_step(bare_torch, EPOCHS, repeats)
+    return result
+
+
+# --- whole commands -----------------------------------------------------------------------------
+
+FLOOR = r"""
+import sys, time
+import hydra, mlflow, numpy as np
+from matplotlib.figure import Figure
+from mlflow import MlflowClient
+from mlflow.entities import Metric
+client = MlflowClient(sys.argv[1])
+experiment = client.get_experiment_by_name("floor") or None
+experiment_id = experiment.experiment_id if experiment else client.create_experiment("floor")
+for job in range(int(sys.argv[2])):
+    run = client.create_run(experiment_id).info.run_id
+    x = 5.0 * 0.4 ** np.arange(16)
+    now = int(time.time() * 1000)
+    client.log_batch(run, metrics=[Metric(name, float(v), now, k) for name, series in
+                                   (("x", x), ("loss", x**2), ("grad", 2 * x)) for k, v in enumerate(series)])
+    figure = Figure(); axes = figure.subplots()
+    curve = np.linspace(-6, 6, 400); axes.plot(curve, curve**2); axes.plot(x, x**2, "ro-")
+    figure.savefig(f"floor{job}.png")
+    client.log_artifact(run, f"floor{job}.png")
+    client.set_terminated(run)
+"""
+
+
+def timed(command, cwd, env, repeats):
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        subprocess.run(command, cwd=cwd, env=env, check=True, capture_output=True)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def measure_commands(repeats):
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        uri = f"sqlite:///{folder / 'mlflow.db'}"
+        env = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": uri}
+        (folder / "floor.py").write_text(FLOOR)
+        # Create and migrate the store once, so that no timing below includes that.
+        subprocess.run([sys.executable, "floor.py", uri, "1"], cwd=folder, env=env, check=True, capture_output=True)
+        runner = [sys.executable, "-m", "runner"]
+        out = {
+            "startup_runner": timed([*runner, "backend=numpy"], folder, env, repeats),
+            "startup_floor": timed([sys.executable, "floor.py", uri, "1"], folder, env, repeats),
+            "sweep_runner": timed([*runner, "backend=numpy", "lr=range(0.01,0.31,0.01)"], folder, env, max(1, repeats // 2)),
+            "sweep_floor": timed([sys.executable, "floor.py", uri, "30"], folder, env, max(1, repeats // 2)),
+        }
+        for epochs in (1_000, 10_000, 100_000):
+            out[f"epochs_{epochs}"] = timed([*runner, "backend=numpy", f"epochs={epochs}", "lr=0.0001"],
+                                            folder, env, repeats)
+    return out
+
+
+def table(engines_result, commands, quick):
+    lines = [f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+             f"Python {platform.python_version()}; {'quick run' if quick else 'full run'}.", ""]
+    lines += ["| per step, y = x², float32, 20 000 epochs | article's code (µs) | runner (µs) | speed-up | target |",
+              "|---|---|---|---|---|"]
+    targets = {"numpy": ("runner ≤ 1.5× article", lambda a, e: e <= 1.5 * a),
+               "tf": ("≥ 30× faster", lambda a, e: a / e >= 30),
+               "torch": ("faster than article, ≤ bare loop", None)}
+    for backend, r in engines_result.items():
+        article = r.get("article")
+        if article is None:
+            lines.append(f"| {backend} | – | {r['engine']:.3g} | – | reported |")
+            continue
+        target, check = targets[backend]
+        if backend == "torch":
+            met = r["engine"] < article and r["engine"] <= r["bare"]
+            target = f"{target} (bare loop {r['bare']:.3g} µs)"
+        else:
+            met = check(article, r["engine"])
+        lines.append(f"| {backend} | {article:.3g} | {r['engine']:.3g} | {article / r['engine']:.3g}× | "
+                     f"{target}: {'met' if met else 'MISSED'} |")
+    c = commands
+    lines += ["", "| whole command | runner (s) | floor (s) | ratio | target |", "|---|---|---|---|---|",
+              f"| one `backend=numpy` run | {c['startup_runner']:.2f} | {c['startup_floor']:.2f} | "
+              f"{c['startup_runner'] / c['startup_floor']:.2f} | ≤ 1.3: {'met' if c['startup_runner'] <= 1.3 * c['startup_floor'] else 'MISSED'} |",
+              f"| 30-job numpy lr sweep, per job | {c['sweep_runner'] / 30:.3f} | {c['sweep_floor'] / 30:.3f} | "
+              f"{c['sweep_runner'] / c['sweep_floor']:.2f} | ≤ 1.25: {'met' if c['sweep_runner'] <= 1.25 * c['sweep_floor'] else 'MISSED'} |"]
+    t3, t4, t5 = c["epochs_1000"], c["epochs_10000"], c["epochs_100000"]
+    lines += ["", "| epochs | 10³ | 10⁴ | 10⁵ | growth 10⁴→10⁵ |", "|---|---|---|---|---|",
+              f"| one numpy run (s) | {t3:.2f} | {t4:.2f} | {t5:.2f} | {t5 / t4:.2f}× for 10× the epochs: "
+              f"{'no faster than linear' if t5 / t4 <= 10 and t4 / t3 <= 10 else 'FASTER THAN LINEAR'} |"]
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--engine", help=argparse.SUPPRESS)  # internal: measure one framework
+    args = parser.parse_args()
+    repeats = 1 if args.quick else 3
+    if args.engine:
+        print(json.dumps(measure_engine(args.engine, repeats)))
+        return
+    backends = sorted(p.stem for p in (REPO / "conf" / "backend").glob("*.yaml"))
+    engines_result = {}
+    for backend in backends:
+        done = subprocess.run([sys.executable, __file__, "--engine", backend, *(["--quick"] if args.quick else [])],
+                              capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+        if done.returncode == 0:
+            engines_result[backend] = json.loads(done.stdout.strip().splitlines()[-1])
+        else:
+            print(f"{backend}: not measured ({done.stderr.strip().splitlines()[-1]})", file=sys.stderr)
+    print(table(engines_result, measure_commands(repeats), args.quick))
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(REPO))
+    main()

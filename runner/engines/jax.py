@@ -1,0 +1,71 @@
+"""The JAX engine: `jax.value_and_grad`, an optax optimizer, the whole loop one `lax.scan` under `jax.jit`.
+
+The loop cannot stop early inside `scan`: it runs every epoch, and the rows after the first
+diverged one are dropped, as the other engines do.
+"""
+
+from __future__ import annotations
+
+import jax
+
+jax.config.update("jax_enable_x64", True)  # float64 runs need it; float32 runs stay float32
+
+import jax.numpy as jnp  # noqa: E402
+import optax  # noqa: E402
+
+from runner.engines import Problem, Trajectory, first_diverged_row, no_gpu  # noqa: E402
+
+FRAMEWORK = "jax"
+VERSION = jax.__version__
+OPS = {"sin": jnp.sin, "cos": jnp.cos, "tanh": jnp.tanh, "exp": jnp.exp, "log": jnp.log,
+       "sqrt": jnp.sqrt, "abs": jnp.abs, "sum": jnp.sum}
+OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam")
+
+
+def _gpus() -> list:
+    try:
+        return jax.devices("gpu")
+    except RuntimeError:  # no GPU backend in this jaxlib
+        return []
+
+
+def resolve_device(requested: str) -> str:
+    if requested == "cpu":
+        return "cpu:0"
+    if _gpus():
+        return "gpu:0"
+    if requested == "auto":
+        return "cpu:0"
+    raise no_gpu("jax", requested, "sees no GPU (jax.devices('gpu') finds none; a CUDA build of jaxlib is needed)")
+
+
+def _optimizer(problem: Problem) -> optax.GradientTransformation:
+    o = problem.optimizer
+    if o.name == "adam":
+        return optax.adam(o.lr, b1=o.beta1, b2=o.beta2, eps=o.eps)
+    return optax.sgd(o.lr, momentum=o.momentum, nesterov=o.name == "nesterov")
+
+
+def descend(problem: Problem) -> Trajectory:
+    """Gradient descent with all epochs in one compiled `lax.scan`."""
+    platform, index = problem.device.split(":")
+    device = jax.devices(platform)[int(index)]
+    value_and_grad = jax.value_and_grad(problem.loss.objective(OPS, problem.x_start.shape))
+    optimizer = _optimizer(problem)
+
+    def step(carry, _):
+        x, state = carry
+        y, grad = value_and_grad(x)
+        updates, state = optimizer.update(grad, state, x)
+        return (optax.apply_updates(x, updates), state), (x, y, grad)
+
+    @jax.jit
+    def run(x0):
+        _, rows = jax.lax.scan(step, (x0, optimizer.init(x0)), None, length=problem.epochs + 1)
+        return rows
+
+    x0 = jax.device_put(jnp.asarray(problem.x_start, dtype=problem.dtype), device)
+    xs, losses, grads = (jax.device_get(row) for row in run(x0))
+    diverged = first_diverged_row(xs, losses, problem.diverge_above)
+    rows = len(xs) if diverged is None else diverged + 1
+    return Trajectory(xs[:rows], losses[:rows], grads[:rows], device=str(x0.devices().pop()))
