@@ -36,11 +36,9 @@ LR = 1e-4  # x stays a normal float for 20 000 steps: no subnormal slow-down in 
 
 # --- per-step costs, one framework per process ---------------------------------------------------
 
-def article_numpy(epochs):
+def article_gd(dfunc, epochs):
+    """The article's GD(x_start, df, epochs, lr): it keeps x only."""
     import numpy as np
-
-    def dfunc(x):
-        return 2 * x
 
     xs = np.zeros(epochs + 1)
     x = 5.0
@@ -51,42 +49,32 @@ def article_numpy(epochs):
     return xs
 
 
+def article_numpy(epochs):
+    return article_gd(lambda x: 2 * x, epochs)
+
+
 def article_tf(epochs):
-    import numpy as np
     import tensorflow as tf
 
-    def dfunc(x_value):
+    def dfunc(x_value):  # a new Variable and tape every step, as the article writes it
         x = tf.Variable(x_value, dtype=tf.float32)
         with tf.GradientTape() as g:
             y = x**2
         return g.gradient(y, x).numpy()
 
-    xs = np.zeros(epochs + 1)
-    x = 5.0
-    xs[0] = x
-    for i in range(epochs):
-        x += -dfunc(x) * LR
-        xs[i + 1] = x
-    return xs
+    return article_gd(dfunc, epochs)
 
 
 def article_torch(epochs):
-    import numpy as np
     import torch
 
-    def dfunc(x_value):
+    def dfunc(x_value):  # a new tensor every step, as the article writes it
         x = torch.tensor(float(x_value), requires_grad=True)
         y = x**2
         y.backward()
         return x.grad
 
-    xs = np.zeros(epochs + 1)
-    x = 5.0
-    xs[0] = x
-    for i in range(epochs):
-        x += -dfunc(x) * LR
-        xs[i + 1] = x
-    return xs
+    return article_gd(dfunc, epochs)
 
 
 def bare_torch(epochs):

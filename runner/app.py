@@ -39,63 +39,74 @@ def run_job(cfg: DictConfig) -> float:
     problem, engine = build_problem(cfg)
     store = tracking.connect(uri, cfg.mlflow.experiment_name)
     config_hash = provenance.config_hash(cfg)
-    if cfg.skip_done:
-        done = store.finished_run(config_hash)
-        if done:
-            log.info("[%s] skipped: run %s already has this config (skip_done=true)", run_name(cfg), done)
-            return float(store.record(done).metrics.get("final_loss", float("nan")))
+    if cfg.skip_done and (done := store.finished_run(config_hash)):
+        log.info("[%s] skipped: run %s already has this config (skip_done=true)", run_name(cfg), done)
+        return float(store.record(done).metrics.get("final_loss", float("nan")))
 
-    out_dir = Path(hydra_cfg.runtime.output_dir)
-    backend = cfg.backend.name
-    tags = {"backend": backend, "framework": engine.FRAMEWORK, "framework_version": engine.VERSION,
+    tags = {"backend": cfg.backend.name, "framework": engine.FRAMEWORK, "framework_version": engine.VERSION,
             "device": problem.device, "loss": problem.loss.name, "optimizer": problem.optimizer.name,
             "config_hash": config_hash, **provenance.code_tags(),
             **provenance.version_tags("numpy", "hydra-core", "omegaconf", "mlflow", "matplotlib")}
     if problem.loss.curvature is not None:
         tags["loss_curvature"] = problem.loss.curvature
-    parent = sweep.parent_run_id(hydra_cfg)
-    if parent:
+    if parent := sweep.parent_run_id(hydra_cfg):
         tags["mlflow.parentRunId"] = parent
     with store.run(name=run_name(cfg), tags=tags) as run_id:
         store.log_params(run_id, flat_params(cfg))
-        started = time.perf_counter()
-        trajectory = engine.descend(problem)
-        wall_time = time.perf_counter() - started
-        outcome = outcomes.classify(trajectory, cfg.stop.tolerance, cfg.stop.diverge_above)
-        store.log_trajectory(run_id, trajectory, cfg.mlflow.max_logged_steps)
-        summary = {"final_loss": trajectory.loss[-1], "final_grad_norm": trajectory.grad_norm[-1],
-                   "epochs_run": len(trajectory.x) - 1, "wall_time_s": wall_time}
-        if outcome.steps_to_tolerance is not None:
-            summary["steps_to_tolerance"] = outcome.steps_to_tolerance
-        store.log_metrics(run_id, summary)
-        store.set_tags(run_id, {"device": trajectory.device, "outcome": outcome.label})
-
-        csv_path = write_csv(out_dir / "trajectory.csv", trajectory)
-        png_path = out_dir / "gradient_descent.png"
-        figure = plots.article_figure(problem.loss.objective(engines.load("numpy").OPS, ()), trajectory) \
-            if trajectory.x.ndim == 1 else plots.path_figure(trajectory)
-        figure.savefig(png_path)
-
-        label = f"[{backend} {problem.optimizer.name} lr={cfg.lr}]"
-        if trajectory.x.ndim == 1:
-            # The article's line; a long run shows its first and last 8 epochs.
-            rounded = np.array2string(np.around(trajectory.x, 2), max_line_width=sys.maxsize,
-                                      threshold=20, edgeitems=8)
-            log.info("%s %s", label, rounded)
-        else:
-            log.info("%s x: %s -> %s", label, problem.x_start.tolist(), np.around(trajectory.x[-1], 4).tolist())
-        steps = "" if outcome.steps_to_tolerance is None else f" (within tolerance at epoch {outcome.steps_to_tolerance})"
-        log.info("%s %s after %d epochs, final loss %.6g%s", label, outcome.label,
-                 len(trajectory.x) - 1, trajectory.loss[-1], steps)
-        log.info("%s MLflow: %s", label, store.describe(run_id))
-        for handler in logging.getLogger().handlers:
-            handler.flush()
-        store.log_artifacts(
-            run_id,
-            files=[png_path, csv_path, out_dir / f"{hydra_cfg.job.name}.log"],
-            folders={"hydra": out_dir / hydra_cfg.output_subdir} if hydra_cfg.output_subdir else {},
-        )
+        trajectory = descend_and_record(store, run_id, cfg, problem, engine, hydra_cfg)
     return float(trajectory.loss[-1])
+
+
+def descend_and_record(store, run_id: str, cfg: DictConfig, problem: engines.Problem, engine: Any,
+                       hydra_cfg: Any) -> engines.Trajectory:
+    """The descent, then everything it produced: metrics, outcome, files, the terminal lines."""
+    started = time.perf_counter()
+    trajectory = engine.descend(problem)
+    wall_time = time.perf_counter() - started
+    outcome = outcomes.classify(trajectory, cfg.stop.tolerance, cfg.stop.diverge_above)
+    store.log_trajectory(run_id, trajectory, cfg.mlflow.max_logged_steps)
+    summary = {"final_loss": trajectory.loss[-1], "final_grad_norm": trajectory.grad_norm[-1],
+               "epochs_run": len(trajectory.x) - 1, "wall_time_s": wall_time}
+    if outcome.steps_to_tolerance is not None:
+        summary["steps_to_tolerance"] = outcome.steps_to_tolerance
+    store.log_metrics(run_id, summary)
+    store.set_tags(run_id, {"device": trajectory.device, "outcome": outcome.label})
+
+    out_dir = Path(hydra_cfg.runtime.output_dir)
+    csv_path = write_csv(out_dir / "trajectory.csv", trajectory)
+    png_path = out_dir / "gradient_descent.png"
+    if trajectory.x.ndim == 1:
+        figure = plots.article_figure(problem.loss.objective(engines.load("numpy").OPS, ()), trajectory)
+    else:
+        figure = plots.path_figure(trajectory)
+    figure.savefig(png_path)
+
+    say(f"[{cfg.backend.name} {problem.optimizer.name} lr={cfg.lr}]", problem, trajectory, outcome,
+        store.describe(run_id))
+    for handler in logging.getLogger().handlers:  # the log file goes up next: make it complete
+        handler.flush()
+    store.log_artifacts(
+        run_id,
+        files=[png_path, csv_path, out_dir / f"{hydra_cfg.job.name}.log"],
+        folders={"hydra": out_dir / hydra_cfg.output_subdir} if hydra_cfg.output_subdir else {},
+    )
+    return trajectory
+
+
+def say(label: str, problem: engines.Problem, trajectory: engines.Trajectory,
+        outcome: outcomes.Outcome, where: str) -> None:
+    """The terminal's account of a run: the article's line, how it ended, where it is."""
+    if trajectory.x.ndim == 1:
+        # The article's line; a long run shows its first and last 8 epochs.
+        rounded = np.array2string(np.around(trajectory.x, 2), max_line_width=sys.maxsize,
+                                  threshold=20, edgeitems=8)
+        log.info("%s %s", label, rounded)
+    else:
+        log.info("%s x: %s -> %s", label, problem.x_start.tolist(), np.around(trajectory.x[-1], 4).tolist())
+    steps = "" if outcome.steps_to_tolerance is None else f" (within tolerance at epoch {outcome.steps_to_tolerance})"
+    log.info("%s %s after %d epochs, final loss %.6g%s", label, outcome.label,
+             len(trajectory.x) - 1, trajectory.loss[-1], steps)
+    log.info("%s MLflow: %s", label, where)
 
 
 def build_problem(cfg: DictConfig) -> tuple[engines.Problem, Any]:
