@@ -111,6 +111,26 @@ def parent_run(sweep_config: DictConfig, job_configs: Sequence[DictConfig]) -> I
             store.end(sweep.run_id, status)
 
 
+class ComposedOnce:
+    """A config loader that hands each job the config `check_jobs` already composed for it.
+
+    Hydra composes every job's config again when launching it (about 0.15 s a job here, more
+    than the job's own work); for an in-process launcher this halves that. Each config is handed
+    out once, as a fresh composition would be; anything else goes to the real loader.
+    """
+
+    def __init__(self, loader: Any, jobs: Sequence[Sequence[str]], configs: Sequence[DictConfig]) -> None:
+        self._loader = loader
+        self._composed = {tuple(job): cfg for job, cfg in zip(jobs, configs)}
+
+    def load_sweep_config(self, master_config: DictConfig, sweep_overrides: list[str]) -> DictConfig:
+        cfg = self._composed.pop(tuple(sweep_overrides), None)
+        return cfg if cfg is not None else self._loader.load_sweep_config(master_config, sweep_overrides)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._loader, name)
+
+
 def failures_error(results: Sequence[Any]) -> Optional[SweepFailed]:
     """One error listing every failed job and why, or None when all succeeded."""
     from hydra.core.utils import JobStatus

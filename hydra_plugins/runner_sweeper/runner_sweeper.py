@@ -11,9 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from hydra._internal.core_plugins.basic_launcher import BasicLauncher
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.types import HydraContext
 from omegaconf import OmegaConf
 
 
@@ -36,6 +38,11 @@ class RunnerSweeper(BasicSweeper):
         batches = self.split_arguments(overrides, self.max_batch_size)
         jobs = [job for batch in batches for job in batch]
         configs = sweep.check_jobs(self.hydra_context.config_loader, self.config, jobs)
+
+        if isinstance(self.launcher, BasicLauncher):  # in this process: reuse what was composed
+            self.launcher.hydra_context = HydraContext(
+                config_loader=sweep.ComposedOnce(self.hydra_context.config_loader, jobs, configs),
+                callbacks=self.hydra_context.callbacks)
 
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
