@@ -18,6 +18,10 @@ def test_lr_sweep_preset_and_its_report(tmp_path, store_uri, launcher):
     result = run_cli(*args, cwd=tmp_path, store_uri=store_uri)
     assert result.returncode == 0, result.stderr[-3000:]
 
+    (sweep_dir,) = (tmp_path / "outputs" / "multirun").glob("*/*")  # one folder for the sweep
+    assert sorted(int(d.name) for d in sweep_dir.iterdir() if d.name.isdigit()) == list(range(45))
+    assert (sweep_dir / "report" / "runs.csv").is_file()
+
     client = MlflowClient(store_uri)
     (parent,) = runs_of(store_uri, "lr_sweep", sweeps=True)
     children = runs_of(store_uri, "lr_sweep")

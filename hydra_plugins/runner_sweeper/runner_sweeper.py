@@ -33,6 +33,9 @@ class RunnerSweeper(BasicSweeper):
     def sweep(self, arguments: List[str]) -> Any:
         from runner import sweep
 
+        # Resolve the sweep folder (its ${now:...}) before composing any job: each job config copies
+        # the master's resolver cache, and so gets this same folder.
+        sweep_dir = Path(self.config.hydra.sweep.dir)
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         overrides = parser.parse_overrides([*self._parse_config(), *arguments])
         batches = self.split_arguments(overrides, self.max_batch_size)
@@ -44,7 +47,6 @@ class RunnerSweeper(BasicSweeper):
                 config_loader=sweep.ComposedOnce(self.hydra_context.config_loader, jobs, configs),
                 callbacks=self.hydra_context.callbacks)
 
-        sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
 
