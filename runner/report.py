@@ -1,5 +1,12 @@
 """The sweep report, built from what the jobs recorded: their MLflow runs and trajectory CSVs.
 
+Built by the sweeper at the end of every sweep (`build`), and printed again on demand:
+
+    python -m runner.report [--experiment NAME] [--sweep RUN_ID] [--csv] [--sort COLUMN ...]
+
+prints the table of the newest sweep of the experiment (default `runner`), or of the sweep
+whose parent run is RUN_ID, as the sweep recorded it (`report/runs.csv` of its parent run).
+
 One row per job (backend, optimizer, loss, lr, final x, final loss, outcome, steps to
 tolerance, wall time, parity), two figures, and a parity line per backend, all logged to the
 sweep's parent run under `report/` and written into the sweep folder.
@@ -157,11 +164,66 @@ def _figures(jobs: list[Job], rows: list[dict], out: Path) -> list[Path]:
     return paths
 
 
+def main(argv: Optional[list[str]] = None) -> int:
+    import argparse
+    import io
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m runner.report",
+                                     description="Print the table of runs of a sweep.")
+    parser.add_argument("--experiment", default="runner", help="the MLflow experiment (default: runner)")
+    parser.add_argument("--sweep", metavar="RUN_ID", help="the sweep's parent run (default: the newest sweep)")
+    parser.add_argument("--csv", action="store_true", help="print CSV instead of an aligned table")
+    parser.add_argument("--sort", nargs="+", metavar="COLUMN", choices=COLUMNS,
+                        help=f"sort by these columns (default: loss optimizer lr backend); one of {', '.join(COLUMNS)}")
+    parser.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here")
+    args = parser.parse_args(argv)
+
+    from runner import tracking
+
+    try:
+        store = tracking.open_experiment(tracking.tracking_uri(args.tracking_uri, Path.cwd()), args.experiment)
+        sweeps = store.sweeps()
+        parent = args.sweep or (sweeps[0].run_id if sweeps else None)
+        if parent is None:
+            raise ValueError(f"experiment {args.experiment!r} has no sweep yet")
+        with tempfile.TemporaryDirectory() as tmp:
+            path = store.download(parent, "report/runs.csv", Path(tmp))
+            if path is None:
+                raise ValueError(f"run {parent} of experiment {args.experiment!r} holds no sweep report")
+            text = path.read_text()
+    except Exception as error:  # one line: this is a command for people
+        print(f"runner.report: {error}", file=sys.stderr)
+        return 2
+    raw = list(csv.DictReader(io.StringIO(text)))
+    rows = [{key: _number(value) for key, value in row.items()} for row in raw]
+    order = list(range(len(rows)))
+    if args.sort:  # numbers before text (a failed run's blank cells last), then by value
+        order.sort(key=lambda i: tuple((isinstance(rows[i][c], str), rows[i][c]) for c in args.sort))
+    if args.csv:
+        writer = csv.DictWriter(sys.stdout, fieldnames=list(raw[0]) if raw else COLUMNS)
+        writer.writeheader()
+        writer.writerows(raw[i] for i in order)
+    else:
+        print(f"sweep {parent} of experiment {args.experiment!r}: {len(rows)} runs")
+        print(format_table([rows[i] for i in order]))
+    return 0
+
+
+def _number(text: str) -> object:
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
 def format_table(rows: list[dict]) -> str:
     """The rows as an aligned text table for the terminal."""
     def cell(value: object) -> str:
         if isinstance(value, float):
             return "" if math.isnan(value) else f"{value:.4g}"
+        if isinstance(value, str) and value.startswith("["):  # a vector read back from the CSV
+            return "[" + ", ".join(f"{float(v):.4g}" for v in value.strip("[]").split(",")) + "]"
         if isinstance(value, list):
             return "[" + ", ".join(f"{v:.4g}" for v in value) + "]"
         return str(value)
@@ -174,3 +236,7 @@ def format_table(rows: list[dict]) -> str:
     lines.append("  ".join("-" * w for w in widths))
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in cells]
     return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

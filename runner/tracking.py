@@ -146,6 +146,10 @@ class Store:
     def record(self, run_id: str) -> RunRecord:
         return _record(self.client.get_run(run_id))
 
+    def sweeps(self) -> list[RunRecord]:
+        """The sweeps' parent runs of this experiment, newest first."""
+        return self._search("tags.kind = 'sweep'")[::-1]
+
     def finished_run(self, config_hash: str) -> Optional[str]:
         """A FINISHED run of this experiment whose config has this hash, if there is one."""
         found = self._search(f"tags.config_hash = '{config_hash}' and attributes.status = 'FINISHED'")
@@ -243,6 +247,17 @@ def connect(uri: str, experiment_name: str) -> Store:
     else:
         experiment_id = experiment.experiment_id
     return Store(uri=uri, experiment_name=experiment_name, experiment_id=experiment_id, client=client)
+
+
+def open_experiment(uri: str, experiment_name: str) -> Store:
+    """An existing experiment of the store, for reading; a ConfigError if there is none."""
+    check_reachable(uri)
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name(experiment_name)
+    if experiment is None:
+        names = ", ".join(e.name for e in client.search_experiments()) or "none"
+        raise ConfigError(f"experiment {experiment_name!r} is not in {uri} (experiments there: {names})")
+    return Store(uri=uri, experiment_name=experiment_name, experiment_id=experiment.experiment_id, client=client)
 
 
 def open_run(uri: str, run_id: str) -> Store:

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import csv
+import io
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
-from conftest import BACKENDS, run_cli, runs_of
+from conftest import BACKENDS, REPO, run_cli, runs_of
 from mlflow import MlflowClient
 
 pytestmark = pytest.mark.slow
@@ -96,3 +100,28 @@ def test_a_diverging_job_is_an_ordinary_result(tmp_path, store_uri):
     assert outcomes["1.5"].data.tags["outcome"] == "diverged"
     assert outcomes["1.5"].data.metrics["epochs_run"] == 18 and outcomes["1.5"].info.status == "FINISHED"
     assert outcomes["0.3"].data.tags["outcome"] == "converged"
+
+
+def report(*args, store_uri, cwd):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": store_uri}
+    return subprocess.run([sys.executable, "-m", "runner.report", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_the_report_command_prints_a_sweeps_table(tmp_path, store_uri):
+    assert run_cli("lr=0.1,0.3,1.5", "epochs=40", cwd=tmp_path, store_uri=store_uri).returncode == 0
+    table = report(store_uri=store_uri, cwd=tmp_path)
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.splitlines()
+    assert lines[0].startswith("sweep ") and lines[0].endswith("'runner': 3 runs")
+    assert lines[1].split() == ["backend", "optimizer", "loss", "lr", "final", "x", "final", "loss",
+                                "outcome", "steps", "wall", "s", "parity"]
+    assert [line.split()[3] for line in lines[3:]] == ["0.1", "0.3", "1.5"]
+    assert lines[-1].split()[6] == "diverged"
+
+    as_csv = report("--csv", "--sort", "final_loss", store_uri=store_uri, cwd=tmp_path)
+    rows = list(csv.DictReader(io.StringIO(as_csv.stdout)))
+    assert [r["lr"] for r in rows] == ["0.3", "0.1", "1.5"] and rows[0]["steps_to_tolerance"] == "13"
+
+    missing = report("--experiment", "nope", store_uri=store_uri, cwd=tmp_path)
+    assert missing.returncode == 2 and missing.stderr.startswith("runner.report: experiment 'nope' is not in")
