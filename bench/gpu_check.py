@@ -1,4 +1,5 @@
-"""GPU check: torch and jax on `cuda` give the CPU's trajectory, for every optimizer and loss.
+"""GPU check: torch and jax on `cuda` give the CPU's trajectory, for every optimizer and loss;
+then the dimension sweep on the GPU.
 
 Run by bench/gpu.sh on a machine with a GPU, torch and jax (the runner's other dependencies
 are not needed for this part). Prints a markdown table and exits 1 on any mismatch.
@@ -61,7 +62,49 @@ def main() -> int:
             worst_ok &= ok
             print(f"| {backend} | {', '.join(sorted(used))} | {dtype} | {count} | {worst:.3g} | "
                   f"{np.median(step_us):.3g} | {'yes' if ok else 'NO'} |")
+    print()
+    dimension_sweep()
     return 0 if worst_ok else 1
+
+
+def dimension_sweep() -> None:
+    """Microseconds per step and effective GB/s on the GPU for dim = 10^4 .. 10^8 (float32),
+    against one read and one write of x by a device-to-device copy (torch), as bench/run.py does
+    on the CPU: per step = (t(2E) - t(E)) / E, so compiling and allocating cancel out."""
+    import torch
+
+    square = load_loss("square")
+    dims = [10**k for k in range(4, 9)]
+    print("| dim | floor: torch copy on the GPU, µs (GB/s) | torch µs/step (GB/s) | jax µs/step (GB/s) |")
+    print("|---|---|---|---|")
+    for dim in dims:
+        a = torch.full((dim,), 5.0, device="cuda")
+        b = torch.empty_like(a)
+        b.copy_(a)
+        torch.cuda.synchronize()
+        started = time.perf_counter()
+        for _ in range(20):
+            b.copy_(a)
+        torch.cuda.synchronize()
+        floor = (time.perf_counter() - started) / 20 * 1e6
+        del a, b
+        cells = []
+        for backend in ("torch", "jax"):
+            engine = engines.load(backend)
+            epochs = int(max(10, min(1000, 2e9 // dim)))
+
+            def run(n):
+                problem = Problem(square, np.full(dim, 5.0), n, Optimizer("sgd", 1e-4), "float32",
+                                  engine.resolve_device("cuda"))
+                started = time.perf_counter()
+                engine.descend(problem)
+                return time.perf_counter() - started
+
+            run(epochs)
+            us = max(1e-9, run(2 * epochs) - run(epochs)) / epochs * 1e6
+            cells.append(f"{us:.4g} ({2 * 4 * dim / us / 1e3:.3g})")
+        print(f"| 10^{len(str(dim)) - 1} | {floor:.4g} ({2 * 4 * dim / floor / 1e3:.3g}) | " + " | ".join(cells) + " |",
+              flush=True)
 
 
 if __name__ == "__main__":

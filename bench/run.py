@@ -11,6 +11,8 @@
    saves the same figure and ends the run.
 3. Sweep size: a 30-job numpy lr sweep in one process against the floor doing 30 runs.
 4. Epoch count: one numpy run at 10^3, 10^4 and 10^5 epochs.
+5. Dimension: microseconds per step and effective GB/s (one read and one write of x a step)
+   for dim = 10^4 .. 10^7 per engine, against a plain NumPy copy of x measured in this run.
 
 Timings are wall-clock medians; these machines are shared, so compare ratios, not seconds.
 """
@@ -122,10 +124,52 @@ def per_step(function, epochs, repeats):
     return statistics.median(times) / epochs * 1e6
 
 
+DIMS = (10_000, 100_000, 1_000_000, 10_000_000)
+
+
+def dim_step(backend, dim, repeats):
+    """Microseconds per step at `dim` coordinates: (t(2E) - t(E)) / E cancels the fixed costs
+    of a run (tracing, compiling, allocating)."""
+    import numpy as np
+
+    from runner import engines
+    from runner.engines import Problem
+    from runner.losses import Loss, parse_expression
+    from runner.optimizers import Optimizer
+
+    engine = engines.load(backend)
+    square = Loss("square", parse_expression("loss.value", "x**2"), (parse_expression("loss.grad", "2*x"),))
+    epochs = int(max(10, min(2000, 2e8 // dim)))
+
+    def run(n):
+        problem = Problem(square, np.full(dim, 5.0), n, Optimizer("sgd", LR), "float32", engine.resolve_device("cpu"))
+        started = time.perf_counter()
+        engine.descend(problem)
+        return time.perf_counter() - started
+
+    run(epochs)  # warm-up
+    return statistics.median(max(1e-9, run(2 * epochs) - run(epochs)) for _ in range(repeats)) / epochs * 1e6
+
+
+def copy_floor(dim, repeats=5):
+    """Microseconds for one read and one write of `dim` float32 values by a plain NumPy copy."""
+    import numpy as np
+
+    a, b = np.full(dim, 5.0, np.float32), np.empty(dim, np.float32)
+    times = []
+    for _ in range(repeats + 1):
+        started = time.perf_counter()
+        for _ in range(10):
+            np.copyto(b, a)
+        times.append((time.perf_counter() - started) / 10)
+    return min(times[1:]) * 1e6
+
+
 def measure_engine(backend, repeats):
     """Runs in a process of its own: microseconds per step of each variant."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    result = {"engine": per_step(engine_runner(backend), EPOCHS, repeats)}
+    result = {"engine": per_step(engine_runner(backend), EPOCHS, repeats),
+              "dims": {str(dim): dim_step(backend, dim, repeats) for dim in DIMS}}
     if backend in ARTICLE:
         # The article's TensorFlow code takes over a millisecond a step: 2 000 steps suffice.
         result["article"] = per_step(ARTICLE[backend], EPOCHS if backend != "tf" else 2_000, repeats)
@@ -189,6 +233,26 @@ def measure_commands(repeats):
     return out
 
 
+def dim_table(engines_result):
+    floors = {dim: copy_floor(dim) for dim in DIMS}
+    names = sorted(engines_result)
+    lines = ["| dim | floor: NumPy copy, µs (GB/s) | " + " | ".join(f"{n} µs/step (GB/s)" for n in names) + " |",
+             "|---|---|" + "---|" * len(names)]
+    for dim in DIMS:
+        gb = lambda us: 2 * 4 * dim / us / 1e3  # one read + one write of float32 x, per microsecond
+        cells = [f"{engines_result[n]['dims'][str(dim)]:.4g} ({gb(engines_result[n]['dims'][str(dim)]):.3g})"
+                 for n in names]
+        lines.append(f"| 10^{len(str(dim)) - 1} | {floors[dim]:.4g} ({gb(floors[dim]):.3g}) | " + " | ".join(cells) + " |")
+    top = DIMS[-1]
+    verdicts = []
+    for n in ("tf", "jax"):
+        if n in engines_result:
+            ratio = floors[top] / engines_result[n]["dims"][str(top)]
+            verdicts.append(f"{n} reaches {ratio:.2f} of the floor's bandwidth at 10^7 "
+                            f"(target ≥ 0.5: {'met' if ratio >= 0.5 else 'MISSED'})")
+    return "\n".join(lines + ["", "; ".join(verdicts) + "."])
+
+
 def table(engines_result, commands, quick):
     lines = [f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
              f"Python {platform.python_version()}; {'quick run' if quick else 'full run'}.", ""]
@@ -242,6 +306,8 @@ def main():
         else:
             print(f"{backend}: not measured ({done.stderr.strip().splitlines()[-1]})", file=sys.stderr)
     print(table(engines_result, measure_commands(repeats), args.quick))
+    print()
+    print(dim_table(engines_result))
 
 
 if __name__ == "__main__":

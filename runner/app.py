@@ -115,9 +115,13 @@ def build_problem(cfg: DictConfig) -> tuple[engines.Problem, Any]:
     loss = losses.from_config(cfg.loss)
     start = schema.start_point(cfg.x_start)
     shape = loss.shape(start)
+    if cfg.dim is not None:
+        if loss.dim is not None and loss.dim != cfg.dim:
+            raise ConfigError(f"dim={cfg.dim} is not allowed: loss={loss.name} has {loss.dim} coordinates")
+        shape = () if cfg.dim == 1 else (cfg.dim,)
     if shape and len(start) not in (1, shape[0]):
-        raise ConfigError(f"x_start={cfg.x_start} is not allowed: loss={loss.name} takes "
-                          f"{shape[0]} coordinates (give {shape[0]} numbers, or one for all)")
+        raise ConfigError(f"x_start={cfg.x_start} is not allowed: x has {shape[0]} coordinates "
+                          f"(give {shape[0]} numbers, or one for all)")
     x_start = np.broadcast_to(np.array(start, dtype=np.float64).reshape(-1 if shape else ()), shape).copy()
     engine = engines.load(cfg.backend.name, cfg.backend.module)
     o = cfg.optimizer

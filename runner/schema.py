@@ -92,6 +92,7 @@ class RunnerConfig:
     loss: LossConfig = MISSING
     optimizer: OptimizerConfig = MISSING
     x_start: Any = 5.0  # a number, or a list: one number per coordinate
+    dim: Optional[int] = None  # the number of coordinates of x (null: as x_start or the loss says)
     epochs: int = 15
     lr: float = 0.3
     device: Device = Device.cpu
@@ -111,6 +112,8 @@ def check_ranges(cfg: DictConfig) -> None:
     if cfg.epochs < 0:
         raise ConfigError(f"epochs={cfg.epochs} is not allowed: epochs must be an integer >= 0")
     _positive("lr", cfg.lr)
+    if cfg.dim is not None and cfg.dim < 1:
+        raise ConfigError(f"dim={cfg.dim} is not allowed: dim must be an integer >= 1, or null")
     if cfg.mlflow.max_logged_steps is not None and cfg.mlflow.max_logged_steps < 2:
         raise ConfigError(f"mlflow.max_logged_steps={cfg.mlflow.max_logged_steps} is not allowed: "
                           f"it must be an integer >= 2 (the first and the last step), or null for all")

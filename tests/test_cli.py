@@ -132,3 +132,12 @@ def test_a_long_run_keeps_every_epoch_in_the_csv_and_a_stride_in_mlflow(tmp_path
     assert len(steps) == 1000 and (steps[0], steps[-1]) == (0, 100000)
     local = client.download_artifacts(run.info.run_id, "trajectory.csv", str(tmp_path / "csv"))
     assert sum(1 for _ in open(local)) == 1 + 100001
+
+
+def test_a_large_dim_run_logs_the_first_coordinates_and_the_norms(tmp_path, store_uri):
+    result = run_cli("dim=100000", "epochs=5", "lr=0.1", cwd=tmp_path, store_uri=store_uri)
+    assert result.returncode == 0, result.stderr[-2000:]
+    (run,) = runs_of(store_uri)
+    names = set(run.data.metrics)
+    assert {"x/0", "x/9", "grad/9", "loss", "x_norm", "grad_norm"} <= names and "x/10" not in names
+    assert run.data.metrics["loss"] == pytest.approx(100000 * 25 * 0.8 ** 10, rel=1e-5)

@@ -82,3 +82,18 @@ def test_missing_framework_says_what_to_install(monkeypatch):
     monkeypatch.delitem(sys.modules, "runner.engines.torch", raising=False)
     with pytest.raises(ConfigError, match=r"backend=torch needs the Python package 'torch'.*pip install torch==2.13.0"):
         engines.load("torch")
+
+
+@pytest.mark.parametrize("backend", backend_params())
+def test_a_large_parameter_records_its_head_and_norms(backend):
+    """dim = 1000: each step keeps x[:10], grad[:10] and the norms of the whole vectors."""
+    engine = engines.load(backend)
+    start = np.linspace(-5.0, 5.0, 1000)
+    trajectory = engine.descend(Problem(SQUARE, start, 20, Optimizer("sgd", 0.1), "float64",
+                                        engine.resolve_device("cpu")))
+    factor = 0.8 ** np.arange(21)[:, None]  # x_k = x_0 (1 - 2 lr)^k, coordinate by coordinate
+    np.testing.assert_allclose(trajectory.x, start[:10] * factor, rtol=1e-12)
+    np.testing.assert_allclose(trajectory.x_norm, np.linalg.norm(start) * factor[:, 0], rtol=1e-12)
+    np.testing.assert_allclose(trajectory.grad_norm, 2 * np.linalg.norm(start) * factor[:, 0], rtol=1e-12)
+    np.testing.assert_allclose(trajectory.loss, np.sum(start**2) * factor[:, 0] ** 2, rtol=1e-12)
+    assert list(trajectory.columns())[-2:] == ["grad_norm", "x_norm"] and "x/9" in trajectory.columns()

@@ -32,6 +32,11 @@ from runner.schema import ConfigError
 # What to `pip install` when an engine's framework is missing, where the name differs.
 INSTALL_HINT = {"tensorflow": "tensorflow-cpu", "torch": "torch==2.13.0", "jax": "'jax[cpu]' optax"}
 
+# A parameter of more coordinates than this records, each step, only its first RECORDED
+# coordinates (of x and of the gradient) and the norms of the whole x and gradient: a run of
+# 10^7 coordinates would otherwise keep 40 MB a step.
+RECORDED = 10
+
 # Engines look for divergence once per this many steps (a check per step would cost a device
 # synchronisation each time); rows past the first diverged one are dropped.
 CHECK_EVERY = 256
@@ -50,6 +55,11 @@ class Problem:
     diverge_above: float = 1e6  # |x| beyond this counts as diverged, and the run stops
     seed: int = 0  # for the framework's random generator (descent itself draws nothing)
 
+    @property
+    def recorded(self) -> Optional[int]:
+        """How many leading coordinates each step records, or None for all of them."""
+        return RECORDED if self.x_start.size > RECORDED else None
+
 
 @dataclass(frozen=True)
 class Trajectory:
@@ -63,22 +73,38 @@ class Trajectory:
     loss: np.ndarray
     grad: np.ndarray
     device: str  # where the parameter actually lived, as the framework names it
+    # For a parameter of more than RECORDED coordinates, x and grad hold the first RECORDED
+    # ones, and these the norms of the whole vectors.
+    x_norm: Optional[np.ndarray] = None
+    whole_grad_norm: Optional[np.ndarray] = None
 
     @property
     def grad_norm(self) -> np.ndarray:
+        if self.whole_grad_norm is not None:
+            return self.whole_grad_norm.astype(np.float64)
         return np.sqrt(np.sum(np.square(self.grad.reshape(len(self.grad), -1), dtype=np.float64), axis=1))
+
+    def head(self, rows: int) -> "Trajectory":
+        """The first `rows` rows."""
+        cut = (lambda a: None if a is None else a[:rows])
+        return Trajectory(self.x[:rows], self.loss[:rows], self.grad[:rows], self.device,
+                          cut(self.x_norm), cut(self.whole_grad_norm))
 
     def columns(self) -> dict[str, np.ndarray]:
         """One series per name, as metrics and the CSV name them.
 
         A scalar parameter gives `x`, `loss`, `grad`; a vector gives `x/0`, `x/1`, ..., `loss`,
-        `grad/0`, `grad/1`, ... and `grad_norm`.
+        `grad/0`, `grad/1`, ... and `grad_norm`; one of more than RECORDED coordinates gives its
+        first RECORDED coordinates, and `x_norm` too.
         """
         if self.x.ndim == 1:
             return {"x": self.x, "loss": self.loss, "grad": self.grad}
         x, grad = self.x.reshape(len(self.x), -1), self.grad.reshape(len(self.grad), -1)
+        norms = {"grad_norm": self.grad_norm}
+        if self.x_norm is not None:
+            norms["x_norm"] = self.x_norm
         return {**{f"x/{i}": x[:, i] for i in range(x.shape[1])}, "loss": self.loss,
-                **{f"grad/{i}": grad[:, i] for i in range(grad.shape[1])}, "grad_norm": self.grad_norm}
+                **{f"grad/{i}": grad[:, i] for i in range(grad.shape[1])}, **norms}
 
 
 def first_diverged_row(x: np.ndarray, loss: np.ndarray, bound: float) -> Optional[int]:

@@ -53,11 +53,15 @@ def descend(problem: Problem) -> Trajectory:
     value_and_grad = jax.value_and_grad(problem.loss.objective(OPS, problem.x_start.shape))
     optimizer = _optimizer(problem)
 
+    head = problem.recorded
+
     def step(carry, _):
         x, state = carry
         y, grad = value_and_grad(x)
         updates, state = optimizer.update(grad, state, x)
-        return (optax.apply_updates(x, updates), state), (x, y, grad)
+        row = (x, y, grad) if head is None else (
+            x[:head], y, grad[:head], jnp.linalg.norm(x), jnp.linalg.norm(grad))
+        return (optax.apply_updates(x, updates), state), row
 
     @jax.jit
     def run(x0):
@@ -65,7 +69,7 @@ def descend(problem: Problem) -> Trajectory:
         return rows
 
     x0 = jax.device_put(jnp.asarray(problem.x_start, dtype=problem.dtype), device)
-    xs, losses, grads = (jax.device_get(row) for row in run(x0))
-    diverged = first_diverged_row(xs, losses, problem.diverge_above)
-    rows = len(xs) if diverged is None else diverged + 1
-    return Trajectory(xs[:rows], losses[:rows], grads[:rows], device=str(x0.devices().pop()))
+    rows = [jax.device_get(r) for r in run(x0)]  # x, loss, grad (and the two norms)
+    trajectory = Trajectory(*rows[:3], str(x0.devices().pop()), *rows[3:])
+    diverged = first_diverged_row(trajectory.x, trajectory.loss, problem.diverge_above)
+    return trajectory if diverged is None else trajectory.head(diverged + 1)

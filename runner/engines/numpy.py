@@ -37,20 +37,26 @@ def descend(problem: Problem) -> Trajectory:
     init, update = optimizers.RULES[problem.optimizer.name](problem.optimizer, dtype.type)
     x = problem.x_start.astype(dtype)[()]  # [()] makes a 0-d array a scalar: much faster to step
     state = init(x)
-    xs, grads = np.empty((problem.epochs + 1, *shape), dtype), np.empty((problem.epochs + 1, *shape), dtype)
-    losses = np.empty(problem.epochs + 1, dtype)
-    rows = problem.epochs + 1
+    n, head = problem.epochs + 1, problem.recorded
+    row = shape if head is None else (head,)
+    xs, grads, losses = np.empty((n, *row), dtype), np.empty((n, *row), dtype), np.empty(n, dtype)
+    norms = None if head is None else np.empty((n, 2), dtype)
+    rows = n
     with np.errstate(all="ignore"):  # a diverging run overflows on purpose; it is detected below
         for start, stop in chunks(problem.epochs):
             for k in range(start, stop):
                 grad = derivative(x)
-                xs[k], losses[k], grads[k] = x, value(x), grad
+                if head is None:
+                    xs[k], losses[k], grads[k] = x, value(x), grad
+                else:
+                    xs[k], losses[k], grads[k] = x[:head], value(x), grad[:head]
+                    norms[k] = np.sqrt(x @ x), np.sqrt(grad @ grad)
                 x, state = update(grad, state, x)  # the update after the last row is discarded
             diverged = first_diverged_row(xs[start:stop], losses[start:stop], problem.diverge_above)
             if diverged is not None:
                 rows = start + diverged + 1
                 break
-    return Trajectory(xs[:rows], losses[:rows], grads[:rows], device="cpu")
+    return Trajectory(xs, losses, grads, "cpu", *((None, None) if norms is None else norms.T)).head(rows)
 
 
 def _derivative(problem: Problem, dtype: np.dtype):

@@ -42,9 +42,11 @@ def descend(problem: Problem) -> Trajectory:
     value = problem.loss.objective(OPS, problem.x_start.shape)
     x = torch.tensor(problem.x_start, dtype=dt, device=device, requires_grad=True)
     optimizer = _optimizer(problem, x)
-    n = problem.epochs + 1
-    xs, grads = (torch.empty((n, *x.shape), dtype=dt, device=device) for _ in range(2))
+    n, head = problem.epochs + 1, problem.recorded
+    row = x.shape if head is None else (head,)
+    xs, grads = (torch.empty((n, *row), dtype=dt, device=device) for _ in range(2))
     losses = torch.empty(n, dtype=dt, device=device)
+    norms = None if head is None else torch.empty((n, 2), dtype=dt, device=device)
     rows = n
     for start, stop in chunks(problem.epochs):
         for k in range(start, stop):
@@ -52,12 +54,17 @@ def descend(problem: Problem) -> Trajectory:
             y = value(x)
             y.backward()
             with torch.no_grad():
-                xs[k], losses[k], grads[k] = x, y, x.grad
+                if head is None:
+                    xs[k], losses[k], grads[k] = x, y, x.grad
+                else:
+                    xs[k], losses[k], grads[k] = x[:head], y, x.grad[:head]
+                    norms[k, 0], norms[k, 1] = torch.linalg.vector_norm(x), torch.linalg.vector_norm(x.grad)
             optimizer.step()  # the update after the last row is discarded
         diverged = first_diverged_row(xs[start:stop].cpu().numpy(), losses[start:stop].cpu().numpy(),
                                       problem.diverge_above)
         if diverged is not None:
             rows = start + diverged + 1
             break
-    return Trajectory(xs[:rows].cpu().numpy(), losses[:rows].cpu().numpy(), grads[:rows].cpu().numpy(),
-                      device=str(x.device))
+    host = [t.cpu().numpy() for t in (xs, losses, grads)]
+    whole = (None, None) if norms is None else norms.cpu().numpy().T
+    return Trajectory(*host, str(x.device), *whole).head(rows)
