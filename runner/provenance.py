@@ -65,6 +65,7 @@ def code_tags() -> dict[str, str]:
     return tags
 
 
+@functools.lru_cache(maxsize=None)
 def version_tags(*distributions: str) -> dict[str, str]:
     """`<name>_version` for each installed distribution."""
     tags = {}

@@ -50,7 +50,8 @@ class Job:
 
     @property
     def x(self) -> np.ndarray:
-        names = ["x"] if "x" in self.series else sorted(k for k in self.series if k.startswith("x/"))
+        names = ["x"] if "x" in self.series else sorted(
+            (k for k in self.series if k.startswith("x/")), key=lambda k: int(k[2:]))  # x/2 before x/10
         return np.stack([self.series[n] for n in names], axis=1) if names else np.empty((0, 0))
 
 

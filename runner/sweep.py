@@ -11,8 +11,8 @@ expands the sweep like Hydra's basic sweeper and then calls, in order:
    launcher runs it in (`parent_run_id`); jobs whose config already has a FINISHED run are left
    out when `skip_done=true`;
 3. the launcher, for the remaining jobs; a failed job does not stop the others;
-4. on the way out of `parent_run`, whatever happened: runs left RUNNING by stopped workers are
-   ended KILLED, the report is built from what the jobs recorded (`runner.report`), and the
+4. on the way out of `parent_run`, whatever happened: runs left RUNNING by stopped or crashed
+   workers are ended KILLED, the report is built from what the jobs recorded (`runner.report`), and the
    parent ends FINISHED, FAILED (a job failed) or KILLED (Ctrl-C, SIGTERM).
 """
 
@@ -102,8 +102,9 @@ def parent_run(sweep_config: DictConfig, job_configs: Sequence[DictConfig]) -> I
         raise
     finally:
         try:
-            if status == "KILLED":
-                store.kill_running_children(sweep.run_id)
+            # Every job has returned, or been stopped: a run still RUNNING belonged to a worker
+            # process that died or was stopped with the sweep.
+            store.kill_running_children(sweep.run_id)
             all_finished = report.build(store, sweep.run_id, folder, reused=sweep.reused)
             if status == "FINISHED" and not all_finished:
                 status = "FAILED"

@@ -15,4 +15,5 @@ MODULES = ["runner.schema", "runner.losses", "runner.engines", "runner.engines.n
 @pytest.mark.parametrize("name", MODULES)
 def test_docstring_examples(name):
     result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0, f"{name} has no docstring example left to run"
     assert result.failed == 0
