@@ -1,12 +1,15 @@
 """GPU check: torch and jax on `cuda` give the CPU's trajectory, for every optimizer and loss;
-then the dimension sweep on the GPU.
+then the dimension sweep on the GPU, by the engines alone and then through `python -m runner`
+with MLflow on a SQLite file in the sweep's folder.
 
-Run by bench/gpu.sh on a machine with a GPU, torch and jax (the runner's other dependencies
-are not needed for this part). Prints a markdown table and exits 1 on any mismatch.
+Run by bench/gpu.sh on a machine with a GPU, torch and jax, and the wheels of
+bench/gpu_wheels.sh on its path. Prints markdown tables and exits 1 on any mismatch.
+    python3 bench/gpu_check.py FOLDER
 """
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -17,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from omegaconf import OmegaConf  # noqa: E402
 
-from runner import engines, losses  # noqa: E402
+from runner import engines, losses, tracking  # noqa: E402
 from runner.engines import Problem  # noqa: E402
 from runner.optimizers import Optimizer  # noqa: E402
 from runner.schema import LossConfig  # noqa: E402
@@ -27,6 +30,8 @@ OPTIMIZERS = [Optimizer("sgd", 0.01), Optimizer("momentum", 0.01, momentum=0.9),
               Optimizer("nesterov", 0.01, momentum=0.9), Optimizer("adam", 0.05, beta1=0.9, beta2=0.999, eps=1e-8)]
 STARTS = {"square": 5.0, "double_well": 2.5, "rosenbrock": [-1.5, 2.0]}
 TOLERANCE = {"float32": 1e-5, "float64": 1e-12}
+SWEEP_DIMS = (10**4, 10**6, 10**8)
+SWEEP_EPOCHS = 200
 
 
 def load_loss(name):
@@ -34,7 +39,7 @@ def load_loss(name):
                                               OmegaConf.load(REPO / "conf" / "loss" / f"{name}.yaml")))
 
 
-def main() -> int:
+def main(folder: Path) -> int:
     rows, worst_ok = [], True
     print("| backend | device used | dtype | runs | largest relative difference from the CPU | per step on GPU (µs) | within tolerance |")
     print("|---|---|---|---|---|---|---|")
@@ -64,7 +69,9 @@ def main() -> int:
                   f"{np.median(step_us):.3g} | {'yes' if ok else 'NO'} |")
     print()
     dimension_sweep()
-    return 0 if worst_ok else 1
+    print()
+    recorded_ok = mlflow_sweep(folder)
+    return 0 if worst_ok and recorded_ok else 1
 
 
 def dimension_sweep() -> None:
@@ -91,21 +98,52 @@ def dimension_sweep() -> None:
         cells = []
         for backend in ("torch", "jax"):
             engine = engines.load(backend)
-            epochs = int(max(10, min(1000, 2e9 // dim)))
+            epochs = 1000  # E steps must outweigh the noise of moving x to the GPU (400 MB at 10^8)
 
-            def run(n):
+            def run(n):  # best of three: one slow start must not make t(2E) - t(E) negative
                 problem = Problem(square, np.full(dim, 5.0), n, Optimizer("sgd", 1e-4), "float32",
                                   engine.resolve_device("cuda"))
-                started = time.perf_counter()
-                engine.descend(problem)
-                return time.perf_counter() - started
+                times = []
+                for _ in range(3):
+                    started = time.perf_counter()
+                    engine.descend(problem)
+                    times.append(time.perf_counter() - started)
+                return min(times)
 
-            run(epochs)
-            us = max(1e-9, run(2 * epochs) - run(epochs)) / epochs * 1e6
-            cells.append(f"{us:.4g} ({2 * 4 * dim / us / 1e3:.3g})")
+            us = (run(2 * epochs) - run(epochs)) / epochs * 1e6
+            cells.append(f"{us:.4g} ({2 * 4 * dim / us / 1e3:.3g})" if us > 0 else "n/a: t(2E) <= t(E)")
         print(f"| 10^{len(str(dim)) - 1} | {floor:.4g} ({2 * 4 * dim / floor / 1e3:.3g}) | " + " | ".join(cells) + " |",
               flush=True)
 
 
+def mlflow_sweep(folder: Path, device: str = "cuda", dims: tuple[int, ...] = SWEEP_DIMS) -> bool:
+    """The runner itself on the GPU: a torch and jax sweep over `dim` logged to a SQLite store
+    in the sweep's folder, then read back. True when every run FINISHED on `device` with every
+    step of its metrics."""
+    folder = folder.resolve()
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    command = [sys.executable, "-m", "runner", "--multirun", "backend=torch,jax", f"device={device}",
+               "dim=" + ",".join(map(str, dims)), f"epochs={SWEEP_EPOCHS}", "lr=0.1",
+               f"mlflow.tracking_uri={uri}", "mlflow.experiment_name=gpu", f"hydra.sweep.dir={folder}"]
+    print("$ python -m runner " + " ".join(command[4:]), flush=True)
+    started = time.perf_counter()
+    exit_code = subprocess.run(command, cwd=REPO, stdout=subprocess.DEVNULL).returncode
+    elapsed = time.perf_counter() - started
+    store = tracking.open_experiment(uri, "gpu")
+    runs = store.children(store.sweeps()[0].run_id)
+    print(f"exit {exit_code}, {len(runs)} runs in {elapsed:.1f} s; store {uri}")
+    print()
+    print("| backend | dim | device | status | outcome | steps of x_norm in MLflow | descent s (incl. compile) |")
+    print("|---|---|---|---|---|---|---|")
+    ok = exit_code == 0 and len(runs) == 2 * len(dims)
+    for run in sorted(runs, key=lambda r: (r.params["backend"], int(r.params["dim"]))):
+        steps = len(store.metric_series(run.run_id, "x_norm"))
+        ok &= (run.status == "FINISHED" and run.tags["device"].startswith(device)
+               and steps == SWEEP_EPOCHS + 1)
+        print(f"| {run.params['backend']} | 10^{len(run.params['dim']) - 1} | {run.tags['device']} | "
+              f"{run.status} | {run.tags.get('outcome')} | {steps} | {run.metrics['wall_time_s']:.3g} |")
+    return ok
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(Path(sys.argv[1])))

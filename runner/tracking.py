@@ -20,9 +20,12 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunStatus, RunTag
-from mlflow.exceptions import MlflowException
+# The report downloads each job's CSV: MLflow's per-download progress bar would only be noise.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+from mlflow import MlflowClient  # noqa: E402
+from mlflow.entities import Metric, Param, RunStatus, RunTag  # noqa: E402
+from mlflow.exceptions import MlflowException  # noqa: E402
 
 from runner.engines import Trajectory
 from runner.schema import ConfigError
