@@ -1,13 +1,21 @@
-"""Shared fixtures: the backends that exist, fresh MLflow stores, and the CLI as a user runs it."""
+"""Shared fixtures: the backends that exist, fresh MLflow stores, real services (an `mlflow
+server`, PostgreSQL), and the CLI as a user runs it."""
 
 from __future__ import annotations
 
+import getpass
 import importlib.util
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import tempfile
+import time
+import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -67,3 +75,77 @@ def runs_of(uri: str, experiment: str = "runner", sweeps: bool = False) -> list:
         return []
     runs = client.search_runs([found.experiment_id], order_by=["attributes.start_time ASC"])
     return [run for run in runs if (run.data.tags.get("kind") == "sweep") == sweeps]
+
+
+def missing_service(what: str, how: str) -> None:
+    """Skip a test whose outside program is not installed here; under `.ci/run`
+    (RUNNER_REQUIRE_SERVICES=1) that is a failure instead, so CI cannot pass by skipping."""
+    message = f"{what} is not installed ({how})"
+    if os.environ.get("RUNNER_REQUIRE_SERVICES") == "1":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def mlflow_server(folder: Path, backend_store_uri: str) -> Iterator[str]:
+    """A real `mlflow server` on 127.0.0.1 over `backend_store_uri`, artifacts proxied by it into
+    `folder`; yields its URL once it answers /health, stops it on the way out."""
+    folder.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    log = folder / "server.log"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_store_uri,
+         "--artifacts-destination", str(folder / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1"], cwd=folder, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            assert process.poll() is None, log.read_text()[-2000:]
+            try:
+                urllib.request.urlopen(f"{url}/health", timeout=2).close()
+                break
+            except OSError:
+                assert time.time() < deadline, "mlflow server did not answer /health in 120 s"
+                time.sleep(0.5)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def postgres_uri() -> Iterator[str]:
+    """A PostgreSQL server of Debian's packages, started for this test session in a temporary
+    folder on 127.0.0.1 (fsync off), with an empty database `mlflow`; its SQLAlchemy URI."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parts[-3]))
+    if not found:
+        missing_service("PostgreSQL", "apt-get install postgresql")
+    bindir = found[-1].parent
+    # PostgreSQL refuses to run as root: as root, its programs run as the `postgres` user, who
+    # must be able to enter the folder (pytest's own temporary folders are private to root).
+    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    user = "postgres" if as_user else getpass.getuser()
+    folder = Path(tempfile.mkdtemp(prefix="runner-postgres-"))
+    if as_user:
+        shutil.chown(folder, user="postgres")
+    port = free_port()
+
+    def pg(program: str, *args: str) -> None:
+        subprocess.run([*as_user, str(bindir / program), *args], check=True, capture_output=True, text=True)
+
+    pg("initdb", "-D", f"{folder}/data", "-A", "trust", "-E", "UTF8", "--locale=C.UTF-8", "-U", user)
+    pg("pg_ctl", "-D", f"{folder}/data", "-l", f"{folder}/server.log", "-w", "start",
+       "-o", f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off")
+    try:
+        pg("createdb", "-h", "127.0.0.1", "-p", str(port), "-U", user, "mlflow")
+        yield f"postgresql+psycopg2://{user}@127.0.0.1:{port}/mlflow"
+    finally:
+        pg("pg_ctl", "-D", f"{folder}/data", "-m", "fast", "-w", "stop")
+        shutil.rmtree(folder, ignore_errors=True)

@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import BACKENDS, REPO, backend_params, run_cli, runs_of
+from conftest import BACKENDS, REPO, backend_params, free_port, mlflow_server, run_cli, runs_of
 from mlflow import MlflowClient
 
 pytestmark = pytest.mark.slow
@@ -167,50 +165,27 @@ def test_forty_jobs_four_workers_one_fresh_sqlite_store(tmp_path):
 
 # --- 5. a remote tracking server ----------------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory):
+def sqlite_server(tmp_path_factory):
     """A real `mlflow server` on 127.0.0.1, SQLite behind it, artifacts proxied by the server."""
     folder = tmp_path_factory.mktemp("server")
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{folder / 'server.db'}",
-         "--artifacts-destination", str(folder / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1"], cwd=folder, stdout=open(folder / "server.log", "w"), stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        assert process.poll() is None, (folder / "server.log").read_text()[-2000:]
-        try:
-            urllib.request.urlopen(f"{url}/health", timeout=2).close()
-            break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        raise AssertionError("mlflow server did not answer /health in 120 s")
-    yield url
-    process.terminate()
-    process.wait(timeout=30)
+    with mlflow_server(folder, f"sqlite:///{folder / 'server.db'}") as url:
+        yield url
 
 
-def test_a_sweep_against_a_tracking_server(tmp_path, mlflow_server):
-    result = run_cli("lr=0.1,0.3", "backend=numpy,torch", "epochs=4", cwd=tmp_path, store_uri=mlflow_server)
+def test_a_sweep_against_a_tracking_server(tmp_path, sqlite_server):
+    result = run_cli("lr=0.1,0.3", "backend=numpy,torch", "epochs=4", cwd=tmp_path, store_uri=sqlite_server)
     assert result.returncode == 0, result.stderr[-3000:]
-    client = MlflowClient(mlflow_server)
-    runs = runs_of(mlflow_server)
+    client = MlflowClient(sqlite_server)
+    runs = runs_of(sqlite_server)
     assert len(runs) == 4 and all(r.info.status == "FINISHED" for r in runs)
     for run in runs:
         assert len(client.get_metric_history(run.info.run_id, "x")) == 5
         assert {"gradient_descent.png", "trajectory.csv"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
-    (parent,) = runs_of(mlflow_server, sweeps=True)
+    (parent,) = runs_of(sqlite_server, sweeps=True)
     assert parent.info.status == "FINISHED"
     assert {a.path for a in client.list_artifacts(parent.info.run_id, "report")} >= {"report/runs.csv"}
-    assert f"MLflow: {mlflow_server}/#/experiments/" in result.stdout + result.stderr
+    assert f"MLflow: {sqlite_server}/#/experiments/" in result.stdout + result.stderr
     assert not (tmp_path / "mlruns").exists() and not (tmp_path / "mlflow.db").exists()
 
 
