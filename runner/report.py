@@ -7,8 +7,8 @@ Built by the sweeper at the end of every sweep (`build`), and printed again on d
 prints the table of the newest sweep of the experiment (default `runner`), or of the sweep
 whose parent run is RUN_ID, as the sweep recorded it (`report/runs.csv` of its parent run).
 
-One row per job (backend, optimizer, loss, lr, final x, final loss, outcome, steps to
-tolerance, wall time, parity), two figures, and a parity line per backend, all logged to the
+One row per job (backend, optimizer, loss, lr, any other key the sweep varied, final x, final
+loss, outcome, steps to tolerance, wall time, parity), two figures, and a parity line per backend, all logged to the
 sweep's parent run under `report/` and written into the sweep folder.
 
 Parity is the largest difference between a job's x and that of another backend at the same
@@ -32,8 +32,10 @@ from runner.outcomes import DIVERGED
 
 log = logging.getLogger("runner")
 
-COLUMNS = ["backend", "optimizer", "loss", "lr", "final_x", "final_loss", "outcome",
-           "steps_to_tolerance", "wall_time_s", "parity"]
+SETTINGS = ["backend", "optimizer", "loss", "lr"]
+RESULTS = ["final_x", "final_loss", "outcome", "steps_to_tolerance", "wall_time_s", "parity"]
+COLUMNS = SETTINGS + RESULTS
+HEADERS = {"final_x": "final x", "final_loss": "final loss", "steps_to_tolerance": "steps", "wall_time_s": "wall s"}
 
 
 @dataclass
@@ -64,14 +66,16 @@ def build(store, parent_id: str, folder: Path, reused: Sequence[str] = ()) -> bo
     with tempfile.TemporaryDirectory() as tmp:
         jobs = [Job(record, _read_series(store.download(record.run_id, "trajectory.csv", Path(tmp))))
                 for record in records]
-    rows = [_row(job, jobs) for job in jobs]
-    rows.sort(key=lambda r: (r["loss"], r["optimizer"], float(r["lr"] or "nan"), r["backend"]))
+    varied = varied_keys([job.record.params for job in jobs])
+    rows = [_row(job, jobs, varied) for job in jobs]
+    rows.sort(key=lambda r: (r["loss"], r["optimizer"], _float(r["lr"]), r["backend"]))
+    columns = SETTINGS + varied + RESULTS
 
     out = folder / "report"
     out.mkdir(parents=True, exist_ok=True)
     table_path = out / "runs.csv"
     with table_path.open("w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=COLUMNS + ["status", "run_id", "error"], extrasaction="ignore")
+        writer = csv.DictWriter(file, fieldnames=columns + ["status", "run_id", "error"], extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
     figures = _figures(jobs, rows, out)
@@ -85,7 +89,7 @@ def build(store, parent_id: str, folder: Path, reused: Sequence[str] = ()) -> bo
 
     log.info("Sweep report: %d runs (%d reused), %d failed; table %s, figures %s", len(rows),
              len(reused), len(failed), table_path, ", ".join(str(f) for f in figures))
-    log.info("\n%s", format_table(rows))
+    log.info("\n%s", format_table(rows, columns))
     if parity:
         log.info("Parity (largest relative difference from the other backends): %s",
                  ", ".join(f"{b} {v:.3g}" for b, v in parity.items()))
@@ -104,13 +108,33 @@ def _read_series(path: Optional[Path]) -> dict[str, np.ndarray]:
     return {name: values[:, i] if len(values) else np.empty(0) for i, name in enumerate(header)}
 
 
-def _row(job: Job, jobs: list[Job]) -> dict:
+def varied_keys(params: Sequence[dict[str, str]]) -> list[str]:
+    """The params, beyond backend, optimizer, loss and lr, whose values differ between jobs
+    (what a search or a grid over other keys changed), in name order.
+
+    >>> varied_keys([{"lr": "0.1", "optimizer.momentum": "0.5", "epochs": "9"},
+    ...              {"lr": "0.2", "optimizer.momentum": "0.9", "epochs": "9"}])
+    ['optimizer.momentum']
+    """
+    keys = sorted({k for p in params for k in p} - set(SETTINGS))
+    return [k for k in keys if len({p.get(k) for p in params}) > 1]
+
+
+def _float(text: object) -> float:
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _row(job: Job, jobs: list[Job], varied: Sequence[str] = ()) -> dict:
     r = job.record
     x = job.x
     final_x = x[-1].tolist() if len(x) else None
     return {
         "backend": r.params.get("backend", ""), "optimizer": r.params.get("optimizer", ""),
-        "loss": r.params.get("loss", ""), "lr": r.params.get("lr", ""),
+        "loss": r.params.get("loss", ""), "lr": _number(r.params.get("lr", "")),
+        **{key: _number(r.params.get(key, "")) for key in varied},
         "final_x": "" if final_x is None else (final_x[0] if len(final_x) == 1 else final_x),
         "final_loss": r.metrics.get("final_loss", ""),
         "outcome": r.tags.get("outcome", "failed" if r.status == "FAILED" else r.status.lower()),
@@ -175,8 +199,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--experiment", default="runner", help="the MLflow experiment (default: runner)")
     parser.add_argument("--sweep", metavar="RUN_ID", help="the sweep's parent run (default: the newest sweep)")
     parser.add_argument("--csv", action="store_true", help="print CSV instead of an aligned table")
-    parser.add_argument("--sort", nargs="+", metavar="COLUMN", choices=COLUMNS,
-                        help=f"sort by these columns (default: loss optimizer lr backend); one of {', '.join(COLUMNS)}")
+    parser.add_argument("--sort", nargs="+", metavar="COLUMN",
+                        help=f"sort by these columns (default: loss optimizer lr backend): {', '.join(COLUMNS)} "
+                             "or another key the sweep varied")
     parser.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here")
     args = parser.parse_args(argv)
 
@@ -196,7 +221,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     except Exception as error:  # one line: this is a command for people
         print(f"runner.report: {error}", file=sys.stderr)
         return 2
-    raw = list(csv.DictReader(io.StringIO(text)))
+    reader = csv.DictReader(io.StringIO(text))
+    raw = list(reader)
+    columns = [c for c in reader.fieldnames or COLUMNS if c not in ("status", "run_id", "error")]
+    unknown = [c for c in args.sort or () if c not in columns]
+    if unknown:
+        print(f"runner.report: --sort {unknown[0]}: allowed columns are {', '.join(columns)}", file=sys.stderr)
+        return 2
     rows = [{key: _number(value) for key, value in row.items()} for row in raw]
     order = list(range(len(rows)))
     if args.sort:  # numbers before text (a failed run's blank cells last), then by value
@@ -207,7 +238,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         writer.writerows(raw[i] for i in order)
     else:
         print(f"sweep {parent} of experiment {args.experiment!r}: {len(rows)} runs")
-        print(format_table([rows[i] for i in order]))
+        print(format_table([rows[i] for i in order], columns))
     return 0
 
 
@@ -218,7 +249,7 @@ def _number(text: str) -> object:
         return text
 
 
-def format_table(rows: list[dict]) -> str:
+def format_table(rows: list[dict], columns: Sequence[str] = COLUMNS) -> str:
     """The rows as an aligned text table for the terminal."""
     def cell(value: object) -> str:
         if isinstance(value, float):
@@ -229,9 +260,8 @@ def format_table(rows: list[dict]) -> str:
             return "[" + ", ".join(f"{v:.4g}" for v in value) + "]"
         return str(value)
 
-    headers = ["backend", "optimizer", "loss", "lr", "final x", "final loss", "outcome", "steps",
-               "wall s", "parity"]
-    cells = [[cell(row[c]) for c in COLUMNS] for row in rows]
+    headers = [HEADERS.get(c, c) for c in columns]
+    cells = [[cell(row.get(c, "")) for c in columns] for row in rows]
     widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, h in enumerate(headers)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths))]
     lines.append("  ".join("-" * w for w in widths))

@@ -1,10 +1,13 @@
-"""The runner's sweeper: Hydra's basic sweeper, made failure-resistant and reported.
+"""The runner's sweeper. Hydra only instantiates sweepers found in the `hydra_plugins`
+namespace package, so the class lives here; what it does is in `runner.sweep` and
+`runner.search`.
 
-Hydra only instantiates sweepers found in the `hydra_plugins` namespace package, so the class
-lives here; what it does is in `runner.sweep`. Select it with `hydra/sweeper=runner` (the
-runner's default). It expands the same sweep syntax and `hydra.sweeper.params` as Hydra's
-basic sweeper, then: checks every job's config before any job starts, wraps the jobs in a
-parent MLflow run, runs every job even when some fail, and reports at the end.
+- `hydra/sweeper=runner` (the default): Hydra's basic sweeper, made failure-resistant and
+  reported. It expands the same sweep syntax and `hydra.sweeper.params`, then: checks every
+  job's config before any job starts, wraps the jobs in a parent MLflow run, runs every job
+  even when some fail, and reports at the end.
+  With `hydra.sweeper.search` set, the same sweeper runs an Optuna search over `params`
+  instead of a grid: each trial is a job, with the same checks, parent run and report.
 """
 
 from dataclasses import dataclass
@@ -15,48 +18,109 @@ from hydra._internal.core_plugins.basic_launcher import BasicLauncher
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
+
+
+@dataclass
+class SearchConf:
+    n_trials: int = 20  # trials in all
+    n_jobs: int = 1  # trials asked for and launched at once (a parallel launcher runs them together)
+    sampler: str = "tpe"  # tpe or random
+    seed: int = 0  # the sampler's seed: the same seed, the same trials
 
 
 @dataclass
 class RunnerSweeperConf:
     _target_: str = "hydra_plugins.runner_sweeper.runner_sweeper.RunnerSweeper"
     max_batch_size: Optional[int] = None
-    params: Optional[Dict[str, str]] = None
+    params: Optional[Dict[str, str]] = None  # a grid, or with `search` set, the search space
+    search: Optional[SearchConf] = None  # set: Optuna searches `params` instead of a grid
 
 
 ConfigStore.instance().store(group="hydra/sweeper", name="runner", node=RunnerSweeperConf, provider="runner")
 
 
-class RunnerSweeper(BasicSweeper):
-    def sweep(self, arguments: List[str]) -> Any:
-        from runner import sweep
+def _reuse_composed(launcher: Launcher, hydra_context: HydraContext, jobs: List[List[str]], configs: List[Any]) -> None:
+    """An in-process launcher gets the configs the check already composed."""
+    from runner import sweep
 
+    if isinstance(launcher, BasicLauncher):
+        launcher.hydra_context = HydraContext(config_loader=sweep.ComposedOnce(hydra_context.config_loader, jobs, configs),
+                                              callbacks=hydra_context.callbacks)
+
+
+class RunnerSweeper(BasicSweeper):
+    def __init__(self, max_batch_size: Optional[int], params: Optional[Dict[str, str]] = None,
+                 search: Optional[DictConfig] = None) -> None:
+        super().__init__(max_batch_size, params)
+        self.search = search
+
+    def sweep(self, arguments: List[str]) -> Any:
         # Resolve the sweep folder (its ${now:...}) before composing any job: each job config copies
         # the master's resolver cache, and so gets this same folder.
         sweep_dir = Path(self.config.hydra.sweep.dir)
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
+        if self.search is not None:
+            results = self._search(parser, arguments, sweep_dir)
+        else:
+            results = self._grid(parser, arguments, sweep_dir)
+        from runner import sweep
+
+        failures = sweep.failures_error(results)
+        if failures:
+            raise failures
+        return [results]
+
+    def _grid(self, parser: OverridesParser, arguments: List[str], sweep_dir: Path) -> List[Any]:
+        from runner import sweep
+
         overrides = parser.parse_overrides([*self._parse_config(), *arguments])
         batches = self.split_arguments(overrides, self.max_batch_size)
         jobs = [job for batch in batches for job in batch]
         configs = sweep.check_jobs(self.hydra_context.config_loader, self.config, jobs)
-
-        if isinstance(self.launcher, BasicLauncher):  # in this process: reuse what was composed
-            self.launcher.hydra_context = HydraContext(
-                config_loader=sweep.ComposedOnce(self.hydra_context.config_loader, jobs, configs),
-                callbacks=self.hydra_context.callbacks)
+        _reuse_composed(self.launcher, self.hydra_context, jobs, configs)
 
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
-
         results: List[Any] = []
         with sweep.parent_run(self.config, configs) as (_, to_launch):
             size = self.max_batch_size or len(to_launch) or 1
             for start in range(0, len(to_launch), size):
                 batch = [jobs[i] for i in to_launch[start : start + size]]
                 results.extend(self.launcher.launch(batch, initial_job_idx=start))
-            failures = sweep.failures_error(results)
-        if failures:
-            raise failures
-        return [results]
+        return results
+
+    def _search(self, parser: OverridesParser, arguments: List[str], sweep_dir: Path) -> List[Any]:
+        from runner import search, sweep
+
+        n_trials, n_jobs = self.search.n_trials, self.search.n_jobs
+        search.check_settings(n_trials, n_jobs, self.search.sampler)
+        space, fixed = search.split(parser, self.params, arguments)
+        study = search.create_study(self.search.sampler, self.search.seed)
+        # Checked before the parent run exists, at the first trial and at the ends of every
+        # range: a misspelt key or a value the config refuses is one clear error, nothing recorded.
+        first = study.ask(space)
+        points = [first.params, *search.extremes(space, first.params)]
+        sweep.check_jobs(self.hydra_context.config_loader, self.config, [[*fixed, *search.overrides(p)] for p in points])
+
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        results: List[Any] = []
+        with sweep.parent_run(self.config, []) as (parent, _):
+            pending = [first]
+            while len(results) < n_trials:
+                size = min(n_jobs, n_trials - len(results))
+                trials = pending + [study.ask(space) for _ in range(size - len(pending))]
+                pending = []
+                jobs = [[*fixed, *search.overrides(t.params)] for t in trials]
+                _reuse_composed(self.launcher, self.hydra_context, jobs,
+                                sweep.check_jobs(self.hydra_context.config_loader, self.config, jobs))
+                returns = self.launcher.launch(jobs, initial_job_idx=len(results))
+                for trial, job_return in zip(trials, returns):
+                    value = search.objective(job_return)
+                    study.tell(trial, value, state=None if value is not None else search.FAILED)
+                results.extend(returns)
+            search.record_best(parent, study)
+        return results

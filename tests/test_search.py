@@ -1,0 +1,79 @@
+"""The search preset as a user runs it: Optuna through the runner's sweeper, each trial an
+MLflow child run, the best trial on the parent run."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import run_cli, runs_of
+from mlflow import MlflowClient
+
+pytestmark = pytest.mark.slow
+
+DEEP_WELL = -3.513905  # the tilted well's global minimum; the shallow one is -1.070
+
+
+def search(tmp_path, store_uri, *args):
+    result = run_cli("experiment=search_lr", *args, cwd=tmp_path, store_uri=store_uri)
+    return result, runs_of(store_uri, "search_lr"), runs_of(store_uri, "search_lr", sweeps=True)
+
+
+def test_the_search_preset_finds_the_deep_well_and_records_every_trial(tmp_path, store_uri):
+    result, trials, parents = search(tmp_path, store_uri, "hydra.sweeper.search.n_trials=12")
+    assert result.returncode == 0, result.stderr[-3000:]
+    (parent,) = parents
+    assert parent.info.status == "FINISHED"
+    assert len(trials) == 12 and all(t.info.status == "FINISHED" for t in trials)
+    assert all(t.data.tags["mlflow.parentRunId"] == parent.info.run_id for t in trials)
+    for t in trials:  # every sampled value inside the preset's space
+        assert 0.001 <= float(t.data.params["lr"]) <= 0.1
+        assert 0.0 <= float(t.data.params["optimizer.momentum"]) <= 0.95
+        assert t.data.params["loss"] == "tilted_well" and t.data.params["optimizer"] == "momentum"
+
+    finals = [t.data.metrics["final_loss"] for t in trials]
+    best = parent.data.metrics["best_final_loss"]
+    assert best == min(finals) and best == pytest.approx(DEEP_WELL, abs=1e-4)
+    assert any(f == pytest.approx(-1.0702, abs=1e-3) for f in finals)  # some trials stay in the shallow well
+    (winner,) = [t for t in trials if t.data.metrics["final_loss"] == best][:1]
+    assert float(parent.data.params["best.lr"]) == float(winner.data.params["lr"])
+    assert float(parent.data.params["best.optimizer.momentum"]) == float(winner.data.params["optimizer.momentum"])
+
+    output = result.stdout + result.stderr
+    assert "Search: best of 12 trials is #" in output
+    assert "optimizer.momentum" in output.split("Sweep report:")[1]  # the searched key is a column
+    artifacts = {a.path for a in MlflowClient(store_uri).list_artifacts(parent.info.run_id, "search")}
+    assert artifacts == {"search/trials.csv"}
+
+
+def test_the_same_seed_gives_the_same_trials(tmp_path, store_uri, migrated_store):
+    import shutil
+
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.copy(migrated_store, other / "mlflow.db")
+    first = search(tmp_path, store_uri, "hydra.sweeper.search.n_trials=5")[1]
+    second = search(other, f"sqlite:///{other / 'mlflow.db'}", "hydra.sweeper.search.n_trials=5")[1]
+    chosen = [[(t.data.params["lr"], t.data.params["optimizer.momentum"]) for t in runs] for runs in (first, second)]
+    assert chosen[0] == chosen[1] and len(set(chosen[0])) == 5
+
+
+def test_trials_in_parallel_workers(tmp_path, store_uri):
+    result, trials, (parent,) = search(tmp_path, store_uri, "hydra/launcher=joblib",
+                                       "hydra.sweeper.search.n_trials=4", "hydra.sweeper.search.n_jobs=2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(trials) == 4 and all(t.info.status == "FINISHED" for t in trials)
+    assert parent.info.status == "FINISHED" and "best_final_loss" in parent.data.metrics
+
+
+@pytest.mark.parametrize("args, message", [
+    (["hydra.sweeper.search.sampler=grid"], "hydra.sweeper.search.sampler=grid: allowed values are tpe, random"),
+    (["hydra.sweeper.search.n_trials=0"], "hydra.sweeper.search.n_trials=0: must be an integer >= 1"),
+    (["lr=interval(0.5, 0.1)"], "lr: interval(0.5, 0.1) is empty"),
+    (["lr=tag(log, interval(0, 0.1))"], "lr: "),  # Optuna: a log scale must start above 0
+    (["optimizer.momentum=interval(0.9, 1.0)"], "optimizer.momentum=1.0"),  # trials below 1 pass; the end does not
+    (["lrr=interval(0, 1)"], "lrr"),
+], ids=["sampler", "n_trials", "empty-interval", "log-from-zero", "out-of-range", "unknown-key"])
+def test_a_bad_search_setting_is_one_line_and_records_nothing(tmp_path, store_uri, args, message):
+    result, trials, parents = search(tmp_path, store_uri, *args)
+    assert result.returncode == 1
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert trials == [] and parents == []
