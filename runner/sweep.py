@@ -76,7 +76,7 @@ def parent_run(sweep_config: DictConfig, job_configs: Sequence[DictConfig]) -> I
     folder.mkdir(parents=True, exist_ok=True)
     uri = tracking.tracking_uri(sweep_config.mlflow.tracking_uri, Path.cwd())
     store = tracking.connect(uri, sweep_config.mlflow.experiment_name)
-    sweep = Sweep(store, store.create(f"sweep-{folder.name}", tags={
+    sweep = Sweep(store, store.create(sweep_name(sweep_config.hydra.overrides.task), tags={
         "kind": "sweep", "sweep_dir": str(folder.resolve()),
         "sweep_overrides": " ".join(sweep_config.hydra.overrides.task), **provenance.code_tags()}), folder)
     (folder / PARENT_FILE).write_text(json.dumps({"tracking_uri": uri, "run_id": sweep.run_id}))
@@ -110,6 +110,16 @@ def parent_run(sweep_config: DictConfig, job_configs: Sequence[DictConfig]) -> I
                 status = "FAILED"
         finally:
             store.end(sweep.run_id, status)
+
+
+def sweep_name(overrides: Sequence[str], limit: int = 100) -> str:
+    """The parent run's name: what was typed, so the MLflow UI says what each sweep was.
+
+    >>> sweep_name(["backend=numpy,torch", "lr=0.1,0.3"]), sweep_name([])
+    ('sweep backend=numpy,torch lr=0.1,0.3', 'sweep')
+    """
+    name = " ".join(["sweep", *overrides])
+    return name if len(name) <= limit else name[: limit - 3] + "..."
 
 
 class ComposedOnce:

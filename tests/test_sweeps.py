@@ -42,7 +42,7 @@ def test_lr_sweep_preset_and_its_report(tmp_path, store_uri, launcher):
             steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, name))
             assert steps == list(range(epochs_run + 1))
 
-    assert parent.info.status == "FINISHED" and parent.info.run_name.startswith("sweep-")
+    assert parent.info.status == "FINISHED" and parent.info.run_name == "sweep experiment=lr_sweep"
     report = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
     assert report == {"report/runs.csv", "report/trajectories.png", "report/final_loss_vs_lr.png"}
     table = client.download_artifacts(parent.info.run_id, "report/runs.csv", str(tmp_path))
