@@ -7,6 +7,7 @@ final loss, the value a Hydra sweeper minimises.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import logging
 import sys
 import time
@@ -18,7 +19,7 @@ import numpy as np
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from runner import engines, losses, outcomes, plots, provenance, schema
+from runner import engines, losses, outcomes, plots, progress, provenance, schema, sweep
 from runner.optimizers import Optimizer
 from runner.schema import ConfigError
 
@@ -30,14 +31,18 @@ CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 def run_job(cfg: DictConfig) -> float:
     """Run gradient descent as `cfg` says and record it as one MLflow run; return the final loss."""
-    from runner import sweep, tracking  # imported here: `--cfg` and `--help` need no MLflow
+    from runner import tracking  # imported here: `--cfg` and `--help` need no MLflow
 
     hydra_cfg = HydraConfig.get()
     uri = tracking.tracking_uri(cfg.mlflow.tracking_uri, Path(hydra_cfg.runtime.cwd))
     tracking.check_reachable(uri)  # an unreachable server is said at once, before any work
     # Everything that can reject the input happens before the store is touched.
     problem, engine = build_problem(cfg)
+    log.debug("engine %s (%s %s) on %s, %s, x of shape %s", engine.__name__, engine.FRAMEWORK, engine.VERSION,
+              problem.device, problem.dtype, problem.x_start.shape)
+    started = time.perf_counter()
     store = tracking.connect(uri, cfg.mlflow.experiment_name)
+    log.debug("store %s, experiment %s: opened in %.2f s", uri, store.experiment_id, time.perf_counter() - started)
     config_hash = provenance.config_hash(cfg)
     if cfg.skip_done and (done := store.finished_run(config_hash)):
         log.info("[%s] skipped: run %s already has this config (skip_done=true)", run_name(cfg), done)
@@ -60,9 +65,16 @@ def run_job(cfg: DictConfig) -> float:
 def descend_and_record(store, run_id: str, cfg: DictConfig, problem: engines.Problem, engine: Any,
                        hydra_cfg: Any) -> engines.Trajectory:
     """The descent, then everything it produced: metrics, outcome, files, the terminal lines."""
+    label = f"[{sweep.position(hydra_cfg)}{cfg.backend.name} {problem.optimizer.name} lr={cfg.lr}]"
+    bar = progress.for_terminal(label, problem.epochs + 1)
     started = time.perf_counter()
-    trajectory = engine.descend(problem)
+    try:
+        trajectory = engine.descend(dataclasses.replace(problem, progress=bar))
+    finally:
+        if bar:
+            bar.close()
     wall_time = time.perf_counter() - started
+    log.debug("descent: %d rows in %.3f s", len(trajectory.x), wall_time)
     outcome = outcomes.classify(trajectory, cfg.stop.tolerance, cfg.stop.diverge_above)
     store.log_trajectory(run_id, trajectory, cfg.mlflow.max_logged_steps)
     summary = {"final_loss": trajectory.loss[-1], "final_grad_norm": trajectory.grad_norm[-1],
@@ -81,8 +93,7 @@ def descend_and_record(store, run_id: str, cfg: DictConfig, problem: engines.Pro
         figure = plots.path_figure(trajectory)
     figure.savefig(png_path)
 
-    say(f"[{cfg.backend.name} {problem.optimizer.name} lr={cfg.lr}]", problem, trajectory, outcome,
-        store.describe(run_id))
+    say(label, problem, trajectory, outcome, store.describe(run_id))
     for handler in logging.getLogger().handlers:  # the log file goes up next: make it complete
         handler.flush()
     store.log_artifacts(

@@ -68,8 +68,12 @@ def check_jobs(config_loader: Any, sweep_config: DictConfig, jobs: Sequence[Sequ
 
 
 @contextmanager
-def parent_run(sweep_config: DictConfig, job_configs: Sequence[DictConfig]) -> Iterator[tuple[Sweep, list[int]]]:
-    """The sweep's parent run around its jobs; yields it and the indices of the jobs to launch."""
+def parent_run(sweep_config: DictConfig, job_configs: Sequence[DictConfig], jobs: Optional[int] = None
+               ) -> Iterator[tuple[Sweep, list[int]]]:
+    """The sweep's parent run around its jobs; yields it and the indices of the jobs to launch.
+
+    `jobs`: how many jobs will run, where `job_configs` cannot tell (a search's trials).
+    """
     from runner import provenance, report, tracking
 
     folder = Path(sweep_config.hydra.sweep.dir)
@@ -79,7 +83,6 @@ def parent_run(sweep_config: DictConfig, job_configs: Sequence[DictConfig]) -> I
     sweep = Sweep(store, store.create(sweep_name(sweep_config.hydra.overrides.task), tags={
         "kind": "sweep", "sweep_dir": str(folder.resolve()),
         "sweep_overrides": " ".join(sweep_config.hydra.overrides.task), **provenance.code_tags()}), folder)
-    (folder / PARENT_FILE).write_text(json.dumps({"tracking_uri": uri, "run_id": sweep.run_id}))
     log.info("Sweep: parent MLflow %s", store.describe(sweep.run_id))
 
     to_launch = []
@@ -92,6 +95,9 @@ def parent_run(sweep_config: DictConfig, job_configs: Sequence[DictConfig]) -> I
     if sweep.reused:
         log.info("Sweep: %d of %d jobs already have a FINISHED run (skip_done=true); running %d",
                  len(sweep.reused), len(job_configs), len(to_launch))
+    (folder / PARENT_FILE).write_text(json.dumps({
+        "tracking_uri": uri, "run_id": sweep.run_id,
+        "jobs": len(to_launch) if jobs is None else jobs}))
 
     status = "FAILED"
     try:
@@ -156,9 +162,20 @@ def failures_error(results: Sequence[Any]) -> Optional[SweepFailed]:
     return SweepFailed("\n".join(lines))
 
 
+def _parent_file(hydra_cfg: Any) -> dict:
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        return {}
+    path = Path(hydra_cfg.sweep.dir) / PARENT_FILE
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
 def parent_run_id(hydra_cfg: Any) -> Optional[str]:
     """The parent run of the sweep this job belongs to; None for a single run."""
-    if hydra_cfg.mode != RunMode.MULTIRUN:
-        return None
-    path = Path(hydra_cfg.sweep.dir) / PARENT_FILE
-    return json.loads(path.read_text())["run_id"] if path.exists() else None
+    return _parent_file(hydra_cfg).get("run_id")
+
+
+def position(hydra_cfg: Any) -> str:
+    """'job 3/30 ' for the third job of thirty in a sweep (in whatever process runs it); '' for
+    a single run."""
+    jobs = _parent_file(hydra_cfg).get("jobs")
+    return f"job {hydra_cfg.job.num + 1}/{jobs} " if jobs else ""

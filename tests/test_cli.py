@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import csv
 import io
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
-from conftest import run_cli, runs_of
+from conftest import REPO, run_cli, runs_of
 from mlflow import MlflowClient
 
 pytestmark = pytest.mark.slow
@@ -55,7 +58,7 @@ def test_a_tf_lr_sweep_typed_as_is(tmp_path, store_uri):
     assert not (tmp_path / "mlruns").exists()
 
     # The terminal shows the article's line and where each run is.
-    assert "[tf sgd lr=0.3] [5.   2.   0.8  0.32 0.13 0.05 0.02 0.01 0.   0. " in result.stdout + result.stderr
+    assert "[job 2/2 tf sgd lr=0.3] [5.   2.   0.8  0.32 0.13 0.05 0.02 0.01 0.   0. " in result.stdout + result.stderr
     assert f"MLflow: run {runs[1].info.run_id}" in result.stdout + result.stderr
 
 
@@ -70,8 +73,8 @@ def test_three_backends_agree(tmp_path, store_uri):
     for other in xs[1:]:
         np.testing.assert_allclose(other, xs[0], rtol=1e-6, atol=1e-7)
     output = result.stdout + result.stderr
-    for backend in ("numpy", "tf", "torch"):
-        assert f"[{backend} sgd lr=0.3] [5.   2.   0.8  0.32 0.13 0.05 0.02 0.01 0. " in output
+    for job, backend in enumerate(("numpy", "tf", "torch"), start=1):
+        assert f"[job {job}/3 {backend} sgd lr=0.3] [5.   2.   0.8  0.32 0.13 0.05 0.02 0.01 0. " in output
 
 
 def test_a_numpy_run_imports_no_other_framework(tmp_path, store_uri):
@@ -141,3 +144,55 @@ def test_a_large_dim_run_logs_the_first_coordinates_and_the_norms(tmp_path, stor
     names = set(run.data.metrics)
     assert {"x/0", "x/9", "grad/9", "loss", "x_norm", "grad_norm"} <= names and "x/10" not in names
     assert run.data.metrics["loss"] == pytest.approx(100000 * 25 * 0.8 ** 10, rel=1e-5)
+
+
+def run_in_terminal(*args: str, cwd, store_uri: str) -> str:
+    """`python -m runner ARGS` with a pseudo-terminal as its stdin, stdout and stderr; all it wrote."""
+    import pty
+
+    controller, terminal = pty.openpty()
+    env = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": store_uri}
+    process = subprocess.Popen([sys.executable, "-m", "runner", *args], cwd=cwd, env=env,
+                               stdin=terminal, stdout=terminal, stderr=terminal)
+    os.close(terminal)
+    output = b""
+    while True:
+        try:
+            chunk = os.read(controller, 65536)
+        except OSError:  # EIO: the process closed the terminal
+            break
+        if not chunk:
+            break
+        output += chunk
+    os.close(controller)
+    assert process.wait(timeout=300) == 0, output.decode(errors="replace")[-3000:]
+    return output.decode(errors="replace")
+
+
+LONG_RUN = ("backend=torch", "epochs=20000", "lr=0.0001")  # about 2 s of descent
+
+
+def test_a_long_run_on_a_terminal_shows_a_progress_bar_then_erases_it(tmp_path, store_uri):
+    output = run_in_terminal(*LONG_RUN, cwd=tmp_path, store_uri=store_uri)
+    bar = output.split("[torch sgd lr=0.0001] ", 1)[1]
+    assert "epochs/s" in bar and "/20001 epochs" in bar and "s left" in bar
+    assert "\r\x1b[K" in output  # erased before the run's own lines
+    last_bar = output.rindex("epochs/s")
+    assert output.index("not_converged after 20000 epochs") > last_bar
+
+
+def test_output_to_a_pipe_gets_no_progress_bar(tmp_path, store_uri):
+    result = run_cli(*LONG_RUN, cwd=tmp_path, store_uri=store_uri)
+    assert result.returncode == 0, result.stderr
+    assert "epochs/s" not in result.stdout + result.stderr and "\r" not in result.stdout + result.stderr
+
+
+def test_quiet_by_default_debug_with_hydra_verbose(tmp_path, store_uri):
+    quiet = run_cli("epochs=3", cwd=tmp_path, store_uri=store_uri)
+    verbose = run_cli("epochs=3", "hydra.verbose=runner", cwd=tmp_path, store_uri=store_uri)
+    assert quiet.returncode == verbose.returncode == 0
+    assert "DEBUG" not in quiet.stdout + quiet.stderr
+    assert len((quiet.stdout + quiet.stderr).strip().splitlines()) <= 4  # the article's line, outcome, where
+    debug = [line for line in (verbose.stdout + verbose.stderr).splitlines() if "[DEBUG]" in line]
+    assert any("engine runner.engines.numpy" in line for line in debug)
+    assert any("descent: 4 rows" in line for line in debug)

@@ -9,7 +9,7 @@ import pytest
 
 MODULES = ["runner.schema", "runner.losses", "runner.engines", "runner.engines.numpy", "runner.optimizers",
            "runner.outcomes", "runner.provenance",
-           "runner.app", "runner.__main__", "runner.tracking", "runner.search", "runner.report", "runner.sweep"]
+           "runner.app", "runner.__main__", "runner.tracking", "runner.search", "runner.report", "runner.sweep", "runner.progress"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -97,3 +97,27 @@ def test_a_large_parameter_records_its_head_and_norms(backend):
     np.testing.assert_allclose(trajectory.grad_norm, 2 * np.linalg.norm(start) * factor[:, 0], rtol=1e-12)
     np.testing.assert_allclose(trajectory.loss, np.sum(start**2) * factor[:, 0] ** 2, rtol=1e-12)
     assert list(trajectory.columns())[-2:] == ["grad_norm", "x_norm"] and "x/9" in trajectory.columns()
+
+
+ADAM = Optimizer("adam", 0.01, beta1=0.9, beta2=0.999, eps=1e-8)
+
+
+@pytest.mark.parametrize("backend", backend_params())
+@pytest.mark.parametrize("x_start, epochs, lr", [(5.0, 3000, 0.001), (5.0, 3000, 1.003)],
+                         ids=["long", "diverges-after-2000"])
+def test_reporting_progress_changes_no_number(backend, x_start, epochs, lr):
+    """With a progress bar the compiled engines run their loop in pieces: the same rows, bit for bit."""
+    engine = engines.load(backend)
+    optimizer = ADAM if lr < 1 else Optimizer("sgd", lr)
+    problem = Problem(SQUARE, np.array(x_start), epochs, optimizer, "float32", engine.resolve_device("cpu"))
+    seen = []
+    plain = engine.descend(problem)
+    reported = engine.descend(Problem(SQUARE, np.array(x_start), epochs, optimizer, "float32",
+                                      engine.resolve_device("cpu"), progress=seen.append))
+    for name in ("x", "loss", "grad"):
+        np.testing.assert_array_equal(getattr(reported, name), getattr(plain, name))
+    assert seen == sorted(seen) and len(seen) >= 5
+    if lr < 1:
+        assert seen[-1] == epochs + 1
+    else:  # |x| grows 0.6% a step and passes 1e6 near step 2000: the run stops there
+        assert 1500 < len(plain.x) < epochs + 1 and seen[-1] < len(plain.x)

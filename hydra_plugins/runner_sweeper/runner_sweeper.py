@@ -108,7 +108,7 @@ class RunnerSweeper(BasicSweeper):
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         results: List[Any] = []
-        with sweep.parent_run(self.config, []) as (parent, _):
+        with sweep.parent_run(self.config, [], jobs=n_trials) as (parent, _):
             pending = [first]
             while len(results) < n_trials:
                 size = min(n_jobs, n_trials - len(results))

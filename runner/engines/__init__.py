@@ -9,7 +9,9 @@ never pays for importing TensorFlow or PyTorch. Each engine module provides:
     OPTIMIZERS: tuple[str, ...]       the update rules it implements (see runner.optimizers)
     resolve_device(requested) -> str  "cpu" | "cuda" | "auto" -> the device to use, or a
                                       ConfigError naming the backend
-    descend(problem: Problem) -> Trajectory
+    descend(problem: Problem) -> Trajectory, calling problem.progress(rows done), when set,
+                                      as it goes (a Python loop each chunk of rows; a compiled
+                                      loop runs in about 100 pieces instead of one: `spans`)
 
 An engine knows nothing of Hydra or MLflow: it takes plain values and returns arrays, so it can
 be tested and benchmarked alone. Adding a backend is one module here plus `conf/backend/NAME.yaml`
@@ -19,9 +21,10 @@ be tested and benchmarked alone. Adding a backend is one module here plus `conf/
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -54,6 +57,7 @@ class Problem:
     device: str = "cpu"
     diverge_above: float = 1e6  # |x| beyond this counts as diverged, and the run stops
     seed: int = 0  # for the framework's random generator (descent itself draws nothing)
+    progress: Optional[Callable[[int], None]] = field(default=None, compare=False, repr=False)
 
     @property
     def recorded(self) -> Optional[int]:
@@ -123,6 +127,26 @@ def first_diverged_row(x: np.ndarray, loss: np.ndarray, bound: float) -> Optiona
 def chunks(epochs: int):
     """Row ranges [start, stop) of at most CHECK_EVERY rows covering rows 0..epochs."""
     return ((start, min(start + CHECK_EVERY, epochs + 1)) for start in range(0, epochs + 1, CHECK_EVERY))
+
+
+PROGRESS_PIECES = 100  # a compiled loop with a progress bar runs in about this many calls
+
+
+def spans(problem: Problem) -> list[tuple[int, int]]:
+    """The row ranges [start, stop) a compiled engine runs one call each: all rows at once, or,
+    to report progress, equal pieces of at least CHECK_EVERY rows (the last may be shorter).
+
+    >>> square = Loss("square", None, ())
+    >>> spans(Problem(square, np.array(5.0), 999, Optimizer("sgd", 0.1)))
+    [(0, 1000)]
+    >>> spans(Problem(square, np.array(5.0), 999, Optimizer("sgd", 0.1), progress=print))
+    [(0, 256), (256, 512), (512, 768), (768, 1000)]
+    """
+    rows = problem.epochs + 1
+    if problem.progress is None:
+        return [(0, rows)]
+    size = max(CHECK_EVERY, math.ceil(rows / PROGRESS_PIECES))
+    return [(start, min(start + size, rows)) for start in range(0, rows, size)]
 
 
 def load(backend: str, module: Optional[str] = None) -> ModuleType:

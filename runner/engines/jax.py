@@ -6,6 +6,7 @@ diverged one are dropped, as the other engines do.
 
 from __future__ import annotations
 
+import functools
 import os
 
 # JAX takes 75% of a GPU's memory when it starts; a sweep that ran torch first in the same
@@ -17,9 +18,10 @@ import jax  # noqa: E402
 jax.config.update("jax_enable_x64", True)  # float64 runs need it; float32 runs stay float32
 
 import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
-from runner.engines import Problem, Trajectory, first_diverged_row, no_gpu  # noqa: E402
+from runner.engines import Problem, Trajectory, first_diverged_row, no_gpu, spans  # noqa: E402
 
 FRAMEWORK = "jax"
 VERSION = jax.__version__
@@ -69,13 +71,24 @@ def descend(problem: Problem) -> Trajectory:
             x[:head], y, grad[:head], jnp.linalg.norm(x), jnp.linalg.norm(grad))
         return (optax.apply_updates(x, updates), state), row
 
-    @jax.jit
-    def run(x0):
-        _, rows = jax.lax.scan(step, (x0, optimizer.init(x0)), None, length=problem.epochs + 1)
-        return rows
+    @functools.partial(jax.jit, static_argnums=1)
+    def run(carry, length):
+        return jax.lax.scan(step, carry, None, length=length)
 
     x0 = jax.device_put(jnp.asarray(problem.x_start, dtype=problem.dtype), device)
-    rows = [jax.device_get(r) for r in run(x0)]  # x, loss, grad (and the two norms)
+    carry, pieces = (x0, optimizer.init(x0)), []
+    # One call for the whole loop; about 100 with a progress bar, all of the first one's length
+    # (one compilation; the rows past the last epoch are dropped). Same arithmetic either way.
+    pieces_at = spans(problem)
+    length = pieces_at[0][1] - pieces_at[0][0]
+    for start, stop in pieces_at:
+        carry, rows = run(carry, length)
+        pieces.append([jax.device_get(r)[: stop - start] for r in rows])  # x, loss, grad (and the norms)
+        if first_diverged_row(pieces[-1][0], pieces[-1][1], problem.diverge_above) is not None:
+            break
+        if problem.progress:
+            problem.progress(stop)
+    rows = [np.concatenate(parts) for parts in zip(*pieces)]
     trajectory = Trajectory(*rows[:3], str(x0.devices().pop()), *rows[3:])
     diverged = first_diverged_row(trajectory.x, trajectory.loss, problem.diverge_above)
     return trajectory if diverged is None else trajectory.head(diverged + 1)

@@ -56,6 +56,8 @@ def descend(problem: Problem) -> Trajectory:
             if diverged is not None:
                 rows = start + diverged + 1
                 break
+            if problem.progress:
+                problem.progress(stop)
     return Trajectory(xs, losses, grads, "cpu", *((None, None) if norms is None else norms.T)).head(rows)
 
 

@@ -14,7 +14,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TF's C++ info and war
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from runner.engines import Problem, Trajectory, no_gpu  # noqa: E402
+from runner.engines import Problem, Trajectory, no_gpu, spans  # noqa: E402
 
 class _NoRetracingWarning(logging.Filter):
     """Each run traces its own loop (about 0.1 s); in a sweep TF would warn about it every job."""
@@ -76,10 +76,11 @@ def descend(problem: Problem) -> Trajectory:
         head = problem.recorded
 
         @tf.function(jit_compile=True)  # XLA: about 3x fewer microseconds a step than the graph alone
-        def run(epochs: tf.Tensor):
-            rows = [tf.TensorArray(dt, size=epochs + 1) for _ in range(3 if head is None else 5)]
-            count = epochs + 1
-            for k in tf.range(epochs + 1):
+        def run(count: tf.Tensor):
+            """`count` rows, each followed by an update; fewer if x diverges."""
+            rows = [tf.TensorArray(dt, size=count) for _ in range(3 if head is None else 5)]
+            done = count
+            for k in tf.range(count):
                 with tf.GradientTape() as tape:
                     y = value(x)
                 grad = tape.gradient(y, x)
@@ -88,12 +89,19 @@ def descend(problem: Problem) -> Trajectory:
                 rows = [r.write(k, v) for r, v in zip(rows, row)]
                 # NaN fails `<=`, so this also stops on a non-finite x
                 if not (tf.math.is_finite(y) and tf.reduce_all(tf.abs(x) <= bound)):
-                    count = k + 1
+                    done = k + 1
                     break
                 optimizer.apply_gradients([(grad, x)])  # the update after the last row is discarded
-            return [row.stack()[:count] for row in rows]
+            return [row.stack()[:done] for row in rows]
 
-        rows = [r.numpy() for r in run(tf.constant(problem.epochs))]  # x, loss, grad (and norms)
+        pieces = []  # one call for the whole loop; about 100 with a progress bar (same arithmetic)
+        for start, stop in spans(problem):
+            pieces.append([r.numpy() for r in run(tf.constant(stop - start))])  # x, loss, grad (and norms)
+            if len(pieces[-1][0]) < stop - start:  # diverged
+                break
+            if problem.progress:
+                problem.progress(stop)
+        rows = [np.concatenate(parts) for parts in zip(*pieces)]
     return Trajectory(*rows[:3], _short(x.device), *rows[3:])
 
 

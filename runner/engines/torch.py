@@ -65,6 +65,8 @@ def descend(problem: Problem) -> Trajectory:
         if diverged is not None:
             rows = start + diverged + 1
             break
+        if problem.progress:
+            problem.progress(stop)
     host = [t.cpu().numpy() for t in (xs, losses, grads)]
     whole = (None, None) if norms is None else norms.cpu().numpy().T
     return Trajectory(*host, str(x.device), *whole).head(rows)

@@ -1,0 +1,60 @@
+"""A progress bar for long runs, on a terminal only.
+
+Engines report the rows they have done (`Problem.progress`); the bar draws on stderr when that
+is a terminal, waits half a second before it first draws (a short run shows nothing), redraws
+at most ten times a second and erases itself when the run ends, before the run's own lines.
+Piped or redirected output gets nothing extra.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Optional, TextIO
+
+WIDTH = 24
+
+
+class Bar:
+    """`bar(done)` after each piece of work; `bar.close()` at the end."""
+
+    def __init__(self, label: str, total: int, stream: TextIO, delay_s: float = 0.5, every_s: float = 0.1):
+        self.label, self.total, self.stream = label, total, stream
+        self.delay_s, self.every_s = delay_s, every_s
+        self.started = self.drawn_at = time.perf_counter()
+        self.drawn = False
+        self.first: Optional[tuple[float, int]] = None
+
+    def __call__(self, done: int) -> None:
+        now = time.perf_counter()
+        if self.first is None:  # the rate counts from the first report: it leaves out start-up
+            self.first = (now, done)
+        if now - self.started < self.delay_s or (self.drawn and now - self.drawn_at < self.every_s):
+            return
+        rate = (done - self.first[1]) / (now - self.first[0]) if now > self.first[0] else 0.0
+        self.stream.write("\r" + line(self.label, done, self.total, rate) + "\033[K")
+        self.stream.flush()
+        self.drawn, self.drawn_at = True, now
+
+    def close(self) -> None:
+        if self.drawn:
+            self.stream.write("\r\033[K")
+            self.stream.flush()
+
+
+def line(label: str, done: int, total: int, rate: float) -> str:
+    """One line of the bar.
+
+    >>> line("[numpy sgd lr=0.3]", 250_000, 1_000_000, 125_000.0)
+    '[numpy sgd lr=0.3] ######------------------  25%  250000/1000000 epochs  125000 epochs/s  6 s left'
+    """
+    filled = int(WIDTH * done / total)
+    left = f"  {(total - done) / rate:.0f} s left" if rate else ""
+    return (f"{label} {'#' * filled}{'-' * (WIDTH - filled)} {100 * done // total:3d}%  "
+            f"{done}/{total} epochs  {rate:.0f} epochs/s{left}")
+
+
+def for_terminal(label: str, total: int, stream: Optional[TextIO] = None) -> Optional[Bar]:
+    """A bar when `stream` (stderr by default) is a terminal, else None."""
+    stream = stream or sys.stderr
+    return Bar(label, total, stream) if stream.isatty() else None
