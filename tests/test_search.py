@@ -77,3 +77,15 @@ def test_a_bad_search_setting_is_one_line_and_records_nothing(tmp_path, store_ur
     assert result.returncode == 1
     assert message in result.stderr and "Traceback" not in result.stderr
     assert trials == [] and parents == []
+
+
+def test_a_search_typed_on_the_command_line_and_an_interval_without_one(tmp_path, store_uri):
+    searched = run_cli("loss=double_well", "x_start=2.5", "epochs=50", "lr=tag(log, interval(0.001, 0.2))",
+                       "hydra.sweeper.search.n_trials=4", cwd=tmp_path, store_uri=store_uri)
+    assert searched.returncode == 0, searched.stderr[-3000:]
+    trials = runs_of(store_uri)
+    assert len(trials) == 4 and all(0.001 <= float(t.data.params["lr"]) <= 0.2 for t in trials)
+    swept = run_cli("lr=interval(0.001, 0.2)", cwd=tmp_path, store_uri=store_uri)
+    assert swept.returncode == 1
+    assert "lr=interval(0.001, 0.2): an interval is searched, not swept: add hydra.sweeper.search.n_trials=N" in swept.stderr
+    assert len(runs_of(store_uri)) == 4

@@ -45,3 +45,18 @@ def test_a_submitit_sweep_lands_on_a_postgresql_backed_server(tmp_path, postgres
     # Each job ran as a submitit job of its own, its output in the sweep's .submitit folder.
     logs = list((tmp_path / "work" / "outputs" / "multirun").rglob(".submitit/*/*_0_log.out"))
     assert len(logs) == 4
+
+
+def test_a_sweep_through_the_ray_launcher(tmp_path, store_uri):
+    """Optional (`pip install -e '.[ray]'` in an environment of its own: the Ray launcher pins
+    cloudpickle < 3, which the joblib launcher refuses), so not installed in CI: there this test
+    is skipped. Ray starts a local instance for the sweep, as on a laptop."""
+    pytest.importorskip("hydra_plugins.hydra_ray_launcher", reason="the Ray launcher is an optional extra: .[ray]")
+    result = run_cli("hydra/launcher=ray", "backend=numpy", "lr=0.1,0.3", f"epochs={EPOCHS}",
+                     cwd=tmp_path, store_uri=store_uri)
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = runs_of(store_uri)
+    assert sorted(r.info.run_name for r in runs) == ["numpy-sgd-square-lr0.1", "numpy-sgd-square-lr0.3"]
+    assert all(r.info.status == "FINISHED" for r in runs)
+    client = MlflowClient(store_uri)
+    assert all(len(client.get_metric_history(r.info.run_id, "x")) == EPOCHS + 1 for r in runs)

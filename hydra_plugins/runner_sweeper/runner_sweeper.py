@@ -6,11 +6,11 @@ namespace package, so the class lives here; what it does is in `runner.sweep` an
   reported. It expands the same sweep syntax and `hydra.sweeper.params`, then: checks every
   job's config before any job starts, wraps the jobs in a parent MLflow run, runs every job
   even when some fail, and reports at the end.
-  With `hydra.sweeper.search` set, the same sweeper runs an Optuna search over `params`
-  instead of a grid: each trial is a job, with the same checks, parent run and report.
+  With `hydra.sweeper.search.n_trials` set, the same sweeper runs an Optuna search over
+  `params` instead of a grid: each trial is a job, with the same checks, parent run and report.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 @dataclass
 class SearchConf:
-    n_trials: int = 20  # trials in all
+    n_trials: Optional[int] = None  # a number: search with this many trials; null: run a grid
     n_jobs: int = 1  # trials asked for and launched at once (a parallel launcher runs them together)
     sampler: str = "tpe"  # tpe or random
     seed: int = 0  # the sampler's seed: the same seed, the same trials
@@ -35,8 +35,8 @@ class SearchConf:
 class RunnerSweeperConf:
     _target_: str = "hydra_plugins.runner_sweeper.runner_sweeper.RunnerSweeper"
     max_batch_size: Optional[int] = None
-    params: Optional[Dict[str, str]] = None  # a grid, or with `search` set, the search space
-    search: Optional[SearchConf] = None  # set: Optuna searches `params` instead of a grid
+    params: Optional[Dict[str, str]] = None  # a grid, or with search.n_trials set, the search space
+    search: SearchConf = field(default_factory=SearchConf)
 
 
 ConfigStore.instance().store(group="hydra/sweeper", name="runner", node=RunnerSweeperConf, provider="runner")
@@ -54,6 +54,7 @@ def _reuse_composed(launcher: Launcher, hydra_context: HydraContext, jobs: List[
 class RunnerSweeper(BasicSweeper):
     def __init__(self, max_batch_size: Optional[int], params: Optional[Dict[str, str]] = None,
                  search: Optional[DictConfig] = None) -> None:
+        # `search` comes as a DictConfig from the config, or not at all from an older config
         super().__init__(max_batch_size, params)
         self.search = search
 
@@ -62,7 +63,7 @@ class RunnerSweeper(BasicSweeper):
         # the master's resolver cache, and so gets this same folder.
         sweep_dir = Path(self.config.hydra.sweep.dir)
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
-        if self.search is not None:
+        if self.search is not None and self.search.n_trials is not None:
             results = self._search(parser, arguments, sweep_dir)
         else:
             results = self._grid(parser, arguments, sweep_dir)
@@ -75,8 +76,13 @@ class RunnerSweeper(BasicSweeper):
 
     def _grid(self, parser: OverridesParser, arguments: List[str], sweep_dir: Path) -> List[Any]:
         from runner import sweep
+        from runner.schema import ConfigError
 
         overrides = parser.parse_overrides([*self._parse_config(), *arguments])
+        for override in overrides:
+            if override.is_sweep_override() and override.is_interval_sweep():
+                raise ConfigError(f"{override.input_line}: an interval is searched, not swept: add "
+                                        "hydra.sweeper.search.n_trials=N (or use a list or range())")
         batches = self.split_arguments(overrides, self.max_batch_size)
         jobs = [job for batch in batches for job in batch]
         configs = sweep.check_jobs(self.hydra_context.config_loader, self.config, jobs)
