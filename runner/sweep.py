@@ -46,6 +46,17 @@ class Sweep:
     reused: list[str] = field(default_factory=list)  # FINISHED runs standing in for skipped jobs
 
 
+def check_grid(overrides: Sequence[Any]) -> None:
+    """A grid cannot run an interval (Hydra's basic sweeper would fail with a traceback): say
+    how to search it instead."""
+    from runner.schema import ConfigError
+
+    for override in overrides:
+        if override.is_sweep_override() and override.is_interval_sweep():
+            raise ConfigError(f"{override.input_line}: an interval is searched, not swept: add "
+                              "hydra.sweeper.search.n_trials=N (or use a list or range())")
+
+
 def check_jobs(config_loader: Any, sweep_config: DictConfig, jobs: Sequence[Sequence[str]]) -> list[DictConfig]:
     """Every job's composed config, each checked; a ConfigError names the job and the key.
 

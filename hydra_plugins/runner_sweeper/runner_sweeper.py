@@ -54,11 +54,12 @@ def _reuse_composed(launcher: Launcher, hydra_context: HydraContext, jobs: List[
 class RunnerSweeper(BasicSweeper):
     def __init__(self, max_batch_size: Optional[int], params: Optional[Dict[str, str]] = None,
                  search: Optional[DictConfig] = None) -> None:
-        # `search` comes as a DictConfig from the config, or not at all from an older config
         super().__init__(max_batch_size, params)
         self.search = search
 
     def sweep(self, arguments: List[str]) -> Any:
+        from runner import sweep
+
         # Resolve the sweep folder (its ${now:...}) before composing any job: each job config copies
         # the master's resolver cache, and so gets this same folder.
         sweep_dir = Path(self.config.hydra.sweep.dir)
@@ -67,8 +68,6 @@ class RunnerSweeper(BasicSweeper):
             results = self._search(parser, arguments, sweep_dir)
         else:
             results = self._grid(parser, arguments, sweep_dir)
-        from runner import sweep
-
         failures = sweep.failures_error(results)
         if failures:
             raise failures
@@ -76,13 +75,9 @@ class RunnerSweeper(BasicSweeper):
 
     def _grid(self, parser: OverridesParser, arguments: List[str], sweep_dir: Path) -> List[Any]:
         from runner import sweep
-        from runner.schema import ConfigError
 
         overrides = parser.parse_overrides([*self._parse_config(), *arguments])
-        for override in overrides:
-            if override.is_sweep_override() and override.is_interval_sweep():
-                raise ConfigError(f"{override.input_line}: an interval is searched, not swept: add "
-                                        "hydra.sweeper.search.n_trials=N (or use a list or range())")
+        sweep.check_grid(overrides)
         batches = self.split_arguments(overrides, self.max_batch_size)
         jobs = [job for batch in batches for job in batch]
         configs = sweep.check_jobs(self.hydra_context.config_loader, self.config, jobs)
