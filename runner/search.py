@@ -29,7 +29,10 @@ from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Overrid
 
 from runner.schema import ConfigError
 
+log = logging.getLogger("runner")
+
 SAMPLERS = ("tpe", "random")
+FAILED = optuna.trial.TrialState.FAIL  # what Optuna is told of a trial whose job failed
 
 
 def check_settings(n_trials: int, n_jobs: int, sampler: str) -> None:
@@ -59,8 +62,8 @@ def split(parser: OverridesParser, params: Optional[Mapping[str, str]], argument
         else:
             fixed.append(override.input_line)
     if not space:
-        raise ConfigError("hydra.sweeper.params: nothing to search; give at least one key a range, "
-                          "e.g. 'hydra.sweeper.params.lr=tag(log, interval(0.001, 0.5))'")
+        raise ConfigError("hydra.sweeper.search.n_trials is set but nothing is searched: give a key a range, "
+                          "e.g. lr='tag(log, interval(0.001, 0.5))', or list them in hydra.sweeper.params")
     return space, fixed
 
 
@@ -140,13 +143,9 @@ def objective(job_return: Any) -> Optional[float]:
     return value if math.isfinite(value) else math.inf
 
 
-FAILED = optuna.trial.TrialState.FAIL
-
-
 def record_best(parent: Any, study: optuna.Study) -> None:
     """The best trial on the sweep's parent run (params `best.KEY`, metric `best_final_loss`,
     tag `best_trial`), every trial in `search/trials.csv` beside the report, and one line."""
-    log = logging.getLogger("runner")
     folder = parent.folder / "search"
     folder.mkdir(parents=True, exist_ok=True)
     keys = list(dict.fromkeys(k for t in study.trials for k in t.params))

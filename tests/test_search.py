@@ -88,4 +88,6 @@ def test_a_search_typed_on_the_command_line_and_an_interval_without_one(tmp_path
     swept = run_cli("lr=interval(0.001, 0.2)", cwd=tmp_path, store_uri=store_uri)
     assert swept.returncode == 1
     assert "lr=interval(0.001, 0.2): an interval is searched, not swept: add hydra.sweeper.search.n_trials=N" in swept.stderr
-    assert len(runs_of(store_uri)) == 4
+    empty = run_cli("-m", "hydra.sweeper.search.n_trials=3", cwd=tmp_path, store_uri=store_uri)
+    assert empty.returncode == 1 and "hydra.sweeper.search.n_trials is set but nothing is searched" in empty.stderr
+    assert len(runs_of(store_uri)) == 4 and len(runs_of(store_uri, sweeps=True)) == 1
