@@ -66,7 +66,7 @@ def descend_and_record(store, run_id: str, cfg: DictConfig, problem: engines.Pro
                        hydra_cfg: Any) -> engines.Trajectory:
     """The descent, then everything it produced: metrics, outcome, files, the terminal lines."""
     label = f"[{sweep.position(hydra_cfg)}{cfg.backend.name} {problem.optimizer.name} lr={cfg.lr}]"
-    bar = progress.for_terminal(label, problem.epochs + 1)
+    bar = None if sweep.shares_terminal(hydra_cfg) else progress.for_terminal(label, problem.epochs + 1)
     started = time.perf_counter()
     try:
         trajectory = engine.descend(dataclasses.replace(problem, progress=bar))

@@ -196,3 +196,11 @@ def test_quiet_by_default_debug_with_hydra_verbose(tmp_path, store_uri):
     debug = [line for line in (verbose.stdout + verbose.stderr).splitlines() if "[DEBUG]" in line]
     assert any("engine runner.engines.numpy" in line for line in debug)
     assert any("descent: 4 rows" in line for line in debug)
+
+
+def test_parallel_jobs_on_a_terminal_show_no_bar(tmp_path, store_uri):
+    """joblib's workers write to the same terminal: bars would overwrite each other."""
+    output = run_in_terminal(*LONG_RUN[:2], "lr=0.0001,0.0002", "hydra/launcher=joblib", cwd=tmp_path,
+                             store_uri=store_uri)
+    assert "job 2/2 torch sgd lr=0.0002] [5. " in output
+    assert "epochs/s" not in output
