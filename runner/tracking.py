@@ -22,6 +22,9 @@ import numpy as np
 
 # The report downloads each job's CSV: MLflow's per-download progress bar would only be noise.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+# Against a server, MLflow prints two "View run/experiment at" lines per run; the runner already
+# says where each run is, once.
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 from mlflow import MlflowClient  # noqa: E402
 from mlflow.entities import Metric, Param, RunStatus, RunTag  # noqa: E402

@@ -186,6 +186,7 @@ def test_a_sweep_against_a_tracking_server(tmp_path, sqlite_server):
     assert parent.info.status == "FINISHED"
     assert {a.path for a in client.list_artifacts(parent.info.run_id, "report")} >= {"report/runs.csv"}
     assert f"MLflow: {sqlite_server}/#/experiments/" in result.stdout + result.stderr
+    assert "View run" not in result.stdout  # MLflow's own two lines per run are left out
     assert not (tmp_path / "mlruns").exists() and not (tmp_path / "mlflow.db").exists()
 
 
