@@ -51,7 +51,7 @@ def run_job(cfg: DictConfig) -> float:
     tags = {"backend": cfg.backend.name, "framework": engine.FRAMEWORK, "framework_version": engine.VERSION,
             "device": problem.device, "loss": problem.loss.name, "optimizer": problem.optimizer.name,
             "config_hash": config_hash, **provenance.code_tags(),
-            **provenance.version_tags("numpy", "hydra-core", "omegaconf", "mlflow", "matplotlib")}
+            **provenance.version_tags(*provenance.LIBRARIES)}
     if problem.loss.curvature is not None:
         tags["loss_curvature"] = problem.loss.curvature
     if parent := sweep.parent_run_id(hydra_cfg):

@@ -65,13 +65,24 @@ def code_tags() -> dict[str, str]:
     return tags
 
 
+# The libraries whose versions a run records (framework_version comes from the engine).
+LIBRARIES = ("numpy", "hydra-core", "omegaconf", "mlflow|mlflow-skinny", "matplotlib")
+
+
 @functools.lru_cache(maxsize=None)
 def version_tags(*distributions: str) -> dict[str, str]:
-    """`<name>_version` for each installed distribution."""
+    """`<name>_version` for each installed distribution; `a|b` takes the first of a and b
+    that is installed (`mlflow|mlflow-skinny`: the client alone, as on a GPU machine).
+
+    >>> version_tags("numpy|not-a-package")["numpy_version"] == metadata.version("numpy")
+    True
+    """
     tags = {}
-    for name in distributions:
-        try:
-            tags[f"{name.replace('-', '_')}_version"] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
+    for names in distributions:
+        for name in names.split("|"):
+            try:
+                tags[f"{names.split('|')[0].replace('-', '_')}_version"] = metadata.version(name)
+                break
+            except metadata.PackageNotFoundError:
+                pass
     return tags

@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     record = store.record(args.run_id)
     print(f"re-running {record.name} ({args.run_id}) from its stored config")
     now = {**provenance.code_tags(), "framework_version": engine.VERSION,
-           **provenance.version_tags("numpy", "hydra-core", "omegaconf", "mlflow")}
+           **provenance.version_tags(*provenance.LIBRARIES)}
     for key, value in now.items():
         if key in record.tags and record.tags[key] != value:
             print(f"  note: {key} was {record.tags[key]}, is {value} now")
