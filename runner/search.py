@@ -21,6 +21,7 @@ from __future__ import annotations
 import csv
 import logging
 import math
+import sys
 from typing import Any, Mapping, Optional, Sequence
 
 import optuna
@@ -139,8 +140,21 @@ def objective(job_return: Any) -> Optional[float]:
 
     if job_return.status != JobStatus.COMPLETED:
         return None
-    value = float(job_return.return_value)
-    return value if math.isfinite(value) else math.inf
+    return _finite_or_inf(float(job_return.return_value))
+
+
+def recorded_objective(record: Any) -> float:
+    """What Optuna is told of a trial an earlier search recorded (a runner.tracking.RunRecord)."""
+    return _finite_or_inf(record.metrics.get("final_loss", math.inf))
+
+
+def _finite_or_inf(value: float) -> float:
+    """MLflow keeps NaN and stores inf as the largest float: both are +inf to the search.
+
+    >>> _finite_or_inf(1.5), _finite_or_inf(float("nan")), _finite_or_inf(sys.float_info.max)
+    (1.5, inf, inf)
+    """
+    return value if math.isfinite(value) and value < sys.float_info.max else math.inf
 
 
 def record_best(parent: Any, study: optuna.Study) -> None:

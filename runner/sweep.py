@@ -45,6 +45,16 @@ class Sweep:
     folder: Path
     reused: list[str] = field(default_factory=list)  # FINISHED runs standing in for skipped jobs
 
+    def reuse_finished(self, job_configs: Sequence[DictConfig]) -> list[Optional[str]]:
+        """For each job: with skip_done=true, a FINISHED run of the experiment with the same
+        config, which then stands in for the job (in `reused`, and so in the report); else None."""
+        from runner import provenance
+
+        found = [self.store.finished_run(provenance.config_hash(cfg)) if cfg.skip_done else None
+                 for cfg in job_configs]
+        self.reused.extend(run_id for run_id in found if run_id)
+        return found
+
 
 def check_grid(overrides: Sequence[Any]) -> None:
     """A grid cannot run an interval (Hydra's basic sweeper would fail with a traceback): say
@@ -96,13 +106,7 @@ def parent_run(sweep_config: DictConfig, job_configs: Sequence[DictConfig], jobs
         "sweep_overrides": " ".join(sweep_config.hydra.overrides.task), **provenance.code_tags()}), folder)
     log.info("Sweep: parent MLflow %s", store.describe(sweep.run_id))
 
-    to_launch = []
-    for index, cfg in enumerate(job_configs):
-        done = store.finished_run(provenance.config_hash(cfg)) if cfg.skip_done else None
-        if done:
-            sweep.reused.append(done)
-        else:
-            to_launch.append(index)
+    to_launch = [index for index, done in enumerate(sweep.reuse_finished(job_configs)) if done is None]
     if sweep.reused:
         log.info("Sweep: %d of %d jobs already have a FINISHED run (skip_done=true); running %d",
                  len(sweep.reused), len(job_configs), len(to_launch))

@@ -91,3 +91,17 @@ def test_a_search_typed_on_the_command_line_and_an_interval_without_one(tmp_path
     empty = run_cli("-m", "hydra.sweeper.search.n_trials=3", cwd=tmp_path, store_uri=store_uri)
     assert empty.returncode == 1 and "hydra.sweeper.search.n_trials is set but nothing is searched" in empty.stderr
     assert len(runs_of(store_uri)) == 4 and len(runs_of(store_uri, sweeps=True)) == 1
+
+
+def test_an_interrupted_search_goes_on_with_skip_done(tmp_path, store_uri):
+    """With the same seed Optuna asks for the same trials; those already recorded are told their
+    recorded loss instead of running again."""
+    first = search(tmp_path, store_uri, "hydra.sweeper.search.n_trials=4")[1]
+    result, trials, parents = search(tmp_path, store_uri, "hydra.sweeper.search.n_trials=6", "skip_done=true")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(trials) == 6  # 4 from the first search, 2 new
+    assert [t.info.run_id for t in trials[:4]] == [t.info.run_id for t in first]
+    newest = parents[-1]
+    assert [t.data.tags["mlflow.parentRunId"] for t in trials[4:]] == [newest.info.run_id] * 2
+    assert "Sweep report: 6 runs (4 reused)" in result.stdout + result.stderr
+    assert newest.data.metrics["best_final_loss"] == min(t.data.metrics["final_loss"] for t in trials)

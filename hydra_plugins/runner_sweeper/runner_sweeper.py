@@ -110,18 +110,28 @@ class RunnerSweeper(BasicSweeper):
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         results: List[Any] = []
         with sweep.parent_run(self.config, [], jobs=n_trials) as (parent, _):
-            pending = [first]
-            while len(results) < n_trials:
-                size = min(n_jobs, n_trials - len(results))
+            pending, told = [first], 0
+            while told < n_trials:
+                size = min(n_jobs, n_trials - told)
                 trials = pending + [study.ask(space) for _ in range(size - len(pending))]
                 pending = []
                 jobs = [[*fixed, *search.overrides(t.params)] for t in trials]
-                _reuse_composed(self.launcher, self.hydra_context, jobs,
-                                sweep.check_jobs(self.hydra_context.config_loader, self.config, jobs))
-                returns = self.launcher.launch(jobs, initial_job_idx=len(results))
-                for trial, job_return in zip(trials, returns):
-                    value = search.objective(job_return)
-                    study.tell(trial, value, state=None if value is not None else search.FAILED)
-                results.extend(returns)
+                configs = sweep.check_jobs(self.hydra_context.config_loader, self.config, jobs)
+                # skip_done=true: a trial already recorded is told its recorded loss, not run
+                # again; with the same seed the search then goes on where it stopped.
+                done = parent.reuse_finished(configs)
+                for trial, run_id in zip(trials, done):
+                    if run_id:
+                        study.tell(trial, search.recorded_objective(parent.store.record(run_id)))
+                launch = [i for i, run_id in enumerate(done) if run_id is None]
+                if launch:
+                    _reuse_composed(self.launcher, self.hydra_context, [jobs[i] for i in launch],
+                                    [configs[i] for i in launch])
+                    returns = self.launcher.launch([jobs[i] for i in launch], initial_job_idx=told)
+                    for i, job_return in zip(launch, returns):
+                        value = search.objective(job_return)
+                        study.tell(trials[i], value, state=None if value is not None else search.FAILED)
+                    results.extend(returns)
+                told += len(trials)
             search.record_best(parent, study)
         return results
