@@ -40,7 +40,7 @@ def load_loss(name):
 
 
 def main(folder: Path) -> int:
-    rows, worst_ok = [], True
+    worst_ok = True
     print("| backend | device used | dtype | runs | largest relative difference from the CPU | per step on GPU (µs) | within tolerance |")
     print("|---|---|---|---|---|---|---|")
     for backend in ("torch", "jax"):

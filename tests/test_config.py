@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import math
 
 import pytest
 from conftest import BACKENDS
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
-from omegaconf import OmegaConf
 
 from runner.__main__ import hydra_argv
 from runner.app import CONF_DIR, flat_params

@@ -8,9 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-import numpy as np
 import pytest
 from conftest import BACKENDS, REPO, backend_params, free_port, mlflow_server, run_cli, runs_of
 from mlflow import MlflowClient
