@@ -1,6 +1,6 @@
 """The runner's benchmark: every figure a ratio measured in this one run, printed as markdown.
 
-    python bench/run.py            # about 3 minutes on 2 cores
+    python bench/run.py            # about 10 minutes on 2 cores
     python bench/run.py --quick    # fewer repeats, for a smoke test
 
 1. Per-step cost on y = x^2 (20 000 epochs after a warm-up), each framework in a process of
@@ -13,6 +13,11 @@
 4. Epoch count: one numpy run at 10^3, 10^4 and 10^5 epochs.
 5. Dimension: microseconds per step and effective GB/s (one read and one write of x a step)
    for dim = 10^4 .. 10^7 per engine, against a plain NumPy copy of x measured in this run.
+6. Batched sweeps: a 10,000-point lr sweep of y = x^2 (200 epochs) per backend as one batch,
+   whole command, against one single run of the same backend; the same per point against a
+   per-job grid (100 jobs, extrapolated); each engine's nanoseconds per point-step at 10,000
+   points; the 40,000-point `experiment=momentum_map` on numpy; the peak memory of a
+   10^6-point batch.
 
 Timings are wall-clock medians; these machines are shared, so compare ratios, not seconds.
 """
@@ -94,20 +99,29 @@ def bare_torch(epochs):
 
 
 def engine_runner(backend):
-    import numpy as np
-
     from runner import engines
-    from runner.engines import Problem
-    from runner.losses import Loss, parse_expression
-    from runner.optimizers import Optimizer
+    from runner.descent import descend
+    from runner.engines import single
 
     engine = engines.load(backend)
-    square = Loss("square", parse_expression("loss.value", "x**2"), (parse_expression("loss.grad", "2*x"),))
 
     def run(epochs):
-        return engine.descend(Problem(square, np.array(5.0), epochs, Optimizer("sgd", LR), "float32",
-                                      engine.resolve_device("cpu")))
+        return descend(single(SQUARE(), 5.0, epochs, Optimizer()("sgd", LR), "float32", engine.resolve_device("cpu")),
+                       engine)
     return run
+
+
+def SQUARE():  # noqa: N802 - the loss, built where the runner is importable
+    from runner.losses import Loss, parse_expression
+
+    return Loss("square", parse_expression("loss.value", "x**2"), (parse_expression("loss.grad", "2*x"),),
+                minimiser=(parse_expression("loss.minimiser", "0"),))
+
+
+def Optimizer():  # noqa: N802
+    from runner.optimizers import Optimizer as rule
+
+    return rule
 
 
 ARTICLE = {"numpy": article_numpy, "tf": article_tf, "torch": article_torch}
@@ -132,18 +146,16 @@ def dim_step(backend, dim, repeats):
     import numpy as np
 
     from runner import engines
-    from runner.engines import Problem
-    from runner.losses import Loss, parse_expression
-    from runner.optimizers import Optimizer
+    from runner.descent import descend
+    from runner.engines import single
 
     engine = engines.load(backend)
-    square = Loss("square", parse_expression("loss.value", "x**2"), (parse_expression("loss.grad", "2*x"),))
     epochs = int(max(10, min(2000, 2e8 // dim)))
 
     def run(n):
-        problem = Problem(square, np.full(dim, 5.0), n, Optimizer("sgd", LR), "float32", engine.resolve_device("cpu"))
+        problem = single(SQUARE(), np.full(dim, 5.0), n, Optimizer()("sgd", LR), "float32", engine.resolve_device("cpu"))
         started = time.perf_counter()
-        engine.descend(problem)
+        descend(problem, engine)
         return time.perf_counter() - started
 
     run(epochs)  # warm-up
@@ -164,11 +176,39 @@ def copy_floor(dim, repeats=5):
     return min(times[1:]) * 1e6
 
 
+BATCH_POINTS = 10_000
+BATCH_EPOCHS = 200
+
+
+def point_step(backend, repeats):
+    """Nanoseconds per point-step of a batch of BATCH_POINTS learning rates on y = x^2, float32:
+    (t(2E) - t(E)) / E / points with E = BATCH_EPOCHS, so tracing and compiling cancel out."""
+    import numpy as np
+
+    from runner import engines
+    from runner.descent import descend
+
+    engine = engines.load(backend)
+    lr = np.linspace(1e-4, 1.0, BATCH_POINTS)
+
+    def run(epochs):
+        problem = engines.Problem(SQUARE(), np.full(BATCH_POINTS, 5.0), epochs, Optimizer()("sgd", lr), "float32",
+                                  engine.resolve_device("cpu"))
+        started = time.perf_counter()
+        descend(problem, engine)
+        return time.perf_counter() - started
+
+    run(BATCH_EPOCHS)  # warm-up
+    differences = [max(1e-9, run(2 * BATCH_EPOCHS) - run(BATCH_EPOCHS)) for _ in range(repeats)]
+    return statistics.median(differences) / BATCH_EPOCHS / BATCH_POINTS * 1e9
+
+
 def measure_engine(backend, repeats):
     """Runs in a process of its own: microseconds per step of each variant."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     result = {"engine": per_step(engine_runner(backend), EPOCHS, repeats),
-              "dims": {str(dim): dim_step(backend, dim, repeats) for dim in DIMS}}
+              "dims": {str(dim): dim_step(backend, dim, repeats) for dim in DIMS},
+              "point_step_ns": point_step(backend, repeats)}
     if backend in ARTICLE:
         # The article's TensorFlow code takes over a millisecond a step: 2 000 steps suffice.
         result["article"] = per_step(ARTICLE[backend], EPOCHS if backend != "tf" else 2_000, repeats)
@@ -230,6 +270,67 @@ def measure_commands(repeats):
             out[f"epochs_{epochs}"] = timed([*runner, "backend=numpy", f"epochs={epochs}", "lr=0.0001"],
                                             folder, env, repeats)
     return out
+
+
+PEAK_MEMORY = r"""
+import resource, subprocess, sys
+subprocess.run(sys.argv[1:], check=True, capture_output=True)
+print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024)
+"""
+
+
+def measure_batches(backends, repeats):
+    """Whole commands of the batched sweeps, each against its comparison, in one store."""
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        uri = f"sqlite:///{folder / 'mlflow.db'}"
+        env = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": uri}
+        runner = [sys.executable, "-m", "runner", f"epochs={BATCH_EPOCHS}"]
+        subprocess.run([*runner, "epochs=1"], cwd=folder, env=env, check=True, capture_output=True)  # the store
+        lrs = f"lr=range(0.0001,{1 + 0.5e-4},0.0001)"  # 10,000 learning rates
+        out = {"backends": {}}
+        for backend in backends:
+            out["backends"][backend] = {
+                "single": timed([*runner, f"backend={backend}"], folder, env, repeats),
+                "batch": timed([*runner, f"backend={backend}", lrs, "hydra.sweeper.batch=true"], folder, env, repeats)}
+        out["grid_100"] = timed([*runner, "backend=numpy", "lr=range(0.01,1.005,0.01)"], folder, env, 1)
+        out["map"] = timed([sys.executable, "-m", "runner", "experiment=momentum_map",
+                            "hydra.sweeper.params.backend=numpy", f"mlflow.tracking_uri={uri}"], folder, env, repeats)
+        million = [*runner, "backend=numpy", "lr=range(0.000001,1.0000005,0.000001)", "hydra.sweeper.batch=true"]
+        started = time.perf_counter()
+        peak = subprocess.run([sys.executable, "-c", PEAK_MEMORY, *million], cwd=folder, env=env, check=True,
+                              capture_output=True, text=True).stdout
+        out["million"] = {"seconds": time.perf_counter() - started, "peak_bytes": int(peak.split()[-1])}
+    return out
+
+
+def batch_table(engines_result, batches):
+    numpy_ns = engines_result.get("numpy", {}).get("point_step_ns")
+    lines = [f"| {BATCH_POINTS:,}-point lr sweep, y = x², {BATCH_EPOCHS} epochs | one single run (s) | "
+             "one batch of all points (s) | batch / single run | target ≤ 2 | ns per point-step (engine) | "
+             "target |", "|---|---|---|---|---|---|---|"]
+    for backend, r in batches["backends"].items():
+        ratio = r["batch"] / r["single"]
+        ns = engines_result.get(backend, {}).get("point_step_ns")
+        if backend == "numpy":
+            target = f"≤ 40: {'met' if ns is not None and ns <= 40 else 'MISSED'}"
+        else:
+            target = f"≤ numpy: {'met' if ns is not None and numpy_ns is not None and ns <= numpy_ns else 'MISSED'}"
+        lines.append(f"| {backend} | {r['single']:.2f} | {r['batch']:.2f} | {ratio:.2f} | "
+                     f"{'met' if ratio <= 2 else 'MISSED'} | {'–' if ns is None else f'{ns:.3g}'} | {target} |")
+    per_job = batches["grid_100"] / 100
+    per_point = batches["backends"]["numpy"]["batch"] / BATCH_POINTS
+    million = batches["million"]
+    lines += ["", "| batched sweeps | measured | target |", "|---|---|---|",
+              f"| numpy, per point: per-job grid (100 jobs, {per_job:.3f} s a job) against the batch "
+              f"({per_point * 1e6:.0f} µs a point) | {per_job / per_point:.0f}× faster | ≥ 500×: "
+              f"{'met' if per_job / per_point >= 500 else 'MISSED'} |",
+              f"| `experiment=momentum_map` on numpy (40,000 points, 500 epochs), whole command | {batches['map']:.1f} s | "
+              f"< 30 s: {'met' if batches['map'] < 30 else 'MISSED'} |",
+              f"| 10^6 points of y = x², 200 epochs, numpy, whole command: peak memory | "
+              f"{million['peak_bytes'] / 2**30:.2f} GB in {million['seconds']:.0f} s | ≤ 4 GB: "
+              f"{'met' if million['peak_bytes'] <= 4 * 2**30 else 'MISSED'} |"]
+    return "\n".join(lines)
 
 
 def dim_table(engines_result):
@@ -307,6 +408,8 @@ def main():
     print(table(engines_result, measure_commands(repeats), args.quick))
     print()
     print(dim_table(engines_result))
+    print()
+    print(batch_table(engines_result, measure_batches(list(engines_result), repeats)))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
-"""One job: composed config -> engine -> trajectory -> MLflow run and files.
+"""One job: composed config -> problem -> descent -> MLflow run and files.
 
 `main` is the Hydra task function; `run_job` does the work on a composed config and returns the
-final loss, the value a Hydra sweeper minimises.
+final loss (of a batch: the best), the value a Hydra sweeper minimises. A job is one run, or
+with `batch.sweep` set (a group of a batched sweep) one batch of points (`runner.batch`).
 """
 
 from __future__ import annotations
@@ -9,19 +10,20 @@ from __future__ import annotations
 import csv
 import dataclasses
 import logging
+import math
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import hydra
 import numpy as np
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from runner import engines, losses, outcomes, plots, progress, provenance, schema, sweep
-from runner.optimizers import Optimizer
-from runner.schema import ConfigError
+from runner import batch, descent, engines, outcomes, plots, progress, provenance, schema, sweep, theory
+from runner.points import Points
+from runner.problem import build
 
 log = logging.getLogger("runner")
 
@@ -37,52 +39,57 @@ def run_job(cfg: DictConfig) -> float:
     uri = tracking.tracking_uri(cfg.mlflow.tracking_uri, Path(hydra_cfg.runtime.cwd))
     tracking.check_reachable(uri)  # an unreachable server is said at once, before any work
     # Everything that can reject the input happens before the store is touched.
-    problem, engine = build_problem(cfg)
-    log.debug("engine %s (%s %s) on %s, %s, x of shape %s", engine.__name__, engine.FRAMEWORK, engine.VERSION,
-              problem.device, problem.dtype, problem.x_start.shape)
+    problem, engine, grid = build(cfg)
+    log.debug("engine %s (%s %s) on %s, %s, %d point(s) of shape %s", engine.__name__, engine.FRAMEWORK,
+              engine.VERSION, problem.device, problem.dtype, problem.points, problem.shape)
     started = time.perf_counter()
     store = tracking.connect(uri, cfg.mlflow.experiment_name)
     log.debug("store %s, experiment %s: opened in %.2f s", uri, store.experiment_id, time.perf_counter() - started)
     config_hash = provenance.config_hash(cfg)
+    name = run_name(cfg, grid)
     if cfg.skip_done and (done := store.finished_run(config_hash)):
-        log.info("[%s] skipped: run %s already has this config (skip_done=true)", run_name(cfg), done)
-        return float(store.record(done).metrics.get("final_loss", float("nan")))
+        log.info("[%s] skipped: run %s already has this config (skip_done=true)", name, done)
+        return float(store.record(done).metrics.get("final_loss" if grid is None else "best_final_loss", math.nan))
 
     tags = {"backend": cfg.backend.name, "framework": engine.FRAMEWORK, "framework_version": engine.VERSION,
             "device": problem.device, "loss": problem.loss.name, "optimizer": problem.optimizer.name,
             "config_hash": config_hash, **provenance.code_tags(),
             **provenance.version_tags(*provenance.LIBRARIES)}
-    if problem.loss.curvature is not None:
-        tags["loss_curvature"] = problem.loss.curvature
+    curvature = problem.loss.curvature_values()
+    if curvature is not None and np.ptp(curvature.max(axis=1)) == 0:
+        tags["loss_curvature"] = float(curvature.max())
+    if grid:
+        tags["kind"] = "batch"
     if parent := sweep.parent_run_id(hydra_cfg):
         tags["mlflow.parentRunId"] = parent
-    with store.run(name=run_name(cfg), tags=tags) as run_id:
+    with store.run(name=name, tags=tags) as run_id:
+        if grid:
+            store.log_params(run_id, batch.params(flat_params(cfg), grid))
+            return batch.descend_and_record(store, run_id, cfg, problem, engine, grid, hydra_cfg)
         store.log_params(run_id, flat_params(cfg))
         trajectory = descend_and_record(store, run_id, cfg, problem, engine, hydra_cfg)
     return float(trajectory.loss[-1])
 
 
 def descend_and_record(store, run_id: str, cfg: DictConfig, problem: engines.Problem, engine: Any,
-                       hydra_cfg: Any) -> engines.Trajectory:
+                       hydra_cfg: Any) -> descent.Trajectory:
     """The descent, then everything it produced: metrics, outcome, files, the terminal lines."""
     label = f"[{sweep.position(hydra_cfg)}{cfg.backend.name} {problem.optimizer.name} lr={cfg.lr}]"
     bar = None if sweep.shares_terminal(hydra_cfg) else progress.for_terminal(label, problem.epochs + 1)
     started = time.perf_counter()
     try:
-        trajectory = engine.descend(dataclasses.replace(problem, progress=bar))
+        result = descent.descend(dataclasses.replace(problem, progress=bar), engine)
     finally:
         if bar:
             bar.close()
     wall_time = time.perf_counter() - started
+    trajectory, summary = result.trajectory(0), result.summary
     log.debug("descent: %d rows in %.3f s", len(trajectory.x), wall_time)
-    outcome = outcomes.classify(trajectory, cfg.stop.tolerance, cfg.stop.diverge_above)
     store.log_trajectory(run_id, trajectory, cfg.mlflow.max_logged_steps)
-    summary = {"final_loss": trajectory.loss[-1], "final_grad_norm": trajectory.grad_norm[-1],
-               "epochs_run": len(trajectory.x) - 1, "wall_time_s": wall_time}
-    if outcome.steps_to_tolerance is not None:
-        summary["steps_to_tolerance"] = outcome.steps_to_tolerance
-    store.log_metrics(run_id, summary)
-    store.set_tags(run_id, {"device": trajectory.device, "outcome": outcome.label})
+    radius = theory.of_problem(problem)
+    store.log_metrics(run_id, {**summary.values(0), "wall_time_s": wall_time,
+                               **({} if radius is None else {"spectral_radius": float(radius[0])})})
+    store.set_tags(run_id, {"device": trajectory.device, "outcome": summary.outcome[0]})
 
     out_dir = Path(hydra_cfg.runtime.output_dir)
     csv_path = write_csv(out_dir / "trajectory.csv", trajectory)
@@ -93,7 +100,7 @@ def descend_and_record(store, run_id: str, cfg: DictConfig, problem: engines.Pro
         figure = plots.path_figure(trajectory)
     figure.savefig(png_path)
 
-    say(label, problem, trajectory, outcome, store.describe(run_id))
+    say(label, problem, trajectory, summary, store.describe(run_id))
     for handler in logging.getLogger().handlers:  # the log file goes up next: make it complete
         handler.flush()
     store.log_artifacts(
@@ -104,8 +111,8 @@ def descend_and_record(store, run_id: str, cfg: DictConfig, problem: engines.Pro
     return trajectory
 
 
-def say(label: str, problem: engines.Problem, trajectory: engines.Trajectory,
-        outcome: outcomes.Outcome, where: str) -> None:
+def say(label: str, problem: engines.Problem, trajectory: descent.Trajectory,
+        summary: outcomes.Summary, where: str) -> None:
     """The terminal's account of a run: the article's line, how it ended, where it is."""
     if trajectory.x.ndim == 1:
         # The article's line; a long run shows its first and last 8 epochs.
@@ -113,40 +120,19 @@ def say(label: str, problem: engines.Problem, trajectory: engines.Trajectory,
                                   threshold=20, edgeitems=8)
         log.info("%s %s", label, rounded)
     else:
-        log.info("%s x: %s -> %s", label, problem.x_start.tolist(), np.around(trajectory.x[-1], 4).tolist())
-    steps = "" if outcome.steps_to_tolerance is None else f" (within tolerance at epoch {outcome.steps_to_tolerance})"
-    log.info("%s %s after %d epochs, final loss %.6g%s", label, outcome.label,
-             len(trajectory.x) - 1, trajectory.loss[-1], steps)
+        log.info("%s x: %s -> %s", label, problem.x_start[0].tolist(), np.around(trajectory.x[-1], 4).tolist())
+    steps = int(summary.steps_to_tolerance[0])
+    within = "" if steps < 0 else f" (within tolerance at epoch {steps})"
+    log.info("%s %s after %d epochs, final loss %.6g%s", label, summary.outcome[0],
+             len(trajectory.x) - 1, trajectory.loss[-1], within)
     log.info("%s MLflow: %s", label, where)
 
 
-def build_problem(cfg: DictConfig) -> tuple[engines.Problem, Any]:
-    """Check `cfg` and turn it into an engine's Problem; every ConfigError is raised here."""
-    schema.check_ranges(cfg)
-    loss = losses.from_config(cfg.loss)
-    start = schema.start_point(cfg.x_start)
-    shape = loss.shape(start)
-    if cfg.dim is not None:
-        if loss.dim is not None and loss.dim != cfg.dim:
-            raise ConfigError(f"dim={cfg.dim} is not allowed: loss={loss.name} has {loss.dim} coordinates")
-        shape = () if cfg.dim == 1 else (cfg.dim,)
-    if shape and len(start) not in (1, shape[0]):
-        raise ConfigError(f"x_start={cfg.x_start} is not allowed: x has {shape[0]} coordinates "
-                          f"(give {shape[0]} numbers, or one for all)")
-    x_start = np.broadcast_to(np.array(start, dtype=np.float64).reshape(-1 if shape else ()), shape).copy()
-    engine = engines.load(cfg.backend.name, cfg.backend.module)
-    o = cfg.optimizer
-    if o.name not in engine.OPTIMIZERS:
-        raise ConfigError(f"optimizer={o.name}: backend={cfg.backend.name} implements "
-                          f"{', '.join(engine.OPTIMIZERS)}")
-    optimizer = Optimizer(o.name, cfg.lr, o.momentum, o.beta1, o.beta2, o.eps)
-    device = engine.resolve_device(cfg.device.value)
-    return engines.Problem(loss, x_start, cfg.epochs, optimizer, cfg.dtype.value, device,
-                           cfg.stop.diverge_above, cfg.seed), engine
-
-
-def run_name(cfg: DictConfig) -> str:
-    """A name that says what the run is, e.g. 'tf-sgd-square-lr0.3'."""
+def run_name(cfg: DictConfig, grid: Optional[Points] = None) -> str:
+    """A name that says what the run is: 'tf-sgd-square-lr0.3', or for a batch
+    'numpy-momentum-ill_conditioned lr×momentum [200×200]'."""
+    if grid:
+        return f"{cfg.backend.name}-{cfg.optimizer.name}-{cfg.loss.name} {grid.name()}"
     return f"{cfg.backend.name}-{cfg.optimizer.name}-{cfg.loss.name}-lr{cfg.lr:g}"
 
 
@@ -154,13 +140,15 @@ def flat_params(cfg: DictConfig) -> dict[str, Any]:
     """The resolved config as MLflow params: dotted keys, a group's `name` under the group's key.
 
     The `mlflow` node says where results go, not what was run (and a URI may hold a password),
-    so it is left out.
+    and the `batch` node how a batch runs (its points are params of their own, `batch.params`):
+    both are left out.
 
     >>> flat_params(OmegaConf.create({"lr": 0.3, "backend": {"name": "tf"}, "mlflow": {}}))
     {'lr': 0.3, 'backend': 'tf'}
     """
     tree = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     tree.pop("mlflow", None)
+    tree.pop("batch", None)
     params: dict[str, Any] = {}
 
     def walk(prefix: str, node: dict) -> None:
@@ -174,7 +162,7 @@ def flat_params(cfg: DictConfig) -> dict[str, Any]:
     return params
 
 
-def write_csv(path: Path, trajectory: engines.Trajectory) -> Path:
+def write_csv(path: Path, trajectory: descent.Trajectory) -> Path:
     """Every epoch of the trajectory, one row per step: step, then the series of `columns()`."""
     columns = trajectory.columns()
     with path.open("w", newline="") as file:
@@ -186,5 +174,6 @@ def write_csv(path: Path, trajectory: engines.Trajectory) -> Path:
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
+@schema.reported
 def main(cfg: DictConfig) -> float:
     return run_job(cfg)

@@ -21,16 +21,25 @@ compiled into a plain Python function whose only free names are `x`, the constan
 functions of the chosen framework (`np.sin`, `tf.sin`, `torch.sin`, ...). The raw string is never
 `eval`-ed, and the same expression runs on NumPy arrays, TensorFlow variables and PyTorch tensors
 through their operator overloads, so every engine differentiates exactly the same function.
+
+Every function is compiled for a leading point axis: `x` holds one parameter per point of a
+batch (shape `(points, *shape)`, or `(rows, points, *shape)` for recorded rows), `x[i]` is
+compiled as `x[..., i]`, and a constant may hold one value per point (`loss.params.a=1,2,3`
+in a batched sweep). `a**b` is compiled as the framework's `pow`: NumPy's scalar power rounds
+differently from its array power, and the NumPy engine steps a single run on scalars.
 """
 
 from __future__ import annotations
 
 import ast
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional, Sequence
 
-from runner.schema import ConfigError
+import numpy as np
+
+from runner.errors import ConfigError
 
 FUNCTIONS = ("sin", "cos", "tanh", "exp", "log", "sqrt", "abs")
 VARIABLE = "x"
@@ -53,12 +62,17 @@ class Expression:
     tree: ast.expr
     constants: Mapping[str, float] = field(default_factory=dict)
 
-    def bind(self, ops: Mapping[str, Callable[[Any], Any]]) -> Callable[[Any], Any]:
-        """The expression as `f(x)`, its functions taken from `ops` (an engine's `OPS`).
+    def bind(self, ops: Mapping[str, Callable[..., Any]],
+             constants: Optional[Mapping[str, Any]] = None) -> Callable[[Any], Any]:
+        """The expression as `f(x)`, its functions and `pow` taken from `ops` (an engine's `OPS`),
+        its constants from `constants` (default: those it was parsed with).
 
         >>> from runner.engines.numpy import OPS
         >>> float(parse_expression("loss.value", "x**2 + sin(x)").bind(OPS)(0.5))
         0.729425538604203
+        >>> parse_expression("loss.value", "a*x[1]", {"a": 1.0}).bind(OPS, {"a": np.array([2.0, 3.0])})(
+        ...     np.array([[1.0, 10.0], [1.0, 100.0]])).tolist()   # two points, two coordinates each
+        [20.0, 300.0]
         """
         function = ast.Expression(
             body=ast.Lambda(
@@ -66,12 +80,38 @@ class Expression:
                     posonlyargs=[], args=[ast.arg(arg=VARIABLE)], kwonlyargs=[],
                     kw_defaults=[], defaults=[],
                 ),
-                body=self.tree,
+                body=_for_points(self.tree),
             )
         )
         code = compile(ast.fix_missing_locations(function), f"<{self.text}>", "eval")
-        namespace = {"__builtins__": {}, **{name: ops[name] for name in FUNCTIONS}, **self.constants}
+        namespace = {"__builtins__": {}, **{name: ops[name] for name in FUNCTIONS}, _POW: ops["pow"],
+                     **(self.constants if constants is None else constants)}
         return eval(code, namespace)  # noqa: S307 - a checked tree of arithmetic, not user text
+
+
+_POW = "__pow__"  # the name `a**b` is compiled to; no expression can spell it (names are checked)
+
+
+class _ForPoints(ast.NodeTransformer):
+    """x[i] -> x[..., i] (the coordinate axis is the last, points and rows come first);
+    a**b -> __pow__(a, b), the framework's power."""
+
+    def visit_Subscript(self, node: ast.Subscript) -> ast.expr:
+        i = _coordinate(node)
+        index = ast.Tuple([ast.Constant(Ellipsis), ast.Constant(i)], ast.Load())
+        return ast.Subscript(ast.Name(VARIABLE, ast.Load()), index, ast.Load())
+
+    def visit_BinOp(self, node: ast.BinOp) -> ast.expr:
+        node = self.generic_visit(node)
+        if isinstance(node.op, ast.Pow):
+            return ast.Call(ast.Name(_POW, ast.Load()), [node.left, node.right], [])
+        return node
+
+
+def _for_points(tree: ast.expr) -> ast.expr:
+    import copy
+
+    return _ForPoints().visit(copy.deepcopy(tree))
 
 
 def parse_expression(key: str, text: str, constants: Optional[Mapping[str, float]] = None,
@@ -260,22 +300,75 @@ class Loss:
     """A loss: its value, its derivative (one expression, or one per coordinate), what is known.
 
     `dim` None: `value` and `grad` act on each coordinate, and the loss is their sum.
+    `minimiser` and `curvatures` are expressions of the constants; `curvatures` are the
+    Hessian's eigenvalues at the minimiser (one for a loss of each coordinate, or the largest
+    alone). `constants` hold a number each, or an array of one number per point of a batch.
     """
 
     name: str
     value: Expression
     grad: tuple[Expression, ...]
     dim: Optional[int] = None
-    minimiser: Optional[tuple[float, ...]] = None
-    curvature: Optional[float] = None  # largest second derivative at the minimiser: stable for lr < 2/L
+    minimiser: Optional[tuple[Expression, ...]] = None
+    curvatures: Optional[tuple[Expression, ...]] = None
+    constants: Mapping[str, Any] = field(default_factory=dict)
 
-    def objective(self, ops: Mapping[str, Callable], shape: tuple[int, ...]) -> Callable[[Any], Any]:
-        """The scalar loss of a parameter of `shape` (an elementwise loss is summed)."""
-        value = self.value.bind(ops)
+    def objective(self, ops: Mapping[str, Callable], shape: tuple[int, ...],
+                  convert: Optional[Callable] = None) -> Callable[[Any], Any]:
+        """The loss of each point: x of shape (..., *shape) -> (...), an elementwise loss summed
+        over the coordinates. `convert` turns a per-point constant into the framework's array."""
+        value = self.value.bind(ops, self._constants(shape, convert))
         if self.dim is not None or shape == ():
             return value
-        total = ops["sum"]
-        return lambda x: total(value(x))
+        total, axes = ops["sum"], tuple(range(-len(shape), 0))
+        return lambda x: total(value(x), axes)
+
+    def gradient(self, ops: Mapping[str, Callable], shape: tuple[int, ...],
+                 convert: Optional[Callable] = None) -> Callable[[Any], Any]:
+        """The hand-written derivative: x of shape (..., *shape) -> the same shape."""
+        constants = self._constants(shape, convert)
+        parts = [part.bind(ops, constants) for part in self.grad]
+        if self.dim is None:
+            return parts[0]
+        stack = ops["stack"]
+        return lambda x: stack([part(x) for part in parts])
+
+    def _constants(self, shape: tuple[int, ...], convert: Optional[Callable]) -> dict[str, Any]:
+        """Per-point constants shaped to broadcast against what the expressions see: x itself
+        for an elementwise loss, (points,) coordinates x[..., i] for a loss of `dim` coordinates."""
+        trailing = (1,) * len(shape) if self.dim is None else ()
+        return {name: value if np.ndim(value) == 0 else (convert or np.asarray)(value.reshape(-1, *trailing))
+                for name, value in self.constants.items()}
+
+    def with_constants(self, values: Mapping[str, Any]) -> "Loss":
+        """The same loss with some constants replaced (by numbers, or arrays of one per point)."""
+        return dataclasses.replace(self, constants={**self.constants, **values})
+
+    def minimiser_values(self) -> Optional[np.ndarray]:
+        """The minimiser for each point, shape (points, k) (k = 1 for a loss of each coordinate)."""
+        return None if self.minimiser is None else self._evaluate(self.minimiser)
+
+    def curvature_values(self) -> Optional[np.ndarray]:
+        """The curvatures for each point, shape (points, m)."""
+        return None if self.curvatures is None else self._evaluate(self.curvatures)
+
+    @property
+    def curvature(self) -> Optional[float]:
+        """The largest curvature L, for a loss whose constants hold one number each."""
+        values = self.curvature_values()
+        return None if values is None else float(values.max(axis=1)[0])
+
+    def spectrum_known(self) -> bool:
+        """Whether `curvatures` are all the Hessian's eigenvalues (not the largest alone)."""
+        return self.curvatures is not None and len(self.curvatures) == (self.dim or 1)
+
+    def _evaluate(self, expressions: Sequence[Expression]) -> np.ndarray:
+        from runner.engines.numpy import OPS
+
+        points = max((np.size(v) for v in self.constants.values() if np.ndim(v)), default=1)
+        columns = [np.broadcast_to(np.asarray(e.bind(OPS, self.constants)(None), dtype=np.float64), (points,))
+                   for e in expressions]
+        return np.stack(columns, axis=1)
 
     def shape(self, x_start: Sequence[float]) -> tuple[int, ...]:
         """The parameter's shape for a start of these coordinates (one number: a scalar)."""
@@ -288,7 +381,7 @@ def from_config(cfg: Any) -> Loss:
     """Build the Loss of a composed `loss` config node, checking every expression."""
     constants = {str(k): float(v) for k, v in (cfg.params or {}).items()}
     for name in constants:
-        if name in (VARIABLE, *FUNCTIONS) or not name.isidentifier():
+        if name in (VARIABLE, *FUNCTIONS) or not name.isidentifier() or name.startswith("__"):
             raise ConfigError(f"loss.params.{name}: a constant cannot be called {name!r}")
     value = parse_expression("loss.value", cfg.value, constants)
     dim = cfg.dim
@@ -306,9 +399,13 @@ def from_config(cfg: Any) -> Loss:
             raise ConfigError(f"loss.grad has {len(texts)} expressions: loss.dim={dim} needs "
                               f"{dim or 1} (one partial derivative per coordinate)")
         grad = tuple(parse_expression("loss.grad", text, constants) for text in texts)
+    curvatures = _constants("loss.curvature", cfg.curvature, constants)
+    if curvatures is not None and len(curvatures) not in (1, dim or 1):
+        raise ConfigError(f"loss.curvature has {len(curvatures)} values: give the largest, or one per "
+                          f"coordinate (loss.dim={dim})")
     return Loss(name=cfg.name, value=value, grad=grad, dim=dim,
-                minimiser=_constant_vector("loss.minimiser", cfg.minimiser, constants),
-                curvature=_constant("loss.curvature", cfg.curvature, constants))
+                minimiser=_constants("loss.minimiser", cfg.minimiser, constants),
+                curvatures=curvatures, constants=constants)
 
 
 def _depends_on_whole_x(expression: Expression) -> bool:
@@ -317,22 +414,20 @@ def _depends_on_whole_x(expression: Expression) -> bool:
                for n in ast.walk(expression.tree))
 
 
-def _constant(key: str, value: Any, constants: Mapping[str, float]) -> Optional[float]:
-    """A number, or an expression of the loss's constants such as `2*a`."""
+def _constants(key: str, value: Any, constants: Mapping[str, float]) -> Optional[tuple[Expression, ...]]:
+    """Numbers or expressions of the loss's constants such as `2*a` (one, or a list), each
+    checked to be a finite number now.
+
+    >>> [e.text for e in _constants("loss.curvature", ["mu", 2], {"mu": 0.5})]
+    ['mu', '2']
+    """
     if value is None:
         return None
-    if isinstance(value, int | float):
-        return float(value)
     from runner.engines.numpy import OPS
 
-    number = float(parse_expression(key, value, constants, variable=False).bind(OPS)(None))
-    if not math.isfinite(number):
-        raise ConfigError(f"{key}={value!r} is not a finite number")
-    return number
-
-
-def _constant_vector(key: str, value: Any, constants: Mapping[str, float]) -> Optional[tuple[float, ...]]:
-    if value is None:
-        return None
     values = value if isinstance(value, Sequence) and not isinstance(value, str) else [value]
-    return tuple(_constant(key, v, constants) for v in values)
+    expressions = tuple(parse_expression(key, str(v), constants, variable=False) for v in values)
+    for expression in expressions:
+        if not math.isfinite(float(expression.bind(OPS)(None))):
+            raise ConfigError(f"{key}={value!r} is not a finite number")
+    return expressions

@@ -1,18 +1,23 @@
-"""Update rules: a description every engine reads, and hand-written NumPy updates.
+"""Update rules, written once for every framework and for a batch of points.
 
-`Optimizer` holds a rule's name and hyperparameters as plain values. The `tf` and `torch`
-engines map it onto their framework's own optimizer classes; the `numpy` engine uses the
-functions below, written after PyTorch's formulas (`torch.optim.SGD`, `torch.optim.Adam`) so
-that the three engines trace the same path. Each rule is a pair of pure functions in the
-manner of optax: `init(x) -> state` and `update(grad, state, x) -> (new_x, new_state)`.
+`Optimizer` holds a rule's name and hyperparameters as plain values: a number each, or in a
+batched sweep an array of one number per point. Each rule is a pair of pure functions in the
+manner of optax, `init(x) -> state` and `update(grad, state, x) -> (new_x, new_state)`, written
+with Python's arithmetic operators and the framework's `sqrt` and `pow` from its `OPS`, so that
+the same lines run on NumPy arrays (and scalars), TensorFlow and JAX tensors, and PyTorch
+tensors, with per-point hyperparameters broadcast against x. They follow PyTorch's formulas
+(`torch.optim.SGD`, `torch.optim.Adam`); the frameworks' own optimizer classes, which take one
+learning rate per parameter and not one per point, are the reference the tests compare against.
+
+State is a tuple of arrays of fixed structure from the first step on (a momentum buffer starts
+at zero: m * 0 + g = g, PyTorch's first step), as a compiled loop (`tf.while_loop`,
+`lax.scan`) requires.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Callable, Optional
-
-import numpy as np
+from dataclasses import dataclass, fields
+from typing import Any, Callable, Mapping, Optional
 
 Init = Callable[[Any], tuple]
 Update = Callable[[Any, tuple, Any], tuple[Any, tuple]]
@@ -20,66 +25,93 @@ Update = Callable[[Any, tuple, Any], tuple[Any, tuple]]
 
 @dataclass(frozen=True)
 class Optimizer:
+    """A rule and its hyperparameters: numbers, or arrays of one number per point."""
+
     name: str
-    lr: float
-    momentum: Optional[float] = None
-    beta1: Optional[float] = None
-    beta2: Optional[float] = None
-    eps: Optional[float] = None
+    lr: Any
+    momentum: Any = None
+    beta1: Any = None
+    beta2: Any = None
+    eps: Any = None
+
+    def hyperparameters(self) -> dict[str, Any]:
+        """The rule's hyperparameters that are set, by name.
+
+        >>> Optimizer("momentum", 0.1, momentum=0.9).hyperparameters()
+        {'lr': 0.1, 'momentum': 0.9}
+        """
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if f.name != "name" and getattr(self, f.name) is not None}
 
 
-def sgd(o: Optimizer, c: Callable) -> tuple[Init, Update]:
+def sgd(h: Mapping[str, Any], ops: Mapping[str, Callable]) -> tuple[Init, Update]:
     """x <- x - lr g: the article's rule.
 
-    >>> init, update = sgd(Optimizer("sgd", lr=0.3), float)
+    >>> from runner.engines.numpy import OPS
+    >>> init, update = sgd({"lr": 0.3}, OPS)
     >>> update(10.0, init(5.0), 5.0)[0]
     2.0
     """
-    lr = c(o.lr)
+    lr = h["lr"]
     return (lambda x: ()), (lambda g, state, x: (x - lr * g, state))
 
 
-def momentum(o: Optimizer, c: Callable) -> tuple[Init, Update]:
+def momentum(h: Mapping[str, Any], ops: Mapping[str, Callable]) -> tuple[Init, Update]:
     """Heavy ball: b <- m b + g (b = g at the first step); x <- x - lr b."""
-    lr, m = c(o.lr), c(o.momentum)
+    lr, m = h["lr"], h["momentum"]
 
     def update(g, state, x):
         (b,) = state
-        b = g if b is None else m * b + g
+        b = m * b + g
         return x - lr * b, (b,)
 
-    return (lambda x: (None,)), update
+    return (lambda x: (x * 0,)), update
 
 
-def nesterov(o: Optimizer, c: Callable) -> tuple[Init, Update]:
+def nesterov(h: Mapping[str, Any], ops: Mapping[str, Callable]) -> tuple[Init, Update]:
     """Nesterov momentum: b <- m b + g; x <- x - lr (g + m b)."""
-    lr, m = c(o.lr), c(o.momentum)
+    lr, m = h["lr"], h["momentum"]
 
     def update(g, state, x):
         (b,) = state
-        b = g if b is None else m * b + g
+        b = m * b + g
         return x - lr * (g + m * b), (b,)
 
-    return (lambda x: (None,)), update
+    return (lambda x: (x * 0,)), update
 
 
-def adam(o: Optimizer, c: Callable) -> tuple[Init, Update]:
-    """Adam with bias correction, eps added to the corrected root mean square (as PyTorch)."""
-    lr, b1, b2, eps = c(o.lr), c(o.beta1), c(o.beta2), c(o.eps)
-    one = c(1.0)
+def adam(h: Mapping[str, Any], ops: Mapping[str, Callable]) -> tuple[Init, Update]:
+    """Adam with bias correction, eps added to the corrected root mean square (as PyTorch).
+    The step count t is part of the state, one per point, in x's dtype (exact up to 2^24 steps
+    in float32)."""
+    lr, b1, b2, eps = h["lr"], h["beta1"], h["beta2"], h["eps"]
+    sqrt, power = ops["sqrt"], ops["pow"]
+    one_minus_b1, one_minus_b2 = 1 - b1, 1 - b2
 
     def update(g, state, x):
         m, v, t = state
-        t += 1
-        m = b1 * m + (one - b1) * g
-        v = b2 * v + (one - b2) * g * g
-        m_hat = m / (one - b1**t)
-        denominator = np.sqrt(v) / np.sqrt(one - b2**t) + eps
+        t = t + 1
+        m = b1 * m + one_minus_b1 * g
+        v = b2 * v + one_minus_b2 * g * g
+        m_hat = m / (1 - power(b1, t))
+        denominator = sqrt(v) / sqrt(1 - power(b2, t)) + eps
         return x - lr * m_hat / denominator, (m, v, t)
 
-    return (lambda x: (x * 0, x * 0, 0)), update
+    return (lambda x: (x * 0, x * 0, b1 * 0)), update
 
 
-RULES: dict[str, Callable[[Optimizer, Callable], tuple[Init, Update]]] = {
+RULES: dict[str, Callable[[Mapping[str, Any], Mapping[str, Callable]], tuple[Init, Update]]] = {
     "sgd": sgd, "momentum": momentum, "nesterov": nesterov, "adam": adam,
 }
+
+# The hyperparameters each rule reads: a batch may give them one value per point.
+HYPERPARAMETERS = {"sgd": ("lr",), "momentum": ("lr", "momentum"), "nesterov": ("lr", "momentum"),
+                   "adam": ("lr", "beta1", "beta2", "eps")}
+
+
+def rule(optimizer: Optimizer, ops: Mapping[str, Callable], convert: Optional[Callable] = None
+         ) -> tuple[Init, Update]:
+    """`init` and `update` of the optimizer's rule, each hyperparameter passed through `convert`
+    (an engine's: a per-point array -> its own array shaped to broadcast against x)."""
+    values = {name: getattr(optimizer, name) for name in HYPERPARAMETERS[optimizer.name]}
+    return RULES[optimizer.name]({k: convert(v) if convert else v for k, v in values.items()}, ops)

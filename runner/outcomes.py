@@ -1,4 +1,18 @@
-"""How a run ended: converged, not converged, or diverged, read off its trajectory."""
+"""How each point of a descent ended, read off its rows as they are computed.
+
+The same code serves a single run (one point) and a batch of a million: `Tally` takes the rows
+of every point piece by piece, so no point's whole trajectory need be kept, and `Summary` holds
+one value per point of each summary quantity (the definitions below, and nowhere else).
+
+- outcome: `diverged` when the point's loss became non-finite or |x| passed the bound (the
+  point stops there: that row is its last), else `converged` when its last gradient norm is
+  within the tolerance, else `not_converged`;
+- steps_to_tolerance: the first row whose gradient norm is within the tolerance;
+- rate: the measured convergence rate, for a loss that knows its minimiser x*: the geometric
+  mean, per epoch, of the contraction (or growth, above 1) of e_k = |x_k - x*| over the epochs
+  before e_k first reaches the dtype's resolution (`resolution`), (e_K / e_0)^(1/K). When e_1
+  is already there, the rate is e_1 / e_0 (0 when x lands on x*, as at lr = 0.5 on y = x^2).
+"""
 
 from __future__ import annotations
 
@@ -7,30 +21,172 @@ from typing import Optional
 
 import numpy as np
 
-from runner.engines import Trajectory, first_diverged_row
+from runner.engines import Rows, alive
 
 CONVERGED, NOT_CONVERGED, DIVERGED = "converged", "not_converged", "diverged"
 
+# The summary quantities a run records (as metrics) and a batch (as columns of points.csv),
+# compared by runner.reproduce. A point leaves out steps_to_tolerance when it never got within
+# the tolerance, diverged_at when it did not diverge, and rate when it is unknown.
+QUANTITIES = ("final_loss", "final_grad_norm", "epochs_run", "steps_to_tolerance", "diverged_at", "rate")
+
+# |x - x*| is measured until it comes within this many units of the last place of x* (or, for
+# x* = 0, of the dtype's smallest normal number / eps): below that, rounding, not the rule,
+# decides the ratio from one epoch to the next.
+RESOLUTION_ULPS = 1024
+
+
+def resolution(dtype: str, minimiser_norm: np.ndarray) -> np.ndarray:
+    """The distance from x* below which a rate is no longer measured, per point.
+
+    >>> resolution("float64", np.array([0.0, 1.0])).tolist()
+    [1.0020841800044864e-292, 2.2737367544323206e-13]
+    """
+    info = np.finfo(dtype)
+    return RESOLUTION_ULPS * float(info.eps) * minimiser_norm + float(info.tiny) / float(info.eps)
+
 
 @dataclass(frozen=True)
-class Outcome:
-    label: str  # converged | not_converged | diverged
-    steps_to_tolerance: Optional[int]  # the first epoch whose gradient norm is within tolerance
+class Summary:
+    """One value per point of each quantity; -1 or NaN where a point has none."""
+
+    outcome: np.ndarray  # str labels
+    final_x: np.ndarray  # (points, *recorded shape)
+    final_loss: np.ndarray
+    final_grad_norm: np.ndarray
+    epochs_run: np.ndarray  # the point's last row
+    steps_to_tolerance: np.ndarray  # -1: never within the tolerance
+    diverged_at: np.ndarray  # -1: did not diverge
+    rate: np.ndarray  # NaN: unknown
+
+    def values(self, point: int) -> dict[str, float]:
+        """The point's summary quantities, leaving out those it has none of.
+
+        >>> s = Summary(np.array(["converged"]), np.array([0.0]), np.array([0.0]), np.array([0.0]),
+        ...             np.array([15]), np.array([13]), np.array([-1]), np.array([0.4]))
+        >>> s.values(0)
+        {'final_loss': 0.0, 'final_grad_norm': 0.0, 'epochs_run': 15, 'steps_to_tolerance': 13, 'rate': 0.4}
+        """
+        out = {}
+        for name in QUANTITIES:
+            value = getattr(self, name)[point].item()
+            if (isinstance(value, int) and value >= 0) or (isinstance(value, float) and not (
+                    name == "rate" and np.isnan(value))):
+                out[name] = value
+        return out
 
 
-def classify(trajectory: Trajectory, tolerance: float, diverge_above: float) -> Outcome:
-    """`diverged` if the last row is non-finite or beyond the bound (the engine stopped there),
-    `converged` if the last gradient norm is within `tolerance` (a stationary point),
-    `not_converged` otherwise.
+def distance(difference: np.ndarray) -> np.ndarray:
+    """The Euclidean norm over the last axis, scaled so that it neither underflows nor overflows
+    where the squares would (|x - x*| is measured down to 1e-292 in float64).
 
-    >>> t = Trajectory(np.array([5.0, 2.0]), np.array([25.0, 4.0]), np.array([10.0, 4.0]), "cpu")
-    >>> classify(t, tolerance=1e-4, diverge_above=1e6)
-    Outcome(label='not_converged', steps_to_tolerance=None)
+    >>> distance(np.array([[3e-200, 4e-200], [0.0, 0.0]])).tolist()
+    [5e-200, 0.0]
     """
-    norms = trajectory.grad_norm
-    within = np.flatnonzero(norms <= tolerance)
-    steps = int(within[0]) if within.size else None
-    last = len(trajectory.x) - 1
-    if first_diverged_row(trajectory.x[last:], trajectory.loss[last:], diverge_above) is not None:
-        return Outcome(DIVERGED, steps)
-    return Outcome(CONVERGED if norms[last] <= tolerance else NOT_CONVERGED, steps)
+    largest = np.max(np.abs(difference), axis=-1)
+    if difference.shape[-1] == 1:
+        return largest
+    scale = np.where(largest > 0, largest, 1.0)
+    return largest * np.sqrt(np.sum(np.square(difference / scale[..., None]), axis=-1))
+
+
+class Tally:
+    """Builds the Summary of a batch from its rows, piece by piece (`add`, then `summary`)."""
+
+    def __init__(self, points: int, tolerance: float, bound: float, dtype: str,
+                 minimiser: Optional[np.ndarray] = None, by_norm: bool = False) -> None:
+        """`minimiser`: x* broadcastable against one row of x (points, *recorded shape); with
+        `by_norm` x is recorded by its head and norms, and |x - x*| is the norm of x (x* = 0)."""
+        self.tolerance, self.bound = tolerance, bound
+        self.minimiser, self.by_norm = minimiser, by_norm
+        self.rows = 0
+        self.alive = np.ones(points, bool)
+        self.diverged_at = np.full(points, -1)
+        self.steps = np.full(points, -1)
+        self.last = np.full(points, -1)
+        self.final_x: Optional[np.ndarray] = None
+        self.final_loss = np.full(points, np.nan)
+        self.final_grad_norm = np.full(points, np.nan)
+        # the rate: e at row 0, the last row before |x - x*| reached the resolution, and its e
+        self.resolution = None if minimiser is None else resolution(
+            dtype, np.sqrt(np.sum(np.square(minimiser.reshape(-1, np.prod(minimiser.shape[1:], dtype=int))), axis=1)))
+        self.e0 = np.full(points, np.nan)
+        self.k_last, self.e_last = np.zeros(points, int), np.full(points, np.nan)
+        self.reached_at, self.e_reached = np.full(points, -1), np.full(points, np.nan)
+
+    def add(self, rows: Rows) -> None:
+        with np.errstate(over="ignore", invalid="ignore"):  # a diverged point's values overflow
+            self._add(rows)
+
+    def _add(self, rows: Rows) -> None:
+        n, points = rows.loss.shape
+        was_alive = self.alive.copy()
+        bad = ~alive(rows.x, rows.loss, self.bound) & was_alive
+        diverged = bad.any(axis=0)
+        last = np.where(diverged, bad.argmax(axis=0), n - 1)  # each point's last row in this piece
+        index = np.arange(n)[:, None]
+        valid = (index <= last) & was_alive
+        self.diverged_at[diverged] = self.rows + last[diverged]
+        self.alive &= ~diverged
+
+        every = np.arange(points)
+        grad_norm = self._grad_norm(rows)
+        if self.final_x is None:
+            self.final_x = np.full(rows.x.shape[1:], np.nan, dtype=np.float64)
+        update = was_alive
+        self.final_x[update] = rows.x[last, every][update]
+        self.final_loss[update] = rows.loss[last, every][update]
+        self.final_grad_norm[update] = grad_norm[last, every][update]
+        self.last[update] = self.rows + last[update]
+
+        within = valid & (grad_norm <= self.tolerance) & (self.steps < 0)
+        first = within.any(axis=0)
+        self.steps[first] = self.rows + within.argmax(axis=0)[first]
+
+        if self.resolution is not None:
+            self._add_distances(rows, valid)
+        self.rows += n
+
+    def _grad_norm(self, rows: Rows) -> np.ndarray:
+        if rows.norms is not None:
+            return rows.norms[..., 1].astype(np.float64)
+        grad = rows.grad.reshape(*rows.loss.shape, -1).astype(np.float64)
+        return np.sqrt(np.sum(np.square(grad), axis=-1))
+
+    def _add_distances(self, rows: Rows, valid: np.ndarray) -> None:
+        n, points = rows.loss.shape
+        if self.by_norm:
+            e = rows.norms[..., 0].astype(np.float64)
+        else:
+            e = distance((rows.x.astype(np.float64) - self.minimiser).reshape(n, points, -1))
+        if self.rows == 0:
+            self.e0 = e[0].copy()
+        counting = valid & (self.reached_at < 0)
+        reaches = counting & (e <= self.resolution)
+        reached = reaches.any(axis=0)
+        first_reach = np.where(reached, reaches.argmax(axis=0), n)
+        self.e_reached[reached] = e[first_reach[reached], np.flatnonzero(reached)]
+        self.reached_at[reached] = self.rows + first_reach[reached]
+        measured = counting & (np.arange(n)[:, None] < first_reach) & np.isfinite(e)
+        has = measured.any(axis=0)
+        last = n - 1 - measured[::-1].argmax(axis=0)
+        self.k_last[has] = self.rows + last[has]
+        self.e_last[has] = e[last[has], np.flatnonzero(has)]
+
+    def summary(self) -> Summary:
+        outcome = np.where(self.diverged_at >= 0, DIVERGED,
+                           np.where(self.final_grad_norm <= self.tolerance, CONVERGED, NOT_CONVERGED))
+        return Summary(outcome, self.final_x, self.final_loss, self.final_grad_norm, self.last,
+                       self.steps, self.diverged_at, self._rate())
+
+    def _rate(self) -> np.ndarray:
+        rate = np.full(len(self.alive), np.nan)
+        if self.resolution is None:
+            return rate
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            start = (self.e0 > self.resolution) & np.isfinite(self.e0)
+            over_epochs = start & (self.k_last >= 1)
+            rate[over_epochs] = (self.e_last[over_epochs] / self.e0[over_epochs]) ** (1.0 / self.k_last[over_epochs])
+            in_one = start & (self.k_last == 0) & (self.reached_at == 1)
+            rate[in_one] = self.e_reached[in_one] / self.e0[in_one]
+        return rate

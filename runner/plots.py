@@ -6,12 +6,12 @@ backend is involved and a sweep of many jobs in one process leaks nothing.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 from matplotlib.figure import Figure
 
-from runner.engines import Trajectory
+from runner.descent import Trajectory
 
 
 def article_figure(loss_value: Callable[[np.ndarray], np.ndarray], trajectory: Trajectory) -> Figure:
@@ -118,3 +118,78 @@ def _colours(n: int) -> list:
     from matplotlib import colormaps
 
     return [colormaps["viridis"](i / max(1, n - 1) * 0.9) for i in range(n)] if n > 1 else ["tab:blue"]
+
+
+def batch_figure(key: str, series: list[tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray]],
+                 theory: Optional[tuple[np.ndarray, np.ndarray]] = None,
+                 bound: Optional[float] = None) -> Figure:
+    """A batch against one of its keys: the final loss (left) and the measured rate (right).
+
+    `series` holds (label, the key's values, final losses, rates, diverged) per batch (one line
+    each, e.g. per backend); `theory` the spectral radius against the key's values; `bound` the
+    theoretical stability bound on the key (lr = 2/L for sgd), drawn on both panels.
+    """
+    figure = Figure(figsize=(12, 4.8), layout="constrained")
+    loss_axes, rate_axes = figure.subplots(1, 2, sharex=True)
+    styles = [("-", 2.5), ("--", 2.0), (":", 2.0), ("-.", 1.5)]
+    for i, ((label, x, final_loss, rate, diverged), colour) in enumerate(zip(series, _colours(len(series)))):
+        order = np.argsort(x, kind="stable")
+        dashes, width = styles[i % len(styles)]
+        (finals,) = _on_scale(loss_axes, [np.asarray(final_loss, dtype=np.float64)[order]])
+        loss_axes.plot(x[order], finals, color=colour, linestyle=dashes, linewidth=width, label=label)
+        loss_axes.scatter(x[order][diverged[order]], finals[diverged[order]], color=colour, marker="x", s=12, zorder=3)
+        rate_axes.plot(x[order], rate[order], color=colour, linestyle=dashes, linewidth=width, label=f"{label} (measured)")
+    if theory is not None:
+        order = np.argsort(theory[0], kind="stable")
+        rate_axes.plot(theory[0][order], theory[1][order], color="black", linewidth=0.8, label="spectral radius (theory)")
+    rate_axes.axhline(1.0, color="grey", linestyle="--", linewidth=1, label="rate 1: the stability bound")
+    if bound is not None:
+        for axes in (loss_axes, rate_axes):
+            axes.axvline(bound, color="tab:red", linestyle="--", linewidth=1,
+                         label=f"{key} = {bound:.4g}: stable below (theory)")
+    rate_axes.set_yscale("log")
+    loss_axes.set_ylabel(f"final loss (x: diverged; 0 drawn at {LOG_FLOOR:g})")
+    rate_axes.set_ylabel("convergence rate per epoch (|x - x*| ratio)")
+    for axes in (loss_axes, rate_axes):
+        axes.set_xlabel(key)
+        axes.legend(fontsize="x-small")
+    loss_axes.set_title(f"final loss against {key}")
+    rate_axes.set_title(f"measured rate against {key}")
+    return figure
+
+
+def rate_map_figure(x_key: str, x_values: np.ndarray, y_key: str, y_values: np.ndarray, rate: np.ndarray,
+                    boundary: Optional[Callable[[np.ndarray], np.ndarray]] = None,
+                    optimum: Optional[tuple[float, float, float]] = None,
+                    best: Optional[tuple[float, float, float]] = None, title: str = "") -> Figure:
+    """The measured rate over a grid of two keys, `rate` of shape (len(x_values), len(y_values)):
+    below 1 in colour (darker: faster; the scale starts at the fastest rate, rounded down to a
+    tenth), at or above 1 (not converging) in grey, unknown in white.
+    `boundary(y)` draws the theoretical stability bound on x; `optimum` and `best` mark the
+    theoretical and the measured fastest point (x, y, rate)."""
+    from matplotlib import colormaps
+
+    figure = Figure(figsize=(7.5, 6), layout="constrained")
+    axes = figure.subplots()
+    colours = colormaps["viridis"].with_extremes(over="lightgrey", bad="white")
+    fastest = float(np.nanmin(rate)) if np.isfinite(rate).any() else 0.0
+    mesh = axes.pcolormesh(x_values, y_values, np.ma.masked_invalid(rate.T), cmap=colours,
+                           vmin=min(0.9, np.floor(max(0.0, fastest) * 10) / 10), vmax=1.0, shading="nearest")
+    figure.colorbar(mesh, ax=axes, extend="max", label="convergence rate per epoch (grey: 1 or more)")
+    if boundary is not None:
+        y = np.linspace(float(np.min(y_values)), float(np.max(y_values)), 400)
+        axes.plot(boundary(y), y, color="tab:red", linewidth=1.5, label="stability bound (theory)")
+    if optimum is not None:
+        axes.scatter([optimum[0]], [optimum[1]], marker="*", s=110, color="tab:red", edgecolor="white", zorder=4,
+                     label=f"optimum (theory): {x_key}={optimum[0]:.4g}, {y_key}={optimum[1]:.4g}, rate {optimum[2]:.4g}")
+    if best is not None:
+        axes.scatter([best[0]], [best[1]], marker="o", s=260, facecolor="none", edgecolor="black", linewidth=1.5,
+                     zorder=3, label=f"fastest measured: {x_key}={best[0]:.4g}, {y_key}={best[1]:.4g}, rate {best[2]:.4g}")
+    axes.set_xlim(float(np.min(x_values)), float(np.max(x_values)))
+    axes.set_ylim(float(np.min(y_values)), float(np.max(y_values)))
+    axes.set_xlabel(x_key)
+    axes.set_ylabel(y_key)
+    axes.set_title(title or f"convergence rate over {x_key} × {y_key}")
+    if boundary is not None or optimum is not None or best is not None:
+        axes.legend(fontsize="x-small", loc="lower left")
+    return figure

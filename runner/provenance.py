@@ -15,8 +15,9 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 PROJECT = Path(__file__).resolve().parent.parent
-# Keys that say where or whether to record, not what is computed.
-NOT_HASHED = ("mlflow", "skip_done")
+# Keys that say where or whether to record, not what is computed. A batch's points
+# (`batch.sweep`) are what it computes: hashed, when there are any.
+NOT_HASHED = ("mlflow", "skip_done", "batch")
 
 
 def config_hash(cfg: DictConfig) -> str:
@@ -30,6 +31,8 @@ def config_hash(cfg: DictConfig) -> str:
     """
     # Not to_container(cfg) whole: in a sweep's job configs the hydra node cannot be resolved yet.
     tree = {key: _plain(cfg[key]) for key in cfg if key not in (*NOT_HASHED, "hydra")}
+    if cfg.get("batch") and cfg.batch.sweep:
+        tree["batch.sweep"] = list(cfg.batch.sweep)
     text = json.dumps(_canonical(tree), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 

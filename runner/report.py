@@ -3,9 +3,12 @@
 Built by the sweeper at the end of every sweep (`build`), and printed again on demand:
 
     python -m runner.report [--experiment NAME] [--sweep RUN_ID] [--csv] [--sort COLUMN ...]
+    python -m runner.report --batch RUN_ID [--csv] [--sort COLUMN ...] [--limit N]
 
 prints the table of the newest sweep of the experiment (default `runner`), or of the sweep
-whose parent run is RUN_ID, as the sweep recorded it (`report/runs.csv` of its parent run).
+whose parent run is RUN_ID, as the sweep recorded it (`report/runs.csv` of its parent run);
+with --batch, the points of a batch run (its `points.csv`). A batched sweep's report is
+`runner.batch_report`'s.
 
 One row per job (backend, optimizer, loss, lr, any other key the sweep varied, final x, final
 loss, outcome, steps to tolerance, wall time, parity), two figures, and a parity line per backend, all logged to the
@@ -33,7 +36,7 @@ from runner.outcomes import DIVERGED
 log = logging.getLogger("runner")
 
 SETTINGS = ["backend", "optimizer", "loss", "lr"]
-RESULTS = ["final_x", "final_loss", "outcome", "steps_to_tolerance", "wall_time_s", "parity"]
+RESULTS = ["final_x", "final_loss", "outcome", "steps_to_tolerance", "rate", "wall_time_s", "parity"]
 COLUMNS = SETTINGS + RESULTS
 HEADERS = {"final_x": "final x", "final_loss": "final loss", "steps_to_tolerance": "steps", "wall_time_s": "wall s"}
 
@@ -63,6 +66,10 @@ def build(store, parent_id: str, folder: Path, reused: Sequence[str] = ()) -> bo
     `reused` are FINISHED runs of earlier sweeps that stand in for jobs skipped by skip_done.
     """
     records = [*(store.record(run_id) for run_id in reused), *store.children(parent_id)]
+    if any(record.tags.get("kind") == "batch" for record in records):
+        from runner import batch_report
+
+        return batch_report.build(store, parent_id, folder, records)
     with tempfile.TemporaryDirectory() as tmp:
         jobs = [Job(record, _read_series(store.download(record.run_id, "trajectory.csv", Path(tmp))))
                 for record in records]
@@ -139,6 +146,7 @@ def _row(job: Job, jobs: list[Job], varied: Sequence[str] = ()) -> dict:
         "final_loss": r.metrics.get("final_loss", ""),
         "outcome": r.tags.get("outcome", "failed" if r.status == "FAILED" else r.status.lower()),
         "steps_to_tolerance": _int_or_blank(r.metrics.get("steps_to_tolerance")),
+        "rate": r.metrics.get("rate", ""),
         "wall_time_s": r.metrics.get("wall_time_s", ""),
         "parity": _parity(job, jobs),
         "status": r.status, "run_id": r.run_id, "run_name": r.name,
@@ -195,35 +203,45 @@ def main(argv: Optional[list[str]] = None) -> int:
     import sys
 
     parser = argparse.ArgumentParser(prog="python -m runner.report",
-                                     description="Print the table of runs of a sweep.")
+                                     description="Print the table of runs of a sweep, or the points of a batch.")
     parser.add_argument("--experiment", default="runner", help="the MLflow experiment (default: runner)")
     parser.add_argument("--sweep", metavar="RUN_ID", help="the sweep's parent run (default: the newest sweep)")
+    parser.add_argument("--batch", metavar="RUN_ID", help="a batch run: print its points instead")
     parser.add_argument("--csv", action="store_true", help="print CSV instead of an aligned table")
     parser.add_argument("--sort", nargs="+", metavar="COLUMN",
-                        help=f"sort by these columns (default: loss optimizer lr backend): {', '.join(COLUMNS)} "
-                             "or another key the sweep varied")
+                        help=f"sort by these columns (default: as recorded): {', '.join(COLUMNS)}, "
+                             "another key the sweep varied, or a column of a batch's points")
+    parser.add_argument("--limit", type=int, metavar="N", help="print the first N rows (after sorting)")
     parser.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here")
     args = parser.parse_args(argv)
 
-    from runner import tracking
+    from runner import batch_report, tracking
 
+    uri = tracking.tracking_uri(args.tracking_uri, Path.cwd())
     try:
-        store = tracking.open_experiment(tracking.tracking_uri(args.tracking_uri, Path.cwd()), args.experiment)
-        sweeps = store.sweeps()
-        parent = args.sweep or (sweeps[0].run_id if sweeps else None)
-        if parent is None:
-            raise ValueError(f"experiment {args.experiment!r} has no sweep yet")
+        if args.batch:
+            store = tracking.open_run(uri, args.batch)
+            run, artifact, what = args.batch, "points.csv", "batch"
+        else:
+            store = tracking.open_experiment(uri, args.experiment)
+            sweeps = store.sweeps()
+            run = args.sweep or (sweeps[0].run_id if sweeps else None)
+            if run is None:
+                raise ValueError(f"experiment {args.experiment!r} has no sweep yet")
+            artifact, what = "report/runs.csv", "sweep"
         with tempfile.TemporaryDirectory() as tmp:
-            path = store.download(parent, "report/runs.csv", Path(tmp))
+            path = store.download(run, artifact, Path(tmp))
             if path is None:
-                raise ValueError(f"run {parent} of experiment {args.experiment!r} holds no sweep report")
+                raise ValueError(f"run {run} of experiment {store.experiment_name!r} holds no {what} "
+                                 f"{'points' if args.batch else 'report'} ({artifact})")
             text = path.read_text()
     except Exception as error:  # one line: this is a command for people
         print(f"runner.report: {error}", file=sys.stderr)
         return 2
     reader = csv.DictReader(io.StringIO(text))
     raw = list(reader)
-    columns = [c for c in reader.fieldnames or COLUMNS if c not in ("status", "run_id", "error")]
+    hidden = ("status", "run_id", "error") + (() if args.csv else ("overrides",))
+    columns = [c for c in reader.fieldnames or COLUMNS if c not in hidden]
     unknown = [c for c in args.sort or () if c not in columns]
     if unknown:
         print(f"runner.report: --sort {unknown[0]}: allowed columns are {', '.join(columns)}", file=sys.stderr)
@@ -232,13 +250,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     order = list(range(len(rows)))
     if args.sort:  # numbers before text (a failed run's blank cells last), then by value
         order.sort(key=lambda i: tuple((isinstance(rows[i][c], str), rows[i][c]) for c in args.sort))
+    order = order[: args.limit] if args.limit is not None else order
     if args.csv:
         writer = csv.DictWriter(sys.stdout, fieldnames=list(raw[0]) if raw else COLUMNS)
         writer.writeheader()
         writer.writerows(raw[i] for i in order)
     else:
-        print(f"sweep {parent} of experiment {args.experiment!r}: {len(rows)} runs")
-        print(format_table([rows[i] for i in order], columns))
+        shown = f", {len(order)} shown" if len(order) < len(rows) else ""
+        print(f"{what} {run} of experiment {store.experiment_name!r}: {len(rows)} {'points' if args.batch else 'runs'}{shown}")
+        print(format_table([rows[i] for i in order], columns, {**HEADERS, **batch_report.HEADERS}))
     return 0
 
 
@@ -249,8 +269,9 @@ def _number(text: str) -> object:
         return text
 
 
-def format_table(rows: list[dict], columns: Sequence[str] = COLUMNS) -> str:
-    """The rows as an aligned text table for the terminal."""
+def format_table(rows: list[dict], columns: Sequence[str] = COLUMNS, headers: Optional[dict] = None) -> str:
+    """The rows as an aligned text table for the terminal, each column headed by `headers`' name
+    for it (default HEADERS), or its own."""
     def cell(value: object) -> str:
         if isinstance(value, float):
             return "" if math.isnan(value) else f"{value:.4g}"
@@ -260,7 +281,7 @@ def format_table(rows: list[dict], columns: Sequence[str] = COLUMNS) -> str:
             return "[" + ", ".join(f"{v:.4g}" for v in value) + "]"
         return str(value)
 
-    headers = [HEADERS.get(c, c) for c in columns]
+    headers = [(HEADERS if headers is None else headers).get(c, c) for c in columns]
     cells = [[cell(row.get(c, "")) for c in columns] for row in rows]
     widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, h in enumerate(headers)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths))]

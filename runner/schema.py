@@ -5,7 +5,8 @@ command-line override is merged into these dataclasses: a wrong type (`lr=abc`),
 key (`lrr=0.1`) or a bad enum value (`device=gpu`) fails while Hydra composes the config,
 before anything is computed or logged.
 
-Types cannot say "greater than zero"; `check_ranges` does, right after composition.
+Types cannot say "greater than zero"; `check_ranges` does, right after composition, for one
+run's values or for arrays of a batch's values (one per point) alike.
 """
 
 from __future__ import annotations
@@ -13,15 +14,32 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional
 
+import numpy as np
 from hydra.core.config_store import ConfigStore
 from hydra.errors import CompactHydraException
-from omegaconf import MISSING, DictConfig, ListConfig
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+
+from runner.errors import ConfigError
 
 
-class ConfigError(CompactHydraException):
-    """A config value that is well typed but not allowed; Hydra prints it as one line."""
+class Refused(CompactHydraException):
+    """A ConfigError on its way out through Hydra, which prints this kind as one line."""
+
+
+def reported(function: Callable) -> Callable:
+    """`function`, with any ConfigError it raises turned into one Hydra prints as one line."""
+    import functools
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        try:
+            return function(*args, **kwargs)
+        except ConfigError as error:
+            raise Refused(str(error)) from None
+
+    return wrapper
 
 
 class Device(Enum):
@@ -87,6 +105,16 @@ class MlflowConfig:
 
 
 @dataclass
+class BatchConfig:
+    # Set by the runner's sweeper (hydra.sweeper.batch=true): the sweeps of the keys this job
+    # runs as one batch, e.g. ["lr=range(0.001,1.2,0.001)"]; empty: one run.
+    sweep: List[str] = field(default_factory=list)
+    # Whole trajectories a batch keeps, in MB (every point's summary is always kept): past it,
+    # those of an evenly spaced subset of points.
+    trajectory_mb: int = 64
+
+
+@dataclass
 class RunnerConfig:
     backend: BackendConfig = MISSING
     loss: LossConfig = MISSING
@@ -101,43 +129,66 @@ class RunnerConfig:
     seed: int = 0  # seeds every framework's random generator; recorded with the run
     skip_done: bool = False  # skip a job whose config already has a FINISHED run in the experiment
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+    batch: BatchConfig = field(default_factory=BatchConfig)
 
 
 def register() -> None:
     ConfigStore.instance().store(name="runner_schema", node=RunnerConfig)
 
 
-def check_ranges(cfg: DictConfig) -> None:
-    """Raise ConfigError naming the key and what is allowed, for values no type can exclude."""
+def check_ranges(cfg: DictConfig, points: Mapping[str, np.ndarray] = {}) -> None:
+    """Raise ConfigError naming the key and what is allowed, for values no type can exclude.
+
+    `points` holds a batch's values of its batched keys, one per point (x_start: one row of
+    coordinates per point): each is checked like the config's own value, and the error names the
+    value of the first point that fails, and the point (`ConfigError.point`).
+    """
+    def check(key: str, ok: Callable[[np.ndarray], np.ndarray], allowed: str) -> None:
+        if key in points:
+            values, shown = points[key], lambda i: _shown(points[key][i])
+        elif (given := OmegaConf.select(cfg, key)) is None:
+            return
+        else:
+            values = np.array([start_point(given) if key == "x_start" else given], dtype=np.float64)
+            shown = lambda i: str(given)  # noqa: E731 - as the config holds it
+        with np.errstate(invalid="ignore"):
+            bad = np.flatnonzero(~ok(values))
+        if bad.size:
+            point = int(bad[0])
+            raise ConfigError(f"{key}={shown(point)} is not allowed: {allowed}",
+                              point=point if key in points else None)
+
     if cfg.epochs < 0:
         raise ConfigError(f"epochs={cfg.epochs} is not allowed: epochs must be an integer >= 0")
-    _positive("lr", cfg.lr)
+    positive = (lambda v: np.isfinite(v) & (v > 0))
+    check("lr", positive, "lr must be a finite number > 0")
     if cfg.dim is not None and cfg.dim < 1:
         raise ConfigError(f"dim={cfg.dim} is not allowed: dim must be an integer >= 1, or null")
     if cfg.mlflow.max_logged_steps is not None and cfg.mlflow.max_logged_steps < 2:
         raise ConfigError(f"mlflow.max_logged_steps={cfg.mlflow.max_logged_steps} is not allowed: "
                           f"it must be an integer >= 2 (the first and the last step), or null for all")
-    _positive("stop.tolerance", cfg.stop.tolerance)
-    _positive("stop.diverge_above", cfg.stop.diverge_above)
-    if max(abs(v) for v in start_point(cfg.x_start)) > cfg.stop.diverge_above:
-        raise ConfigError(f"x_start={cfg.x_start} is not allowed: |x_start| must not exceed "
-                          f"stop.diverge_above={cfg.stop.diverge_above}")
+    if cfg.batch.trajectory_mb < 0:
+        raise ConfigError(f"batch.trajectory_mb={cfg.batch.trajectory_mb} is not allowed: it must be an integer >= 0")
+    check("stop.tolerance", positive, "stop.tolerance must be a finite number > 0")
+    check("stop.diverge_above", positive, "stop.diverge_above must be a finite number > 0")
+    check("x_start", lambda v: np.all(np.isfinite(v), axis=1),
+          "x_start must be a finite number or a list of finite numbers")
+    check("x_start", lambda v: np.all(np.abs(v) <= cfg.stop.diverge_above, axis=1),
+          f"|x_start| must not exceed stop.diverge_above={cfg.stop.diverge_above}")
     for key in ("momentum", "beta1", "beta2"):
-        value = cfg.optimizer[key]
-        if value is not None and not 0 <= value < 1:
-            raise ConfigError(f"optimizer.{key}={value} is not allowed: optimizer.{key} must be in [0, 1)")
-    if cfg.optimizer.eps is not None:
-        _positive("optimizer.eps", cfg.optimizer.eps)
+        check(f"optimizer.{key}", lambda v: (v >= 0) & (v < 1), f"optimizer.{key} must be in [0, 1)")
+    check("optimizer.eps", positive, "optimizer.eps must be a finite number > 0")
 
 
-def _positive(key: str, value: float) -> None:
+def _shown(value: np.ndarray) -> str:
+    """A point's value as the config would print it.
+
+    >>> _shown(np.float64(-0.1)), _shown(np.array([1.0, np.nan])), _shown(np.array([np.inf]))
+    ('-0.1', '[1.0, nan]', 'inf')
     """
-    >>> _positive("lr", -0.1)
-    Traceback (most recent call last):
-    runner.schema.ConfigError: lr=-0.1 is not allowed: lr must be a finite number > 0
-    """
-    if not (math.isfinite(value) and value > 0):
-        raise ConfigError(f"{key}={value} is not allowed: {key} must be a finite number > 0")
+    if np.ndim(value) and len(value) > 1:
+        return "[" + ", ".join(_shown(v) for v in value) + "]"
+    return str(float(np.asarray(value).reshape(-1)[0]))
 
 
 def start_point(x_start: Any) -> list[float]:

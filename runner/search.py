@@ -28,7 +28,7 @@ import optuna
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Override, RangeSweep
 
-from runner.schema import ConfigError
+from runner.errors import ConfigError
 
 log = logging.getLogger("runner")
 
@@ -41,7 +41,7 @@ def check_settings(n_trials: int, n_jobs: int, sampler: str) -> None:
 
     >>> check_settings(10, 1, "grid")
     Traceback (most recent call last):
-    runner.schema.ConfigError: hydra.sweeper.search.sampler=grid: allowed values are tpe, random
+    runner.errors.ConfigError: hydra.sweeper.search.sampler=grid: allowed values are tpe, random
     """
     if not isinstance(n_trials, int) or n_trials < 1:
         raise ConfigError(f"hydra.sweeper.search.n_trials={n_trials}: must be an integer >= 1")

@@ -3,8 +3,10 @@
 Hydra's sweeper plugin `hydra_plugins/runner_sweeper` (the default `hydra/sweeper=runner`)
 expands the sweep like Hydra's basic sweeper and then calls, in order:
 
-1. `check_jobs`: compose every job's config and check it as a job would (`app.build_problem`),
-   so a bad value anywhere in the sweep is one clear error and nothing is recorded;
+1. `check_jobs`: compose every job's config and check it as a job would (`runner.problem.build`),
+   so a bad value anywhere in the sweep is one clear error and nothing is recorded; with
+   `hydra.sweeper.batch`, a job is a group of points (`batch_jobs`), composed once, its points
+   checked as arrays;
 2. `parent_run`: open the store once in the launching process (a new SQLite file is created
    and migrated here, not by parallel workers at the same time), create the parent run and
    write its id into the sweep folder, where every job finds it whatever process or machine the
@@ -59,7 +61,7 @@ class Sweep:
 def check_grid(overrides: Sequence[Any]) -> None:
     """A grid cannot run an interval (Hydra's basic sweeper would fail with a traceback): say
     how to search it instead."""
-    from runner.schema import ConfigError
+    from runner.errors import ConfigError
 
     for override in overrides:
         if override.is_sweep_override() and override.is_interval_sweep():
@@ -67,23 +69,42 @@ def check_grid(overrides: Sequence[Any]) -> None:
                               "hydra.sweeper.search.n_trials=N (or use a list or range())")
 
 
-def check_jobs(config_loader: Any, sweep_config: DictConfig, jobs: Sequence[Sequence[str]]) -> list[DictConfig]:
+def batch_jobs(overrides: Sequence[Any], setting: Any, split_arguments: Any) -> tuple[list[list[str]], list[str]]:
+    """The jobs of a batched grid, and a label for each: one job per group of the keys that
+    change the program, running every point of the batched keys (`runner.points.split`).
+    No batched key: the ordinary grid."""
+    from runner import points
+
+    grouped, batched = points.split(overrides, setting)
+    groups = [job for chunk in split_arguments(grouped, None) for job in chunk]
+    if not batched:
+        log.info("Sweep: hydra.sweeper.batch is set but no swept key can be batched (%s): one job per setting",
+                 points.ALLOWED)
+        return groups, [" ".join(group) for group in groups]
+    extra = points.job_overrides(batched)
+    labels = [" ".join([*group, *(points.sweep_text(o) for o in batched)]) for group in groups]
+    return [[*group, *extra] for group in groups], labels
+
+
+def check_jobs(config_loader: Any, sweep_config: DictConfig, jobs: Sequence[Sequence[str]],
+               labels: Optional[Sequence[str]] = None) -> list[DictConfig]:
     """Every job's composed config, each checked; a ConfigError names the job and the key.
 
     An unreachable tracking server is reported first, before any framework is imported.
     """
     from runner import tracking
-    from runner.app import build_problem
-    from runner.schema import ConfigError
+    from runner.errors import ConfigError
+    from runner.problem import build
 
     tracking.check_reachable(tracking.tracking_uri(sweep_config.mlflow.tracking_uri, Path.cwd()))
     configs = []
     for number, overrides in enumerate(jobs):
         cfg = config_loader.load_sweep_config(sweep_config, list(overrides))
         try:
-            build_problem(cfg)
+            build(cfg)
         except ConfigError as error:
-            raise ConfigError(f"job #{number} ({' '.join(overrides)}): {error}") from None
+            what = labels[number] if labels else " ".join(overrides)
+            raise ConfigError(f"job #{number} ({what}): {error}") from None
         configs.append(cfg)
     return configs
 

@@ -9,6 +9,7 @@ active run, so a run one job left open can never leak into the next job of the s
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import time
 import traceback
@@ -30,8 +31,10 @@ from mlflow import MlflowClient  # noqa: E402
 from mlflow.entities import Metric, Param, RunStatus, RunTag  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
 
-from runner.engines import Trajectory
-from runner.schema import ConfigError
+from runner.descent import Trajectory
+from runner.errors import ConfigError
+
+log = logging.getLogger("runner")
 
 DEFAULT_DB = "mlflow.db"
 ARTIFACTS_DIR = "mlartifacts"
@@ -135,6 +138,19 @@ class Store:
     def _log_metrics(self, run_id: str, metrics: list[Metric]) -> None:
         for start in range(0, len(metrics), METRICS_PER_BATCH):
             self.client.log_batch(run_id, metrics=metrics[start : start + METRICS_PER_BATCH])
+
+    def log_series(self, run_id: str, name: str, values: np.ndarray) -> None:
+        """A metric's values at steps 0, 1, 2, ... (one step per entry)."""
+        now = int(time.time() * 1000)
+        self._log_metrics(run_id, [Metric(name, float(v), now, step) for step, v in enumerate(values.tolist())])
+
+    def log_table(self, run_id: str, columns: Mapping[str, list], artifact_file: str) -> None:
+        """A table as the MLflow UI shows one (`mlflow.log_table`). It needs pandas, which MLflow's
+        client alone (mlflow-skinny) lacks: there the table is left out, and said so."""
+        try:
+            self.client.log_table(run_id, data=dict(columns), artifact_file=artifact_file)
+        except ImportError as error:
+            log.warning("MLflow cannot log %s here (%s); the same table is in points.csv", artifact_file, error)
 
     def log_artifacts(self, run_id: str, files: list[Path], folders: Mapping[str, Path]) -> None:
         """Upload `files` to the run's root and each folder under its name in `folders`."""

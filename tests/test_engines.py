@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 
 import numpy as np
@@ -9,10 +10,11 @@ import pytest
 from conftest import backend_params
 
 from runner import engines
-from runner.engines import Problem
+from runner.descent import descend as run
+from runner.engines import single
+from runner.errors import ConfigError
 from runner.losses import Loss, parse_expression
 from runner.optimizers import Optimizer
-from runner.schema import ConfigError
 
 SQUARE = Loss("square", parse_expression("loss.value", "x**2"), (parse_expression("loss.grad", "2*x"),))
 ARTICLE = "[5.   2.   0.8  0.32 0.13 0.05 0.02 0.01 0.   0.   0.   0.   0.   0.   0.   0.  ]"
@@ -20,10 +22,10 @@ TOLERANCE = {"float32": dict(rtol=1e-5, atol=1e-6), "float64": dict(rtol=1e-12, 
 
 
 def descend(backend, lr=0.3, epochs=15, dtype="float32", x_start=5.0, loss=SQUARE, optimizer=None):
+    """One run's trajectory: a batch of one point."""
     engine = engines.load(backend)
     optimizer = optimizer or Optimizer("sgd", lr)
-    return engine.descend(Problem(loss, np.array(x_start, dtype=np.float64), epochs, optimizer, dtype,
-                                  engine.resolve_device("cpu")))
+    return run(single(loss, x_start, epochs, optimizer, dtype, engine.resolve_device("cpu")), engine).trajectory(0)
 
 
 @pytest.mark.parametrize("backend", backend_params())
@@ -89,8 +91,8 @@ def test_a_large_parameter_records_its_head_and_norms(backend):
     """dim = 1000: each step keeps x[:10], grad[:10] and the norms of the whole vectors."""
     engine = engines.load(backend)
     start = np.linspace(-5.0, 5.0, 1000)
-    trajectory = engine.descend(Problem(SQUARE, start, 20, Optimizer("sgd", 0.1), "float64",
-                                        engine.resolve_device("cpu")))
+    trajectory = run(single(SQUARE, start, 20, Optimizer("sgd", 0.1), "float64", engine.resolve_device("cpu")),
+                     engine).trajectory(0)
     factor = 0.8 ** np.arange(21)[:, None]  # x_k = x_0 (1 - 2 lr)^k, coordinate by coordinate
     np.testing.assert_allclose(trajectory.x, start[:10] * factor, rtol=1e-12)
     np.testing.assert_allclose(trajectory.x_norm, np.linalg.norm(start) * factor[:, 0], rtol=1e-12)
@@ -109,15 +111,14 @@ def test_reporting_progress_changes_no_number(backend, x_start, epochs, lr):
     """With a progress bar the compiled engines run their loop in pieces: the same rows, bit for bit."""
     engine = engines.load(backend)
     optimizer = ADAM if lr < 1 else Optimizer("sgd", lr)
-    problem = Problem(SQUARE, np.array(x_start), epochs, optimizer, "float32", engine.resolve_device("cpu"))
+    problem = single(SQUARE, x_start, epochs, optimizer, "float32", engine.resolve_device("cpu"))
     seen = []
-    plain = engine.descend(problem)
-    reported = engine.descend(Problem(SQUARE, np.array(x_start), epochs, optimizer, "float32",
-                                      engine.resolve_device("cpu"), progress=seen.append))
+    plain = run(problem, engine).trajectory(0)
+    reported = run(dataclasses.replace(problem, progress=seen.append), engine).trajectory(0)
     for name in ("x", "loss", "grad"):
         np.testing.assert_array_equal(getattr(reported, name), getattr(plain, name))
     assert seen == sorted(seen) and len(seen) >= 5
     if lr < 1:
         assert seen[-1] == epochs + 1
     else:  # |x| grows 0.6% a step and passes 1e6 near step 2000: the run stops there
-        assert 1500 < len(plain.x) < epochs + 1 and seen[-1] < len(plain.x)
+        assert 1500 < len(plain.x) < epochs + 1 and seen[-1] < epochs + 1

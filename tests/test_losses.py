@@ -71,14 +71,41 @@ def test_each_loss_file_has_the_right_derivative(name):
         np.testing.assert_allclose(hand, symbolic, rtol=1e-9, atol=1e-9)
         np.testing.assert_allclose(hand, numeric, rtol=1e-5, atol=1e-4)
     if loss.minimiser is not None:
-        at_minimum = np.array(loss.minimiser) if loss.dim else loss.minimiser[0]
-        assert np.allclose([g.bind(OPS)(at_minimum) for g in loss.grad], 0.0)
+        at_minimum = loss.minimiser_values()[0] if loss.dim else loss.minimiser_values()[0, 0]
+        gradient = loss.gradient(OPS, shape)
+        assert np.allclose(gradient(at_minimum), 0.0)
+        if loss.spectrum_known():  # the curvatures are the Hessian's eigenvalues at the minimiser
+            steps = np.eye(loss.dim) * 1e-6 if loss.dim else [1e-6]
+            hessian = np.array([(gradient(at_minimum + h) - gradient(at_minimum - h)) / 2e-6 for h in steps])
+            np.testing.assert_allclose(np.linalg.eigvalsh(hessian.reshape((loss.dim or 1,) * 2)),
+                                       np.sort(loss.curvature_values()[0]), rtol=1e-5)
 
 
 def test_constants_and_derived_facts():
     quadratic = load_loss("quadratic", params={"a": 2.0, "b": -1.5})
-    assert quadratic.minimiser == (-1.5,) and quadratic.curvature == 4.0
+    assert quadratic.minimiser_values().tolist() == [[-1.5]] and quadratic.curvature == 4.0
     assert quadratic.value.bind(OPS)(0.5) == pytest.approx(8.0)
+
+
+def test_constants_may_hold_one_value_per_point():
+    """A batch of three points with a = 1, 2, 3: the loss, its derivative and what is known follow."""
+    quadratic = load_loss("quadratic").with_constants({"a": np.array([1.0, 2.0, 3.0])})
+    x = np.array([2.0, 2.0, 2.0])  # x - b = 1 at every point
+    assert quadratic.objective(OPS, ())(x).tolist() == [1.0, 2.0, 3.0]
+    assert quadratic.gradient(OPS, ())(x).tolist() == [2.0, 4.0, 6.0]
+    assert quadratic.curvature_values().tolist() == [[2.0], [4.0], [6.0]]
+    ill = load_loss("ill_conditioned").with_constants({"L": np.array([1.0, 4.0])})
+    assert ill.objective(OPS, (2,))(np.array([[0.0, 1.0], [0.0, 1.0]])).tolist() == [0.5, 2.0]
+    assert ill.gradient(OPS, (2,))(np.array([[1.0, 1.0], [1.0, 1.0]])).tolist() == [[0.01, 1.0], [0.01, 4.0]]
+
+
+def test_rows_of_points_are_computed_at_once():
+    """Recorded rows (rows, points, *shape): x[i] is the last axis, a sum over coordinates too."""
+    rosenbrock = load_loss("rosenbrock")
+    rows = np.array([[[1.0, 1.0], [0.0, 0.0]], [[1.0, 2.0], [-1.0, 1.0]]])  # 2 rows of 2 points
+    assert rosenbrock.objective(OPS, (2,))(rows).tolist() == [[0.0, 1.0], [100.0, 4.0]]
+    square = load_loss("square")
+    assert square.objective(OPS, (3,))(np.ones((2, 4, 3))).tolist() == [[3.0] * 4] * 2
 
 
 @pytest.mark.parametrize("expression, x, expected", [
@@ -102,6 +129,9 @@ def test_symbolic_derivatives(expression, x, expected):
     ({"value": "x[0]**2 + x[1]**2", "dim": 2, "grad": "2*x[0]"}, "loss.grad has 1 expressions: loss.dim=2 needs 2"),
     ({"value": "x**2", "params": {"sin": 1.0}}, "loss.params.sin: a constant cannot be called 'sin'"),
     ({"value": "x**2", "curvature": "2*q"}, "loss.curvature='2*q': the name 'q' is not allowed"),
+    ({"value": "x[0]**2 + x[1]**2", "dim": 2, "curvature": [2, 2, 2]},
+     "loss.curvature has 3 values: give the largest, or one per coordinate (loss.dim=2)"),
+    ({"value": "x**2", "params": {"__pow__": 1.0}}, "loss.params.__pow__: a constant cannot be called '__pow__'"),
 ])
 def test_bad_loss_configs(overrides, message):
     cfg = OmegaConf.merge(OmegaConf.structured(LossConfig), {"name": "bad", **overrides})

@@ -115,9 +115,9 @@ def test_the_report_command_prints_a_sweeps_table(tmp_path, store_uri):
     lines = table.stdout.splitlines()
     assert lines[0].startswith("sweep ") and lines[0].endswith("'runner': 3 runs")
     assert lines[1].split() == ["backend", "optimizer", "loss", "lr", "final", "x", "final", "loss",
-                                "outcome", "steps", "wall", "s", "parity"]
+                                "outcome", "steps", "rate", "wall", "s", "parity"]
     assert [line.split()[3] for line in lines[3:]] == ["0.1", "0.3", "1.5"]
-    assert lines[-1].split()[6] == "diverged"
+    assert lines[-1].split()[6] == "diverged" and lines[-1].split()[7] == "2"  # |1 - 2 lr|: grows 2x an epoch
 
     as_csv = report("--csv", "--sort", "final_loss", store_uri=store_uri, cwd=tmp_path)
     rows = list(csv.DictReader(io.StringIO(as_csv.stdout)))

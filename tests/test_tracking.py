@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from runner import tracking
-from runner.engines import Trajectory
+from runner.descent import Trajectory
 
 
 @pytest.fixture

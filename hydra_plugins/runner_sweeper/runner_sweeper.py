@@ -8,6 +8,9 @@ namespace package, so the class lives here; what it does is in `runner.sweep` an
   even when some fail, and reports at the end.
   With `hydra.sweeper.search.n_trials` set, the same sweeper runs an Optuna search over
   `params` instead of a grid: each trial is a job, with the same checks, parent run and report.
+  With `hydra.sweeper.batch=true` (or a list of keys), the grid's values of keys that do not
+  change the program (lr, momentum, ..., see `runner.points`) run as one batch job per group of
+  the other keys.
 """
 
 from dataclasses import dataclass, field
@@ -37,6 +40,9 @@ class RunnerSweeperConf:
     max_batch_size: Optional[int] = None
     params: Optional[Dict[str, str]] = None  # a grid, or with search.n_trials set, the search space
     search: SearchConf = field(default_factory=SearchConf)
+    # true: run the values of every swept key that can be batched as one job per group of the
+    # other keys; a list of keys: batch those; false: one job per setting
+    batch: Any = False
 
 
 ConfigStore.instance().store(group="hydra/sweeper", name="runner", node=RunnerSweeperConf, provider="runner")
@@ -53,18 +59,30 @@ def _reuse_composed(launcher: Launcher, hydra_context: HydraContext, jobs: List[
 
 class RunnerSweeper(BasicSweeper):
     def __init__(self, max_batch_size: Optional[int], params: Optional[Dict[str, str]] = None,
-                 search: Optional[DictConfig] = None) -> None:
+                 search: Optional[DictConfig] = None, batch: Any = False) -> None:
         super().__init__(max_batch_size, params)
         self.search = search
+        self.batch = batch
 
     def sweep(self, arguments: List[str]) -> Any:
+        from runner import schema
+
+        return schema.reported(self._sweep)(arguments)
+
+    def _sweep(self, arguments: List[str]) -> Any:
         from runner import sweep
+        from runner.errors import ConfigError
 
         # Resolve the sweep folder (its ${now:...}) before composing any job: each job config copies
         # the master's resolver cache, and so gets this same folder.
         sweep_dir = Path(self.config.hydra.sweep.dir)
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
+        if self.batch not in (False, None) and not isinstance(self.batch, bool) and not OmegaConf.is_list(self.batch):
+            raise ConfigError(f"hydra.sweeper.batch={self.batch}: allowed values are true, false or a list of keys")
         if self.search is not None and self.search.n_trials is not None:
+            if self.batch:
+                raise ConfigError("hydra.sweeper.batch runs a grid; a search (hydra.sweeper.search.n_trials) runs "
+                                  "its trials one by one: set one of them")
             results = self._search(parser, arguments, sweep_dir)
         else:
             results = self._grid(parser, arguments, sweep_dir)
@@ -78,9 +96,11 @@ class RunnerSweeper(BasicSweeper):
 
         overrides = parser.parse_overrides([*self._parse_config(), *arguments])
         sweep.check_grid(overrides)
-        batches = self.split_arguments(overrides, self.max_batch_size)
-        jobs = [job for batch in batches for job in batch]
-        configs = sweep.check_jobs(self.hydra_context.config_loader, self.config, jobs)
+        if self.batch:
+            jobs, labels = sweep.batch_jobs(overrides, self.batch, self.split_arguments)
+        else:
+            jobs, labels = [job for chunk in self.split_arguments(overrides, None) for job in chunk], None
+        configs = sweep.check_jobs(self.hydra_context.config_loader, self.config, jobs, labels)
         _reuse_composed(self.launcher, self.hydra_context, jobs, configs)
 
         sweep_dir.mkdir(parents=True, exist_ok=True)

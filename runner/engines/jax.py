@@ -1,12 +1,19 @@
-"""The JAX engine: `jax.value_and_grad`, an optax optimizer, the whole loop one `lax.scan` under `jax.jit`.
+"""The JAX engine: `jax.vjp` of the loss of each point, the whole loop one `lax.scan` under `jax.jit`.
 
-The loop cannot stop early inside `scan`: it runs every epoch, and the rows after the first
-diverged one are dropped, as the other engines do.
+The update rules are `runner.optimizers`' in `jax.numpy` (optax's rules take one learning rate;
+the tests hold ours to `optax.sgd` and `optax.adam` on single points). Per-point
+hyperparameters and constants are arguments of the compiled loop, not constants baked into it:
+a batch of a million points compiles as fast as one.
+
+The loop cannot stop early inside `scan`: it runs every epoch; the rows after a point's
+divergence are dropped by `runner.descent`, as for the other engines.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import operator
 import os
 
 # JAX takes 75% of a GPU's memory when it starts; a sweep that ran torch first in the same
@@ -19,15 +26,15 @@ jax.config.update("jax_enable_x64", True)  # float64 runs need it; float32 runs 
 
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-import optax  # noqa: E402
 
-from runner.engines import Problem, Trajectory, first_diverged_row, no_gpu, spans  # noqa: E402
+from runner import optimizers  # noqa: E402
+from runner.engines import Problem, Rows, broadcast_shape, no_gpu, record  # noqa: E402
 
 FRAMEWORK = "jax"
 VERSION = jax.__version__
 OPS = {"sin": jnp.sin, "cos": jnp.cos, "tanh": jnp.tanh, "exp": jnp.exp, "log": jnp.log,
-       "sqrt": jnp.sqrt, "abs": jnp.abs, "sum": jnp.sum}
-OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam")
+       "sqrt": jnp.sqrt, "abs": jnp.abs, "pow": operator.pow, "sum": lambda v, axes: jnp.sum(v, axis=axes),
+       "stack": lambda parts: jnp.stack(parts, axis=-1)}
 
 
 def _gpus() -> list:
@@ -47,48 +54,51 @@ def resolve_device(requested: str) -> str:
     raise no_gpu("jax", requested, "sees no GPU (jax.devices('gpu') finds none; a CUDA build of jaxlib is needed)")
 
 
-def _optimizer(problem: Problem) -> optax.GradientTransformation:
-    o = problem.optimizer
-    if o.name == "adam":
-        return optax.adam(o.lr, b1=o.beta1, b2=o.beta2, eps=o.eps)
-    return optax.sgd(o.lr, momentum=o.momentum, nesterov=o.name == "nesterov")
-
-
-def descend(problem: Problem) -> Trajectory:
-    """Gradient descent with all epochs in one compiled `lax.scan`."""
+def start(problem: Problem):
+    """Gradient descent of the batch, each piece one call of the compiled scan."""
     platform, index = problem.device.split(":")
     device = jax.devices(platform)[int(index)]
-    value_and_grad = jax.value_and_grad(problem.loss.objective(OPS, problem.x_start.shape))
-    optimizer = _optimizer(problem)
+    dtype, head, shape = problem.dtype, problem.recorded, problem.shape
 
-    head = problem.recorded
+    def on_device(values):
+        return jax.device_put(jnp.asarray(values, dtype=dtype), device)
 
-    def step(carry, _):
-        x, state = carry
-        y, grad = value_and_grad(x)
-        updates, state = optimizer.update(grad, state, x)
-        row = (x, y, grad) if head is None else (
-            x[:head], y, grad[:head], jnp.linalg.norm(x), jnp.linalg.norm(grad))
-        return (optax.apply_updates(x, updates), state), row
+    # The values that may differ from point to point go in as arguments.
+    batched = {"loss": {k: on_device(v) for k, v in problem.loss.constants.items() if np.ndim(v)},
+               "rule": {k: on_device(problem.per_point(v)) for k, v in problem.optimizer.hyperparameters().items()}}
 
-    @functools.partial(jax.jit, static_argnums=1)
-    def run(carry, length):
-        return jax.lax.scan(step, carry, None, length=length)
+    def descent(values):
+        loss = problem.loss.with_constants(values["loss"])
+        value = loss.objective(OPS, shape, lambda v: v)
+        rule = dataclasses.replace(problem.optimizer, **values["rule"])
+        init, update = optimizers.rule(rule, OPS, lambda v: jnp.reshape(v, broadcast_shape(problem)))
+        ones = jnp.ones(problem.points, dtype)
 
-    x0 = jax.device_put(jnp.asarray(problem.x_start, dtype=problem.dtype), device)
-    carry, pieces = (x0, optimizer.init(x0)), []
-    # One call for the whole loop; about 100 with a progress bar, all of the first one's length
-    # (one compilation; the rows past the last epoch are dropped). Same arithmetic either way.
-    pieces_at = spans(problem)
-    length = pieces_at[0][1] - pieces_at[0][0]
-    for start, stop in pieces_at:
-        carry, rows = run(carry, length)
-        pieces.append([jax.device_get(r)[: stop - start] for r in rows])  # x, loss, grad (and the norms)
-        if first_diverged_row(pieces[-1][0], pieces[-1][1], problem.diverge_above) is not None:
-            break
-        if problem.progress:
-            problem.progress(stop)
-    rows = [np.concatenate(parts) for parts in zip(*pieces)]
-    trajectory = Trajectory(*rows[:3], str(x0.devices().pop()), *rows[3:])
-    diverged = first_diverged_row(trajectory.x, trajectory.loss, problem.diverge_above)
-    return trajectory if diverged is None else trajectory.head(diverged + 1)
+        def step(carry, _):
+            x, state = carry
+            y, pullback = jax.vjp(value, x)
+            (grad,) = pullback(ones)
+            row = record(x, y, grad, head, lambda v: jnp.linalg.norm(v, axis=-1))
+            return update(grad, state, x), row
+
+        return init, step
+
+    @functools.partial(jax.jit, static_argnums=2)
+    def run(carry, values, length):
+        return jax.lax.scan(descent(values)[1], carry, None, length=length)
+
+    x0 = on_device(problem.x_start)
+    carry = [(x0, jax.jit(lambda x, values: descent(values)[0](x))(x0, batched))]
+    compiled: list[int] = []
+
+    def step(count: int) -> Rows:
+        # Every piece runs the first piece's length (one compilation); the last, shorter piece
+        # drops the rows it did not ask for.
+        length = compiled[0] if compiled and count <= compiled[0] else count
+        compiled[:1] = [length]
+        carry[0], rows = run(carry[0], batched, length)
+        rows = [np.asarray(jax.device_get(r))[:count] for r in rows]
+        return Rows(*rows[:3], None if head is None else np.stack(rows[3:], axis=-1))
+
+    step.device = str(x0.devices().pop())
+    return step

@@ -1,17 +1,37 @@
-"""The NumPy engine: the gradient is the loss's hand-written derivative, as the article's `dfunc`."""
+"""The NumPy engine: the gradient is the loss's hand-written derivative, as the article's `dfunc`.
+
+A batch steps arrays of shape (points, *shape); a single run of a scalar parameter steps NumPy
+scalars of the dtype instead, because a NumPy operation on a one-element array costs about
+0.25 µs against 0.05 µs on a scalar (this machine): about 1.6 µs a step against 0.4 µs for
+SGD. Both give the same bits: every operation is the same ufunc, `**` included (`OPS["pow"]`).
+"""
 
 from __future__ import annotations
 
 import numpy as np
 
 from runner import optimizers
-from runner.engines import Problem, Trajectory, chunks, first_diverged_row, no_gpu
+from runner.engines import CHECK_EVERY, Problem, Rows, broadcast_shape, no_gpu, record
 
 FRAMEWORK = "numpy"
 VERSION = np.__version__
+
+
+def _power(a, b):
+    """a**b as NumPy's ufunc, whose scalar and array results agree (the `**` of a NumPy scalar
+    rounds differently); plain Python numbers (constants alone) keep Python's `**`."""
+    if not isinstance(a, (np.ndarray, np.generic)) and not isinstance(b, (np.ndarray, np.generic)):
+        return a**b
+    return np.power(a, b)
+
+
 OPS = {"sin": np.sin, "cos": np.cos, "tanh": np.tanh, "exp": np.exp, "log": np.log,
-       "sqrt": np.sqrt, "abs": np.abs, "sum": np.sum}
-OPTIMIZERS = tuple(optimizers.RULES)
+       "sqrt": np.sqrt, "abs": np.abs, "pow": _power, "sum": lambda v, axes: np.sum(v, axis=axes),
+       "stack": lambda parts: np.stack(np.broadcast_arrays(*parts), axis=-1)}
+
+
+def _norm(v):
+    return np.sqrt(np.sum(v * v, axis=-1))
 
 
 def resolve_device(requested: str) -> str:
@@ -20,49 +40,59 @@ def resolve_device(requested: str) -> str:
     return "cpu"
 
 
-def descend(problem: Problem) -> Trajectory:
+def start(problem: Problem):
     """Gradient descent with NumPy values of the problem's dtype.
 
+    >>> from runner.engines import single
     >>> from runner.losses import Loss, parse_expression as p
     >>> square = Loss("square", p("loss.value", "x**2"), (p("loss.grad", "2*x"),))
-    >>> sgd = optimizers.Optimizer("sgd", lr=0.3)
-    >>> descend(Problem(square, np.array(5.0), 2, sgd, "float64")).x.tolist()
-    [5.0, 2.0, 0.8]
+    >>> step = start(single(square, 5.0, 2, optimizers.Optimizer("sgd", lr=0.3), "float64"))
+    >>> step(3).x.tolist()
+    [[5.0], [2.0], [0.8]]
     """
     np.random.seed(problem.seed)
     dtype = np.dtype(problem.dtype)
-    shape = problem.x_start.shape
-    value = problem.loss.objective(OPS, shape)
-    derivative = _derivative(problem, dtype)
-    init, update = optimizers.RULES[problem.optimizer.name](problem.optimizer, dtype.type)
-    x = problem.x_start.astype(dtype)[()]  # [()] makes a 0-d array a scalar: much faster to step
+    scalar = problem.points == 1 and problem.shape == ()
+
+    def convert(values):  # a per-point array, already shaped to broadcast against x
+        values = np.asarray(values, dtype=dtype)
+        return values.reshape(-1)[0] if scalar else values
+
+    value = problem.loss.objective(OPS, problem.shape, convert)
+    derivative = problem.loss.gradient(OPS, problem.shape, convert)
+    init, update = optimizers.rule(problem.optimizer, OPS,
+                                   lambda v: convert(problem.per_point(v).reshape(broadcast_shape(problem))))
+    x = problem.x_start.astype(dtype)
+    x = x.reshape(-1)[0] if scalar else x
     state = init(x)
-    n, head = problem.epochs + 1, problem.recorded
-    row = shape if head is None else (head,)
-    xs, grads, losses = np.empty((n, *row), dtype), np.empty((n, *row), dtype), np.empty(n, dtype)
-    norms = None if head is None else np.empty((n, 2), dtype)
-    rows = n
-    with np.errstate(all="ignore"):  # a diverging run overflows on purpose; it is detected below
-        for start, stop in chunks(problem.epochs):
-            for k in range(start, stop):
-                grad = derivative(x)
-                if head is None:
-                    xs[k], losses[k], grads[k] = x, value(x), grad
-                else:
-                    xs[k], losses[k], grads[k] = x[:head], value(x), grad[:head]
-                    norms[k] = np.sqrt(x @ x), np.sqrt(grad @ grad)
-                x, state = update(grad, state, x)  # the update after the last row is discarded
-            diverged = first_diverged_row(xs[start:stop], losses[start:stop], problem.diverge_above)
-            if diverged is not None:
-                rows = start + diverged + 1
-                break
-            if problem.progress:
-                problem.progress(stop)
-    return Trajectory(xs, losses, grads, "cpu", *((None, None) if norms is None else norms.T)).head(rows)
+    points, head = problem.points, problem.recorded
+    row = problem.shape if head is None else (head,)
 
+    def step(count: int) -> Rows:
+        nonlocal x, state
+        # Rows go into arrays made once a piece: a list of per-step tuples costs half as much again.
+        xs, grads = np.empty((count, points, *row), dtype), np.empty((count, points, *row), dtype)
+        # a scalar goes into a 1-D view: a store into a row of shape (1,) costs twice as much
+        x_rows, grad_rows = (xs.reshape(count), grads.reshape(count)) if scalar else (xs, grads)
+        if head is not None:
+            ys, norms = np.empty((count, points), dtype), np.empty((count, points, 2), dtype)
+        done = count
+        with np.errstate(all="ignore"):  # a diverging point overflows on purpose; it is detected
+            for block in range(0, count, CHECK_EVERY):
+                for k in range(block, min(block + CHECK_EVERY, count)):
+                    grad = derivative(x)
+                    if head is None:
+                        x_rows[k], grad_rows[k] = x, grad
+                    else:
+                        xs[k], ys[k], grads[k], x_norm, grad_norm = record(x, value(x), grad, head, _norm)
+                        norms[k, :, 0], norms[k, :, 1] = x_norm, grad_norm
+                    x, state = update(grad, state, x)  # the update after the last row is discarded
+                if not np.any(np.all(np.abs(xs[k].reshape(points, -1)) <= problem.diverge_above, axis=1)):
+                    done = k + 1  # every point has diverged
+                    break
+            if head is None:  # the loss of every row at once: it is not needed to step
+                return Rows(xs[:done], value(xs[:done]), grads[:done])
+            return Rows(xs[:done], ys[:done], grads[:done], norms[:done])
 
-def _derivative(problem: Problem, dtype: np.dtype):
-    parts = [part.bind(OPS) for part in problem.loss.grad]
-    if problem.loss.dim is None:
-        return parts[0]
-    return lambda x: np.array([part(x) for part in parts], dtype)
+    step.device = "cpu"
+    return step

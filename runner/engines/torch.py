@@ -1,16 +1,27 @@
-"""The PyTorch engine: autograd on one leaf tensor kept on its device, stepped by `torch.optim`."""
+"""The PyTorch engine: autograd on a leaf tensor of shape (points, *shape), kept on its device.
+
+The update rules are `runner.optimizers`' written in tensor operations: `torch.optim` takes one
+learning rate per parameter, not one per point (the tests hold the rules to `torch.optim.SGD`
+and `torch.optim.Adam` on single points). Each step makes a new leaf from the update instead of
+changing x in place, so the rows kept are the step's own tensors, with no copy; about 24 µs a
+step on a scalar here, against 21 µs for a bare loop that keeps x alone.
+"""
 
 from __future__ import annotations
 
+import operator
+
+import numpy as np
 import torch
 
-from runner.engines import Problem, Trajectory, chunks, first_diverged_row, no_gpu
+from runner import optimizers
+from runner.engines import CHECK_EVERY, Problem, Rows, alive, broadcast_shape, no_gpu, record
 
 FRAMEWORK = "torch"
 VERSION = torch.__version__
 OPS = {"sin": torch.sin, "cos": torch.cos, "tanh": torch.tanh, "exp": torch.exp,
-       "log": torch.log, "sqrt": torch.sqrt, "abs": torch.abs, "sum": torch.sum}
-OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam")
+       "log": torch.log, "sqrt": torch.sqrt, "abs": torch.abs, "pow": operator.pow,
+       "sum": lambda v, axes: torch.sum(v, dim=axes), "stack": lambda parts: torch.stack(parts, dim=-1)}
 
 
 def resolve_device(requested: str) -> str:
@@ -23,50 +34,46 @@ def resolve_device(requested: str) -> str:
     raise no_gpu("torch", requested, "sees no CUDA GPU (torch.cuda.is_available() is False)")
 
 
-def _optimizer(problem: Problem, x: torch.Tensor) -> torch.optim.Optimizer:
-    o = problem.optimizer
-    if o.name == "adam":
-        return torch.optim.Adam([x], lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps)
-    return torch.optim.SGD([x], lr=o.lr, momentum=o.momentum or 0.0, nesterov=o.name == "nesterov")
-
-
-def descend(problem: Problem) -> Trajectory:
-    """Gradient descent on one `requires_grad` tensor.
-
-    Rows are written into tensors on the same device and copied to the host once per chunk of
-    steps (to look for divergence), so a GPU run does not synchronise at every step.
-    """
+def start(problem: Problem):
+    """Gradient descent of the batch; rows stay on the device until a piece is done (and once
+    per CHECK_EVERY steps, to see whether every point has diverged)."""
     torch.manual_seed(problem.seed)
-    dt = getattr(torch, problem.dtype)
-    device = problem.device
-    value = problem.loss.objective(OPS, problem.x_start.shape)
+    dt, device = getattr(torch, problem.dtype), problem.device
+
+    def convert(values):
+        return torch.tensor(np.asarray(values), dtype=dt, device=device)
+
+    value = problem.loss.objective(OPS, problem.shape, convert)
+    init, update = optimizers.rule(problem.optimizer, OPS,
+                                   lambda v: convert(problem.per_point(v).reshape(broadcast_shape(problem))))
     x = torch.tensor(problem.x_start, dtype=dt, device=device, requires_grad=True)
-    optimizer = _optimizer(problem, x)
-    n, head = problem.epochs + 1, problem.recorded
-    row = x.shape if head is None else (head,)
-    xs, grads = (torch.empty((n, *row), dtype=dt, device=device) for _ in range(2))
-    losses = torch.empty(n, dtype=dt, device=device)
-    norms = None if head is None else torch.empty((n, 2), dtype=dt, device=device)
-    rows = n
-    for start, stop in chunks(problem.epochs):
-        for k in range(start, stop):
-            optimizer.zero_grad(set_to_none=True)
-            y = value(x)
-            y.backward()
-            with torch.no_grad():
+    state = init(x.detach())
+    ones = torch.ones(problem.points, dtype=dt, device=device)
+    head = problem.recorded
+    norm = (lambda v: torch.linalg.vector_norm(v, dim=-1))
+
+    def step(count: int) -> Rows:
+        nonlocal x, state
+        rows = []
+        for block in range(0, count, CHECK_EVERY):
+            for _ in range(min(CHECK_EVERY, count - block)):
+                y = value(x)
+                (grad,) = torch.autograd.grad(y, x, ones)
                 if head is None:
-                    xs[k], losses[k], grads[k] = x, y, x.grad
+                    rows.append((x, y, grad))  # no copies: x is replaced, never changed, by the update
                 else:
-                    xs[k], losses[k], grads[k] = x[:head], y, x.grad[:head]
-                    norms[k, 0], norms[k, 1] = torch.linalg.vector_norm(x), torch.linalg.vector_norm(x.grad)
-            optimizer.step()  # the update after the last row is discarded
-        diverged = first_diverged_row(xs[start:stop].cpu().numpy(), losses[start:stop].cpu().numpy(),
-                                      problem.diverge_above)
-        if diverged is not None:
-            rows = start + diverged + 1
-            break
-        if problem.progress:
-            problem.progress(stop)
-    host = [t.cpu().numpy() for t in (xs, losses, grads)]
-    whole = (None, None) if norms is None else norms.cpu().numpy().T
-    return Trajectory(*host, str(x.device), *whole).head(rows)
+                    with torch.no_grad():
+                        rows.append(record(x, y, grad, head, norm))
+                x, state = update(grad, state, x.detach())  # the update after the last row is discarded
+                x.requires_grad_()
+            last = rows[-1]
+            if not alive(last[0].detach().cpu().numpy(), last[1].detach().cpu().numpy(), problem.diverge_above).any():
+                break  # every point has diverged
+        with torch.no_grad():
+            series = [torch.stack(s).cpu().numpy() for s in zip(*rows)]
+        norms = None if head is None else torch.stack(
+            [torch.as_tensor(series[3]), torch.as_tensor(series[4])], dim=-1).numpy()
+        return Rows(*series[:3], norms)
+
+    step.device = str(x.device)
+    return step

@@ -1,0 +1,356 @@
+"""A batch: one job that runs every point of a batched sweep's group as one descent, and what it
+records in its one MLflow run.
+
+- params: the group's config, each batched key as its sweep (`lr=range(0.001,1.2,0.001)`) with
+  its count, min and max (`lr.count`, `lr.min`, `lr.max`);
+- metrics: points, converged, not_converged, diverged, best_final_loss with the point's values
+  (`best.lr`, ...), the fastest measured rate with its point's (`fastest.lr`, ...), and where lr
+  is batched on a loss of known curvature the largest lr whose rate is below 1 against theory:
+  `largest_stable_lr` and `largest_stable_lr_theory`, or with other batched keys (momentum) one
+  value per setting as the histories `stability/measured`, `stability/theory` and
+  `stability/<key>` (step k: the k-th setting, also in `stability.csv`) and the count of
+  settings within one lr step of theory, `stability/within_one_step` of `stability/settings`;
+- artifacts: `points.csv` (a row per point: `POINT_COLUMNS`), the same table as `points.json`
+  through `mlflow.log_table` for the UI, `trajectories.npz` (the whole rows of every point, or of
+  an evenly spaced subset past `batch.trajectory_mb`, which the run says), figures, and the job's
+  `.hydra/` and log.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+from omegaconf import DictConfig
+
+from runner import descent, engines, outcomes, plots, progress, sweep, theory
+from runner.points import Points
+
+log = logging.getLogger("runner")
+
+# points.json, the table MLflow's UI shows, holds at most this many points (evenly spaced);
+# points.csv holds them all.
+TABLE_ROWS = 100_000
+CHUNK_ROWS = 50_000  # points.csv is written this many rows at a time: a million rows of text take GBs
+
+SUMMARY_COLUMNS = ("final_x", "final_loss", "final_grad_norm", "outcome", "steps_to_tolerance", "epochs_run",
+                   "diverged_at", "rate", "spectral_radius")
+POINT_COLUMNS = ("point", "<batched keys>", *SUMMARY_COLUMNS, "trajectory", "overrides")
+
+
+def params(flat: dict[str, Any], grid: Points) -> dict[str, Any]:
+    """The run's params: the config's, each batched key as its sweep, count, min and max.
+
+    >>> from runner.points import parse
+    >>> params({"lr": 0.001, "epochs": 200}, parse(["lr=range(0.001,1.2,0.001)"]))
+    {'lr': 'range(0.001,1.2,0.001)', 'epochs': 200, 'lr.count': 1199, 'lr.min': 0.001, 'lr.max': 1.199}
+    """
+    out = {key: value for key, value in flat.items() if not any(
+        key == k or key.startswith(k + ".") for k in grid.keys)}
+    for text, key, axis in zip(grid.sweeps, grid.keys, grid.axes):
+        out[key] = text.split("=", 1)[1]
+        out.update({f"{key}.count": len(axis), f"{key}.min": float(axis.min()), f"{key}.max": float(axis.max())})
+    return {**{k: out[k] for k in flat if k in out}, **{k: v for k, v in out.items() if k not in flat}}
+
+
+def descend_and_record(store, run_id: str, cfg: DictConfig, problem: engines.Problem, engine: Any,
+                       grid: Points, hydra_cfg: Any) -> float:
+    """The batch's descent, then its records; returns the best final loss."""
+    label = f"[{sweep.position(hydra_cfg)}{cfg.backend.name} {problem.optimizer.name} {grid.name()}]"
+    bar = None if sweep.shares_terminal(hydra_cfg) else progress.for_terminal(label, problem.epochs + 1)
+    started = time.perf_counter()
+    try:
+        result = descent.descend(dataclasses.replace(problem, progress=bar), engine)
+    finally:
+        if bar:
+            bar.close()
+    wall_time = time.perf_counter() - started
+    radius = theory.of_problem(problem)
+    table = point_table(grid, result, radius, rerun_overrides(hydra_cfg, grid))
+
+    out_dir = Path(hydra_cfg.runtime.output_dir)
+    files = [write_points(out_dir / "points.csv", table), write_trajectories(out_dir / "trajectories.npz", grid, result)]
+    files += figures(out_dir, cfg, problem, grid, table)
+    stability = stability_table(problem, grid, table)
+    if stability:
+        files.append(write_points(out_dir / "stability.csv", stability))
+
+    summary = summary_metrics(grid, table, stability)
+    store.log_metrics(run_id, {**summary, "wall_time_s": wall_time})
+    kept = len(result.kept)
+    store.set_tags(run_id, {"device": result.device, "points": grid.count,
+                            "trajectories_kept": f"{kept} of {grid.count}"})
+    for name, values in _history(stability).items():
+        store.log_series(run_id, name, values)
+    shown = descent.evenly_spaced(grid.count, TABLE_ROWS)
+    store.log_table(run_id, {k: _json_column(v[shown]) for k, v in table.items()}, "points.json")
+    say(label, grid, table, summary, stability, kept, wall_time, store.describe(run_id))
+    for handler in logging.getLogger().handlers:  # the log file goes up next: make it complete
+        handler.flush()
+    store.log_artifacts(run_id, files=[*files, out_dir / f"{hydra_cfg.job.name}.log"],
+                        folders={"hydra": out_dir / hydra_cfg.output_subdir} if hydra_cfg.output_subdir else {})
+    return float(summary.get("best_final_loss", math.nan))
+
+
+def point_table(grid: Points, result: descent.Descent, radius: Optional[np.ndarray],
+                overrides: list[str]) -> dict[str, Any]:
+    """A column per name, a row per point: the batched keys, the summary, where its rows are
+    kept, and the command-line overrides that rerun the point alone."""
+    s = result.summary
+    table: dict[str, Any] = {"point": np.arange(grid.count)}
+    for key, values in grid.all_values().items():
+        table[key] = values[:, 0] if values.ndim == 2 and values.shape[1] == 1 else values
+    table["final_x"] = s.final_x if s.final_x.ndim == 1 else s.final_x.reshape(grid.count, -1)
+    for name in SUMMARY_COLUMNS[1:]:
+        if name == "spectral_radius":
+            if radius is not None:
+                table[name] = radius
+        else:
+            table[name] = getattr(s, name)
+    trajectory = np.full(grid.count, -1)
+    trajectory[result.kept] = np.arange(len(result.kept))
+    table["trajectory"] = trajectory
+    table["overrides"] = _CommandLines(grid, " ".join(overrides))
+    return table
+
+
+@dataclass(frozen=True)
+class _CommandLines:
+    """The overrides column, made when rows of it are asked for (a million points' text would
+    take a GB to hold at once)."""
+
+    grid: Points
+    prefix: str
+
+    def __len__(self) -> int:
+        return self.grid.count
+
+    def __getitem__(self, rows: Any) -> list[str]:
+        return self.grid.command_lines(self.prefix, rows)
+
+
+def rerun_overrides(hydra_cfg: Any, grid: Points) -> list[str]:
+    """The job's own overrides without its batched keys and `batch.sweep`; with `hydra.mode=RUN`
+    after a preset, whose own `hydra.mode: MULTIRUN` would run its sweep again."""
+    batched = set(grid.keys) | {"batch.sweep"}
+    kept = [o for o in hydra_cfg.overrides.task if o.split("=", 1)[0].lstrip("+~") not in batched]
+    if hydra_cfg.runtime.choices.get("experiment") not in (None, "null"):
+        kept.append("hydra.mode=RUN")
+    return kept
+
+
+def write_points(path: Path, table: dict[str, Any]) -> Path:
+    """A table as CSV: floats in full (they read back as the same numbers), -1 and NaN blank
+    (none: no step within tolerance, no divergence, no rate), a vector as [a, b]."""
+    names = list(table)
+    count = len(next(iter(table.values())))
+    with path.open("w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(names)
+        for start in range(0, count, CHUNK_ROWS):
+            rows = slice(start, start + CHUNK_ROWS)
+            writer.writerows(zip(*(text_column(name, table[name][rows]) for name in names)))
+    return path
+
+
+def text_column(name: str, values: Any) -> list[str]:
+    if isinstance(values, list) or (isinstance(values, np.ndarray) and values.dtype.kind in "US"):
+        return [str(v) for v in values]
+    values = np.asarray(values)
+    if values.ndim == 2:
+        return ["[" + ", ".join(repr(float(v)) for v in row) + "]" for row in values]
+    if values.dtype.kind in "iu":
+        blank = name in ("steps_to_tolerance", "diverged_at", "trajectory")
+        return ["" if blank and v < 0 else str(v) for v in values.tolist()]
+    return ["" if math.isnan(v) else repr(v) for v in values.astype(np.float64).tolist()]
+
+
+def _json_column(values: Any) -> list:
+    """A column for mlflow.log_table: JSON values (NaN as null)."""
+    if isinstance(values, list) or (isinstance(values, np.ndarray) and values.dtype.kind in "US"):
+        return [str(v) for v in values]
+    values = np.asarray(values)
+    if values.ndim == 2:
+        return [[float(v) for v in row] for row in values]
+    return [None if isinstance(v, float) and not math.isfinite(v) else v for v in values.tolist()]
+
+
+def read_points(path: Path) -> dict[str, list[str]]:
+    """points.csv back as text columns."""
+    with path.open(newline="") as file:
+        reader = csv.reader(file)
+        names = next(reader)
+        rows = list(reader)
+    return {name: [row[i] for row in rows] for i, name in enumerate(names)}
+
+
+def write_trajectories(path: Path, grid: Points, result: descent.Descent) -> Path:
+    """The kept rows in one compressed file: `points` (their indices), `x`, `loss`, `grad`
+    ((kept, rows, ...), NaN after each point's last row), `norms` past RECORDED coordinates, and
+    each batched key's values at those points (`lr`, `optimizer.momentum`, ...)."""
+    arrays = {"points": result.kept, "x": result.x, "loss": result.loss, "grad": result.grad,
+              **{key: values[result.kept] for key, values in grid.all_values().items()}}
+    if result.norms is not None:
+        arrays["norms"] = result.norms
+    np.savez_compressed(path, **arrays)
+    return path
+
+
+def stability_table(problem: engines.Problem, grid: Points, table: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Where lr is batched, the rate known and the rule linear: for each setting of the other
+    batched keys, the largest lr whose measured rate is below 1, against theory (for the loss's
+    largest curvature), and the lr grid's step there. Empty otherwise."""
+    curvatures = problem.loss.curvature_values()
+    if "lr" not in grid.keys or curvatures is None or problem.optimizer.name not in theory.LINEAR:
+        return {}
+    rate = np.asarray(table["rate"], dtype=np.float64)
+    if np.isnan(rate).all():
+        return {}
+    others = [k for k in grid.keys if k != "lr" and k != "x_start"]
+    lr = grid.values("lr")
+    settings = np.stack([grid.values(k) for k in others], axis=1) if others else np.zeros((grid.count, 0))
+    unique, group = np.unique(settings, axis=0, return_inverse=True)
+    group = group.reshape(-1)
+    largest = np.broadcast_to(curvatures.max(axis=1), (grid.count,))
+    momentum = problem.per_point(problem.optimizer.momentum) if problem.optimizer.momentum is not None else None
+    out: dict[str, list] = {**{k: [] for k in others}, "largest_stable_lr": [], "largest_stable_lr_theory": [],
+                            "lr_step": []}
+    steps = np.diff(np.unique(lr))
+    for g, values in enumerate(unique):
+        mine = np.flatnonzero(group == g)
+        stable = mine[rate[mine] < 1]
+        first = mine[0]
+        bound = theory.largest_stable_lr(problem.optimizer.name, largest[first],
+                                         None if momentum is None else momentum[first])
+        for k, v in zip(others, values):
+            out[k].append(v)
+        out["largest_stable_lr"].append(float(lr[stable].max()) if stable.size else math.nan)
+        out["largest_stable_lr_theory"].append(float(bound))
+        out["lr_step"].append(float(steps.max()) if steps.size else math.nan)
+    return {k: np.array(v, dtype=np.float64) for k, v in out.items()}
+
+
+def summary_metrics(grid: Points, table: dict[str, Any], stability: dict[str, np.ndarray]) -> dict[str, float]:
+    """The batch's summary: counts of outcomes, the best final loss and the fastest rate with
+    the values of their points, and the stability bound where there is one setting."""
+    outcome = np.asarray(table["outcome"])
+    metrics: dict[str, float] = {"points": grid.count,
+                                 **{label: int(np.sum(outcome == label)) for label in
+                                    (outcomes.CONVERGED, outcomes.NOT_CONVERGED, outcomes.DIVERGED)}}
+    final = np.asarray(table["final_loss"], dtype=np.float64)
+    if np.isfinite(final).any():
+        best = int(np.nanargmin(np.where(np.isfinite(final), final, np.nan)))
+        metrics["best_final_loss"] = float(final[best])
+        metrics.update(_point_values("best", grid, best))
+    rate = np.asarray(table["rate"], dtype=np.float64)
+    if np.isfinite(rate).any():
+        fastest = int(np.nanargmin(rate))
+        metrics["fastest_rate"] = float(rate[fastest])
+        metrics.update(_point_values("fastest", grid, fastest))
+    if stability and len(stability["largest_stable_lr"]) == 1:
+        metrics["largest_stable_lr"] = float(stability["largest_stable_lr"][0])
+        metrics["largest_stable_lr_theory"] = float(stability["largest_stable_lr_theory"][0])
+    elif stability:
+        metrics["stability/settings"] = len(stability["largest_stable_lr"])
+        metrics["stability/within_one_step"] = int(np.sum(within_one_step(stability)))
+    return {k: v for k, v in metrics.items() if not (isinstance(v, float) and math.isnan(v))}
+
+
+def _point_values(prefix: str, grid: Points, point: int) -> dict[str, float]:
+    """`prefix.KEY` for each batched key of one coordinate at `point`."""
+    out = {}
+    for key in grid.keys:
+        value = grid.values(key)[point]
+        if np.size(value) == 1:
+            out[f"{prefix}.{key}"] = float(np.reshape(value, -1)[0])
+    return out
+
+
+def within_one_step(stability: dict[str, np.ndarray]) -> np.ndarray:
+    """For each setting: is the measured largest stable lr within one lr step of theory's?"""
+    measured, bound = stability["largest_stable_lr"], stability["largest_stable_lr_theory"]
+    return np.abs(measured - bound) <= stability["lr_step"] * (1 + 1e-9)
+
+
+def _history(stability: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """With several settings, the stability bound as metric histories, one step per setting."""
+    if not stability or len(stability["largest_stable_lr"]) < 2:
+        return {}
+    names = {"largest_stable_lr": "stability/measured", "largest_stable_lr_theory": "stability/theory"}
+    return {names.get(name, f"stability/{name}"): values for name, values in stability.items() if name != "lr_step"}
+
+
+def figures(out_dir: Path, cfg: DictConfig, problem: engines.Problem, grid: Points, table: dict[str, Any]) -> list[Path]:
+    """The batch against its first key (final loss and rate, with theory), and for two keys a
+    map of the rate over both (with the stability bound and the optimum of heavy ball)."""
+    key = next((k for k in grid.keys if k != "x_start"), None)
+    if key is None:
+        return []
+    rate = np.asarray(table["rate"], dtype=np.float64)
+    diverged = np.asarray(table["outcome"]) == outcomes.DIVERGED
+    x = grid.values(key)
+    label = f"{cfg.backend.name} {problem.optimizer.name}"
+    theory_line = (x, np.asarray(table["spectral_radius"])) if "spectral_radius" in table and len(grid.keys) == 1 else None
+    bound = _bound(problem, grid) if key == "lr" and len(grid.keys) == 1 else None
+    paths = [out_dir / f"batch_{key.rsplit('.', 1)[-1]}.png"]
+    plots.batch_figure(key, [(label, x, np.asarray(table["final_loss"], dtype=np.float64), rate, diverged)],
+                       theory_line, bound).savefig(paths[0])
+    rest = [k for k in grid.keys if k != "x_start"]
+    if len(rest) == 2 and len(grid.keys) == 2 and np.isfinite(rate).any():
+        paths.append(out_dir / "rate_map.png")
+        rate_map(grid, problem, rate, f"{label} on {cfg.loss.name}").savefig(paths[1])
+    return paths
+
+
+def rate_map(grid: Points, problem: engines.Problem, rate: np.ndarray, title: str):
+    """The rate over the batch's two keys, with theory where lr and momentum are the keys."""
+    x_key, y_key = grid.keys
+    fastest = int(np.nanargmin(rate))
+    best = (float(grid.values(x_key)[fastest]), float(grid.values(y_key)[fastest]), float(rate[fastest]))
+    boundary = optimum = None
+    curvatures = problem.loss.curvature_values()
+    rule = problem.optimizer.name
+    if (x_key, y_key) == ("lr", "optimizer.momentum") and curvatures is not None and rule in ("momentum", "nesterov"):
+        largest = float(curvatures.max())
+        boundary = (lambda beta: theory.largest_stable_lr(rule, largest, beta))
+        if rule == "momentum" and problem.loss.spectrum_known() and curvatures.shape[1] == 2:
+            optimum = theory.heavy_ball_optimum(float(curvatures.min()), largest)
+            optimum = (optimum[0], optimum[1], optimum[2])
+    return plots.rate_map_figure(x_key, grid.axes[0], y_key, grid.axes[1], rate.reshape(grid.shape),
+                                 boundary, optimum, best, title)
+
+
+def _bound(problem: engines.Problem, grid: Points) -> Optional[float]:
+    curvatures = problem.loss.curvature_values()
+    if curvatures is None or np.ptp(curvatures.max(axis=1)) > 0:
+        return None
+    momentum = problem.optimizer.momentum
+    return theory.largest_stable_lr(problem.optimizer.name, float(curvatures.max()),
+                                    None if momentum is None else float(np.reshape(momentum, -1)[0]))
+
+
+def say(label: str, grid: Points, table: dict[str, Any], summary: dict[str, float], stability: dict[str, np.ndarray],
+        kept: int, wall_time: float, where: str) -> None:
+    """The terminal's account of a batch: its outcomes, its best points, the stability bound."""
+    counts = ", ".join(f"{int(summary[k])} {k}" for k in (outcomes.CONVERGED, outcomes.NOT_CONVERGED, outcomes.DIVERGED))
+    log.info("%s %d points in %.3g s: %s", label, grid.count, wall_time, counts)
+    for name, metric in (("best final loss", "best_final_loss"), ("fastest rate", "fastest_rate")):
+        if metric in summary:
+            prefix = "best" if metric == "best_final_loss" else "fastest"
+            at = " ".join(f"{k}={summary[f'{prefix}.{k}']:.6g}" for k in grid.keys if f"{prefix}.{k}" in summary)
+            log.info("%s %s %.6g at %s", label, name, summary[metric], at)
+    if stability:
+        pairs = list(zip(stability["largest_stable_lr"], stability["largest_stable_lr_theory"]))
+        shown = "; ".join(f"{m:.6g} (theory {t:.6g})" for m, t in pairs[:3]) + ("; ..." if len(pairs) > 3 else "")
+        log.info("%s largest lr with rate < 1: %s", label, shown)
+    if kept < grid.count:
+        log.info("%s whole trajectories kept for %d of %d points (batch.trajectory_mb); every point's summary is in "
+                 "points.csv", label, kept, grid.count)
+    log.info("%s MLflow: %s", label, where)

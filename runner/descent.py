@@ -1,0 +1,200 @@
+"""The one loop every engine shares: a problem's rows computed piece by piece, each point's
+summary tallied as they come, whole trajectories kept for as many points as memory allows.
+
+    descent = descend(problem, engine)    # engine: a module of runner.engines
+    descent.summary.outcome               # one label per point
+    descent.trajectory(0)                 # the first kept point's rows, as a Trajectory
+
+An engine computes rows (`engine.start(problem)(count)`); everything else is here, written once
+over the point axis: the pieces (all rows at once when they fit `PIECE_BYTES`, ~100 pieces with a
+progress bar), divergence (each point stops on its own: its rows after the one where it
+diverged are not kept, and NaN in the kept arrays), the summaries (`runner.outcomes`), and the
+trajectories kept (every point's, or past `problem.keep_bytes` an evenly spaced subset).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Optional
+
+import numpy as np
+
+from runner.engines import CHECK_EVERY, Problem, Rows
+from runner.outcomes import Summary, Tally
+
+# The rows of one piece, on the host, are at most this large: a million points of a scalar
+# take 5 rows a piece, a single run all its rows at once.
+PIECE_BYTES = 64 * 2**20
+PROGRESS_PIECES = 100  # with a progress bar, a run is cut into about this many pieces
+
+
+@dataclass(frozen=True)
+class Trajectory:
+    """One point's gradient descent as plain data: row k holds x_k, the loss at x_k and the
+    gradient at x_k.
+
+    Row 0 is the starting point; a point that diverged stops at its first diverged row, so there
+    are at most epochs + 1 rows. `x` and `grad` have the parameter's shape after the row axis.
+    """
+
+    x: np.ndarray
+    loss: np.ndarray
+    grad: np.ndarray
+    device: str  # where the parameter actually lived, as the framework names it
+    # For a parameter of more than RECORDED coordinates, x and grad hold the first RECORDED
+    # ones, and these the norms of the whole vectors.
+    x_norm: Optional[np.ndarray] = None
+    whole_grad_norm: Optional[np.ndarray] = None
+
+    @property
+    def grad_norm(self) -> np.ndarray:
+        if self.whole_grad_norm is not None:
+            return self.whole_grad_norm.astype(np.float64)
+        return np.sqrt(np.sum(np.square(self.grad.reshape(len(self.grad), -1), dtype=np.float64), axis=1))
+
+    def columns(self) -> dict[str, np.ndarray]:
+        """One series per name, as metrics and the CSV name them.
+
+        A scalar parameter gives `x`, `loss`, `grad`; a vector gives `x/0`, `x/1`, ..., `loss`,
+        `grad/0`, `grad/1`, ... and `grad_norm`; one of more than RECORDED coordinates gives its
+        first RECORDED coordinates, and `x_norm` too.
+        """
+        if self.x.ndim == 1:
+            return {"x": self.x, "loss": self.loss, "grad": self.grad}
+        x, grad = self.x.reshape(len(self.x), -1), self.grad.reshape(len(self.grad), -1)
+        norms = {"grad_norm": self.grad_norm}
+        if self.x_norm is not None:
+            norms["x_norm"] = self.x_norm
+        return {**{f"x/{i}": x[:, i] for i in range(x.shape[1])}, "loss": self.loss,
+                **{f"grad/{i}": grad[:, i] for i in range(grad.shape[1])}, **norms}
+
+
+@dataclass(frozen=True)
+class Descent:
+    """A batch's result: every point's summary, and the whole rows of the points in `kept`
+    (arrays (kept, rows, ...), NaN after each point's last row)."""
+
+    summary: Summary
+    kept: np.ndarray  # the indices of the points whose rows are kept, ascending
+    x: np.ndarray
+    loss: np.ndarray
+    grad: np.ndarray
+    norms: Optional[np.ndarray]  # (kept, rows, 2): |x|, |grad|, for a parameter recorded by its head
+    device: str
+
+    def trajectory(self, k: int = 0) -> Trajectory:
+        """The rows of the k-th kept point, up to its last."""
+        rows = int(self.summary.epochs_run[self.kept[k]]) + 1
+        norms = (None, None) if self.norms is None else (self.norms[k, :rows, 0], self.norms[k, :rows, 1])
+        return Trajectory(self.x[k, :rows], self.loss[k, :rows], self.grad[k, :rows], self.device, *norms)
+
+
+def descend(problem: Problem, engine: ModuleType) -> Descent:
+    """Run `problem` on `engine`, every point to its last epoch or to where it diverged.
+
+    >>> from runner import engines
+    >>> from runner.losses import Loss, parse_expression as p
+    >>> from runner.optimizers import Optimizer
+    >>> square = Loss("square", p("loss.value", "x**2"), (p("loss.grad", "2*x"),), minimiser=(p("m", "0"),))
+    >>> problem = engines.Problem(square, np.array([5.0, 5.0]), 2, Optimizer("sgd", np.array([0.3, 0.75])), "float64")
+    >>> d = descend(problem, engines.load("numpy"))
+    >>> d.x.tolist(), d.summary.rate.tolist()
+    ([[5.0, 2.0, 0.8], [5.0, -2.5, 1.25]], [0.4, 0.5])
+    """
+    stepper = engine.start(problem)
+    tally = Tally(problem.points, problem.tolerance, problem.diverge_above, problem.dtype,
+                  _minimiser(problem), by_norm=problem.recorded is not None)
+    total = problem.epochs + 1
+    size = piece_rows(problem)
+    keep = kept_points(problem)
+    pieces = []
+    done = 0
+    while done < total and tally.alive.any():
+        rows = stepper(min(size, total - done))
+        if len(rows) == 0:
+            break
+        tally.add(rows)
+        pieces.append(Rows(rows.x[:, keep], rows.loss[:, keep], rows.grad[:, keep],
+                           None if rows.norms is None else rows.norms[:, keep]))
+        done += len(rows)
+        if problem.progress:
+            problem.progress(done)
+    summary = tally.summary()
+    x, loss, grad, norms = (_stacked([getattr(p, name) for p in pieces]) for name in ("x", "loss", "grad", "norms"))
+    after = np.arange(loss.shape[1])[None, :] > summary.epochs_run[keep][:, None]  # rows not run
+    for array in (x, loss, grad, norms):
+        if array is not None:
+            array[after] = np.nan
+    return Descent(summary, keep, x, loss, grad, norms, stepper.device)
+
+
+def _stacked(parts: list) -> Optional[np.ndarray]:
+    """Pieces (rows, kept, ...) joined and turned point-first: (kept, rows, ...)."""
+    if parts[0] is None:
+        return None
+    return np.moveaxis(np.concatenate(parts), 0, 1).copy()
+
+
+def _minimiser(problem: Problem) -> Optional[np.ndarray]:
+    """x* shaped to broadcast against one recorded row of x (points, *shape), or None when the
+    loss does not know it, or (for a parameter recorded by its head) when it is not 0."""
+    values = problem.loss.minimiser_values()
+    if values is None:
+        return None
+    values = np.broadcast_to(values, (problem.points, values.shape[1]))
+    if problem.recorded is not None:
+        return values if not values.any() else None
+    if problem.shape == ():
+        return values[:, 0]
+    return values if values.shape[1] == problem.shape[-1] else values[:, :1]
+
+
+def row_values(problem: Problem) -> int:
+    """Values one point records a row: x, loss, grad (and two norms past RECORDED coordinates)."""
+    head = problem.recorded
+    size = int(np.prod(problem.shape)) if head is None else head
+    return 2 * size + 1 + (0 if head is None else 2)
+
+
+def piece_rows(problem: Problem) -> int:
+    """Rows per piece: all of them when they fit PIECE_BYTES; about PROGRESS_PIECES pieces of
+    at least CHECK_EVERY rows with a progress bar.
+
+    >>> from runner.losses import Loss
+    >>> from runner.optimizers import Optimizer
+    >>> square = Loss("square", None, ())
+    >>> piece_rows(Problem(square, np.full(1, 5.0), 999, Optimizer("sgd", 0.1)))
+    1000
+    >>> piece_rows(Problem(square, np.full(1, 5.0), 99_999, Optimizer("sgd", 0.1), progress=print))
+    1000
+    >>> piece_rows(Problem(square, np.full(10**6, 5.0), 200, Optimizer("sgd", 0.1)))
+    5
+    """
+    rows = problem.epochs + 1
+    per_row = problem.points * row_values(problem) * np.dtype(problem.dtype).itemsize
+    size = min(rows, max(1, PIECE_BYTES // per_row))
+    if problem.progress is not None:
+        size = min(size, max(CHECK_EVERY, math.ceil(rows / PROGRESS_PIECES)))
+    return size
+
+
+def kept_points(problem: Problem) -> np.ndarray:
+    """The points whose whole rows are kept: all, or past `problem.keep_bytes` an evenly
+    spaced subset that includes the first and the last point."""
+    per_point = (problem.epochs + 1) * row_values(problem) * np.dtype(problem.dtype).itemsize
+    if problem.keep_bytes is None or problem.points * per_point <= problem.keep_bytes:
+        return np.arange(problem.points)
+    return evenly_spaced(problem.points, max(1, problem.keep_bytes // per_point))
+
+
+def evenly_spaced(total: int, count: int) -> np.ndarray:
+    """At most `count` of the indices 0 .. total - 1, evenly spaced, the first and last among them.
+
+    >>> evenly_spaced(10, 4).tolist(), evenly_spaced(3, 5).tolist()
+    ([0, 3, 6, 9], [0, 1, 2])
+    """
+    if total <= count:
+        return np.arange(total)
+    return np.unique(np.linspace(0, total - 1, count).round().astype(int))

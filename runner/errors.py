@@ -1,0 +1,22 @@
+"""The runner's error for input that is well formed but not allowed.
+
+It lives apart from Hydra and MLflow so that engines, losses and update rules can raise it
+without importing either; the Hydra entry points print it as one line (`runner.schema.reported`).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+
+class ConfigError(ValueError):
+    """A config value that is well typed but not allowed: one line naming the key, the value and
+    what is allowed. `point` is the index of the offending point of a batch, when one is to blame.
+
+    >>> str(ConfigError("lr=-0.1 is not allowed: lr must be a finite number > 0", point=3))
+    'lr=-0.1 is not allowed: lr must be a finite number > 0'
+    """
+
+    def __init__(self, message: str, point: Optional[int] = None) -> None:
+        super().__init__(message)
+        self.point = point

@@ -1,0 +1,74 @@
+"""A composed config, checked and turned into an engine's Problem: every ConfigError is raised here.
+
+One run is a batch of one point; a job with `batch.sweep` set (a batched sweep's group) is a
+batch of every point of those sweeps, each checked against the same rules as a single run's
+values (`schema.check_ranges`), with the same messages, naming the point.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Optional
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from runner import engines, losses, optimizers, points, schema
+from runner.errors import ConfigError
+
+
+def build(cfg: DictConfig) -> tuple[engines.Problem, ModuleType, Optional[points.Points]]:
+    """The problem of `cfg`, its engine, and its points when it is a batch (else None)."""
+    grid = points.parse(cfg.batch.sweep) if cfg.batch.sweep else None
+    values = grid.all_values() if grid else {}
+    try:
+        schema.check_ranges(cfg, values)
+    except ConfigError as error:
+        if error.point is None:
+            raise
+        raise ConfigError(f"point #{error.point} ({' '.join(grid.overrides(error.point))}): {error}") from None
+    loss = losses.from_config(cfg.loss)
+    constants = {key[len(points.LOSS_CONSTANT):]: v for key, v in values.items() if key.startswith(points.LOSS_CONSTANT)}
+    if constants:
+        loss = loss.with_constants(constants)
+    x_start = _start(cfg, loss, values.get("x_start"), grid.count if grid else 1)
+    engine = engines.load(cfg.backend.name, cfg.backend.module)
+    o = cfg.optimizer
+    if o.name not in optimizers.RULES:
+        raise ConfigError(f"optimizer={o.name} has no update rule; runner.optimizers has {', '.join(optimizers.RULES)}")
+    optimizer = optimizers.Optimizer(o.name, *(values[key] if key in values else OmegaConf.select(cfg, key) for key in
+                                               ("lr", "optimizer.momentum", "optimizer.beta1", "optimizer.beta2", "optimizer.eps")))
+    device = engine.resolve_device(cfg.device.value)
+    problem = engines.Problem(loss, x_start, cfg.epochs, optimizer, cfg.dtype.value, device,
+                              cfg.stop.diverge_above, cfg.seed, cfg.stop.tolerance,
+                              keep_bytes=cfg.batch.trajectory_mb * 2**20 if grid else None)
+    if grid:
+        _check_memory(problem, grid)
+    return problem, engine, grid
+
+
+def _start(cfg: DictConfig, loss: losses.Loss, batched: Optional[np.ndarray], count: int) -> np.ndarray:
+    """x_start of every point, (points, *shape) float64."""
+    starts = batched if batched is not None else np.array([schema.start_point(cfg.x_start)])
+    shape = loss.shape(starts[0])
+    if cfg.dim is not None:
+        if loss.dim is not None and loss.dim != cfg.dim:
+            raise ConfigError(f"dim={cfg.dim} is not allowed: loss={loss.name} has {loss.dim} coordinates")
+        shape = () if cfg.dim == 1 else (cfg.dim,)
+    if shape and starts.shape[1] not in (1, shape[0]):
+        raise ConfigError(f"x_start={cfg.x_start if batched is None else starts[0].tolist()} is not allowed: "
+                          f"x has {shape[0]} coordinates (give {shape[0]} numbers, or one for all)")
+    per_point = starts if shape else starts[:, 0]
+    return np.broadcast_to(per_point.reshape(len(starts), *([-1] if shape else [])), (count, *shape)).copy()
+
+
+def _check_memory(problem: engines.Problem, grid: points.Points) -> None:
+    needed = points.memory_needed(problem.points, int(np.prod(problem.shape)), np.dtype(problem.dtype).itemsize,
+                                  problem.keep_bytes)
+    available = points.memory_available()
+    if available is not None and needed > available:
+        raise ConfigError(
+            f"hydra.sweeper.batch: a batch of {problem.points} points ({grid.name()}, x of "
+            f"{int(np.prod(problem.shape))} coordinates) needs about {needed / 2**30:.1f} GB of memory, more than "
+            f"the {available / 2**30:.1f} GB available: sweep fewer values, or batch fewer keys "
+            f"(hydra.sweeper.batch=[lr])")
