@@ -193,8 +193,8 @@ def read_points(path: Path) -> dict[str, list[str]]:
 
 def write_trajectories(path: Path, grid: Points, result: descent.Descent) -> Path:
     """The kept rows in one compressed file: `points` (their indices), `x`, `loss`, `grad`
-    ((kept, rows, ...), NaN after each point's last row), `norms` past RECORDED coordinates, and
-    each batched key's values at those points (`lr`, `optimizer.momentum`, ...)."""
+    ((rows, kept, ...): column k is the k-th kept point, NaN after its last row), `norms` past
+    RECORDED coordinates, and each batched key's values at those points (`lr`, ...)."""
     arrays = {"points": result.kept, "x": result.x, "loss": result.loss, "grad": result.grad,
               **{key: values[result.kept] for key, values in grid.all_values().items()}}
     if result.norms is not None:

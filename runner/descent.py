@@ -73,22 +73,23 @@ class Trajectory:
 
 @dataclass(frozen=True)
 class Descent:
-    """A batch's result: every point's summary, and the whole rows of the points in `kept`
-    (arrays (kept, rows, ...), NaN after each point's last row)."""
+    """A batch's result: every point's summary, and the whole rows of the points in `kept`:
+    arrays (rows, kept, ...) as the engines compute them (turning them point-first would copy
+    them, slowly), NaN after each point's last row."""
 
     summary: Summary
     kept: np.ndarray  # the indices of the points whose rows are kept, ascending
     x: np.ndarray
     loss: np.ndarray
     grad: np.ndarray
-    norms: Optional[np.ndarray]  # (kept, rows, 2): |x|, |grad|, for a parameter recorded by its head
+    norms: Optional[np.ndarray]  # (rows, kept, 2): |x|, |grad|, for a parameter recorded by its head
     device: str
 
     def trajectory(self, k: int = 0) -> Trajectory:
         """The rows of the k-th kept point, up to its last."""
         rows = int(self.summary.epochs_run[self.kept[k]]) + 1
-        norms = (None, None) if self.norms is None else (self.norms[k, :rows, 0], self.norms[k, :rows, 1])
-        return Trajectory(self.x[k, :rows], self.loss[k, :rows], self.grad[k, :rows], self.device, *norms)
+        norms = (None, None) if self.norms is None else (self.norms[:rows, k, 0], self.norms[:rows, k, 1])
+        return Trajectory(self.x[:rows, k], self.loss[:rows, k], self.grad[:rows, k], self.device, *norms)
 
 
 def descend(problem: Problem, engine: ModuleType) -> Descent:
@@ -100,8 +101,8 @@ def descend(problem: Problem, engine: ModuleType) -> Descent:
     >>> square = Loss("square", p("loss.value", "x**2"), (p("loss.grad", "2*x"),), minimiser=(p("m", "0"),))
     >>> problem = engines.Problem(square, np.array([5.0, 5.0]), 2, Optimizer("sgd", np.array([0.3, 0.75])), "float64")
     >>> d = descend(problem, engines.load("numpy"))
-    >>> d.x.tolist(), d.summary.rate.tolist()
-    ([[5.0, 2.0, 0.8], [5.0, -2.5, 1.25]], [0.4, 0.5])
+    >>> d.trajectory(1).x.tolist(), d.summary.rate.tolist()
+    ([5.0, -2.5, 1.25], [0.4, 0.5])
     """
     stepper = engine.start(problem)
     tally = Tally(problem.points, problem.tolerance, problem.diverge_above, problem.dtype,
@@ -109,32 +110,39 @@ def descend(problem: Problem, engine: ModuleType) -> Descent:
     total = problem.epochs + 1
     size = piece_rows(problem)
     keep = kept_points(problem)
+    every = len(keep) == problem.points  # then the rows are kept as they come, without a copy
     pieces = []
     done = 0
     while done < total and tally.alive.any():
-        rows = stepper(min(size, total - done))
+        # Every piece asks for the same number of rows, so that a compiled loop (TensorFlow,
+        # JAX) compiles once; the last piece's rows past the last epoch are dropped.
+        rows = stepper(size)
+        if len(rows) > total - done:
+            rows = Rows(*(None if a is None else a[: total - done] for a in (rows.x, rows.loss, rows.grad, rows.norms)))
         if len(rows) == 0:
             break
         tally.add(rows)
-        pieces.append(Rows(rows.x[:, keep], rows.loss[:, keep], rows.grad[:, keep],
-                           None if rows.norms is None else rows.norms[:, keep]))
+        pieces.append(rows if every else Rows(rows.x[:, keep], rows.loss[:, keep], rows.grad[:, keep],
+                                                None if rows.norms is None else rows.norms[:, keep]))
         done += len(rows)
         if problem.progress:
             problem.progress(done)
     summary = tally.summary()
     x, loss, grad, norms = (_stacked([getattr(p, name) for p in pieces]) for name in ("x", "loss", "grad", "norms"))
-    after = np.arange(loss.shape[1])[None, :] > summary.epochs_run[keep][:, None]  # rows not run
-    for array in (x, loss, grad, norms):
-        if array is not None:
-            array[after] = np.nan
+    for k in np.flatnonzero(summary.epochs_run[keep] < done - 1):  # rows past a point's last are not kept
+        for array in (x, loss, grad, norms):
+            if array is not None:
+                array[summary.epochs_run[keep[k]] + 1:, k] = np.nan
     return Descent(summary, keep, x, loss, grad, norms, stepper.device)
 
 
 def _stacked(parts: list) -> Optional[np.ndarray]:
-    """Pieces (rows, kept, ...) joined and turned point-first: (kept, rows, ...)."""
+    """Pieces (rows, kept, ...) joined: no copy for one piece an engine made writable."""
     if parts[0] is None:
         return None
-    return np.moveaxis(np.concatenate(parts), 0, 1).copy()
+    if len(parts) == 1 and parts[0].flags.writeable:
+        return parts[0]
+    return np.concatenate(parts)
 
 
 def _minimiser(problem: Problem) -> Optional[np.ndarray]:
@@ -160,7 +168,7 @@ def row_values(problem: Problem) -> int:
 
 def piece_rows(problem: Problem) -> int:
     """Rows per piece: all of them when they fit PIECE_BYTES; about PROGRESS_PIECES pieces of
-    at least CHECK_EVERY rows with a progress bar.
+    at least CHECK_EVERY rows with a progress bar. Every piece has this many (the last is cut).
 
     >>> from runner.losses import Loss
     >>> from runner.optimizers import Optimizer

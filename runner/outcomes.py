@@ -10,8 +10,10 @@ one value per point of each summary quantity (the definitions below, and nowhere
 - steps_to_tolerance: the first row whose gradient norm is within the tolerance;
 - rate: the measured convergence rate, for a loss that knows its minimiser x*: the geometric
   mean, per epoch, of the contraction (or growth, above 1) of e_k = |x_k - x*| over the epochs
-  before e_k first reaches the dtype's resolution (`resolution`), (e_K / e_0)^(1/K). When e_1
-  is already there, the rate is e_1 / e_0 (0 when x lands on x*, as at lr = 0.5 on y = x^2).
+  before e_k settles at the dtype's resolution (`resolution`): (e_K / e_0)^(1/K), K the last
+  row at which e_K is above it (a row of exactly x* that momentum carries on past does not end
+  the measurement). When every row after the first is there, the rate is e_1 / e_0 (0 when x
+  lands on x* for good, as at lr = 0.5 on y = x^2).
 """
 
 from __future__ import annotations
@@ -90,6 +92,16 @@ def distance(difference: np.ndarray) -> np.ndarray:
     return largest * np.sqrt(np.sum(np.square(difference / scale[..., None]), axis=-1))
 
 
+def _first(mask: np.ndarray) -> np.ndarray:
+    """For (rows, points): each point's first row where `mask` holds, or the number of rows.
+
+    >>> _first(np.array([[False, True], [True, True], [False, False]])).tolist()
+    [1, 0]
+    """
+    first = mask.argmax(axis=0)
+    return np.where(mask[first, np.arange(mask.shape[1])], first, len(mask))
+
+
 class Tally:
     """Builds the Summary of a batch from its rows, piece by piece (`add`, then `summary`)."""
 
@@ -107,12 +119,11 @@ class Tally:
         self.final_x: Optional[np.ndarray] = None
         self.final_loss = np.full(points, np.nan)
         self.final_grad_norm = np.full(points, np.nan)
-        # the rate: e at row 0, the last row before |x - x*| reached the resolution, and its e
+        # the rate: e at rows 0 and 1, and the last row at which e was above the resolution
         self.resolution = None if minimiser is None else resolution(
             dtype, np.sqrt(np.sum(np.square(minimiser.reshape(-1, np.prod(minimiser.shape[1:], dtype=int))), axis=1)))
-        self.e0 = np.full(points, np.nan)
-        self.k_last, self.e_last = np.zeros(points, int), np.full(points, np.nan)
-        self.reached_at, self.e_reached = np.full(points, -1), np.full(points, np.nan)
+        self.e0, self.e1 = np.full(points, np.nan), np.full(points, np.nan)
+        self.k_last, self.e_last = np.full(points, -1), np.full(points, np.nan)
 
     def add(self, rows: Rows) -> None:
         with np.errstate(over="ignore", invalid="ignore"):  # a diverged point's values overflow
@@ -120,12 +131,10 @@ class Tally:
 
     def _add(self, rows: Rows) -> None:
         n, points = rows.loss.shape
-        was_alive = self.alive.copy()
-        bad = ~alive(rows.x, rows.loss, self.bound) & was_alive
-        diverged = bad.any(axis=0)
-        last = np.where(diverged, bad.argmax(axis=0), n - 1)  # each point's last row in this piece
-        index = np.arange(n)[:, None]
-        valid = (index <= last) & was_alive
+        counted = self.alive.copy()  # points still running: their rows here count up to `last`
+        first_bad = _first(~alive(rows.x, rows.loss, self.bound))
+        diverged = counted & (first_bad < n)
+        last = np.where(diverged, first_bad, n - 1)  # each point's last row in this piece
         self.diverged_at[diverged] = self.rows + last[diverged]
         self.alive &= ~diverged
 
@@ -133,45 +142,49 @@ class Tally:
         grad_norm = self._grad_norm(rows)
         if self.final_x is None:
             self.final_x = np.full(rows.x.shape[1:], np.nan, dtype=np.float64)
-        update = was_alive
-        self.final_x[update] = rows.x[last, every][update]
-        self.final_loss[update] = rows.loss[last, every][update]
-        self.final_grad_norm[update] = grad_norm[last, every][update]
-        self.last[update] = self.rows + last[update]
+        self.final_x[counted] = rows.x[last, every][counted]
+        self.final_loss[counted] = rows.loss[last, every][counted]
+        self.final_grad_norm[counted] = grad_norm[last, every][counted]
+        self.last[counted] = self.rows + last[counted]
 
-        within = valid & (grad_norm <= self.tolerance) & (self.steps < 0)
-        first = within.any(axis=0)
-        self.steps[first] = self.rows + within.argmax(axis=0)[first]
+        first_within = _first(grad_norm <= self.tolerance)
+        hit = counted & (self.steps < 0) & (first_within <= last)
+        self.steps[hit] = self.rows + first_within[hit]
 
         if self.resolution is not None:
-            self._add_distances(rows, valid)
+            self._add_distances(rows, np.where(counted, last, -1))
         self.rows += n
 
     def _grad_norm(self, rows: Rows) -> np.ndarray:
         if rows.norms is not None:
-            return rows.norms[..., 1].astype(np.float64)
+            return rows.norms[..., 1]
+        if rows.grad.ndim == 2:  # a scalar parameter
+            return np.abs(rows.grad)
         grad = rows.grad.reshape(*rows.loss.shape, -1).astype(np.float64)
         return np.sqrt(np.sum(np.square(grad), axis=-1))
 
-    def _add_distances(self, rows: Rows, valid: np.ndarray) -> None:
+    def _add_distances(self, rows: Rows, last: np.ndarray) -> None:
+        """`last`: each point's last row in this piece that counts (-1: none)."""
         n, points = rows.loss.shape
         if self.by_norm:
             e = rows.norms[..., 0].astype(np.float64)
+        elif rows.x.ndim == 2:  # a scalar parameter: |x - x*| in x's dtype, in place (the bulk of the work)
+            e = rows.x - self.minimiser.astype(rows.x.dtype)
+            np.abs(e, out=e)
         else:
             e = distance((rows.x.astype(np.float64) - self.minimiser).reshape(n, points, -1))
-        if self.rows == 0:
-            self.e0 = e[0].copy()
-        counting = valid & (self.reached_at < 0)
-        reaches = counting & (e <= self.resolution)
-        reached = reaches.any(axis=0)
-        first_reach = np.where(reached, reaches.argmax(axis=0), n)
-        self.e_reached[reached] = e[first_reach[reached], np.flatnonzero(reached)]
-        self.reached_at[reached] = self.rows + first_reach[reached]
-        measured = counting & (np.arange(n)[:, None] < first_reach) & np.isfinite(e)
-        has = measured.any(axis=0)
-        last = n - 1 - measured[::-1].argmax(axis=0)
-        self.k_last[has] = self.rows + last[has]
-        self.e_last[has] = e[last[has], np.flatnonzero(has)]
+        for row, value in ((0, self.e0), (1, self.e1)):  # e_0 and e_1, in whichever piece they come
+            if self.rows <= row < self.rows + n:
+                value[:] = np.where(last >= row - self.rows, e[row - self.rows], np.nan)
+        above = e > self.resolution.astype(e.dtype)
+        above &= e < np.inf
+        cut = np.flatnonzero(last < n - 1)  # points that diverged here, or before
+        if cut.size:
+            above[:, cut] &= np.arange(n)[:, None] <= last[cut]
+        has = above.any(axis=0)
+        last_above = n - 1 - above[::-1].argmax(axis=0)
+        self.k_last[has] = self.rows + last_above[has]
+        self.e_last[has] = e[last_above[has], np.flatnonzero(has)]
 
     def summary(self) -> Summary:
         outcome = np.where(self.diverged_at >= 0, DIVERGED,
@@ -187,6 +200,6 @@ class Tally:
             start = (self.e0 > self.resolution) & np.isfinite(self.e0)
             over_epochs = start & (self.k_last >= 1)
             rate[over_epochs] = (self.e_last[over_epochs] / self.e0[over_epochs]) ** (1.0 / self.k_last[over_epochs])
-            in_one = start & (self.k_last == 0) & (self.reached_at == 1)
-            rate[in_one] = self.e_reached[in_one] / self.e0[in_one]
+            in_one = start & (self.k_last == 0) & np.isfinite(self.e1)
+            rate[in_one] = self.e1[in_one] / self.e0[in_one]
         return rate

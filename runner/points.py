@@ -183,11 +183,12 @@ def job_overrides(batched: Sequence[Any]) -> list[str]:
 
 def memory_needed(points: int, coordinates: int, itemsize: int, keep_bytes: Optional[int]) -> int:
     """Bytes a batch holds at its peak, about: per coordinate of every point x, the gradient, the
-    rule's state and the temporaries of a step (10 arrays), per point its summary (12 numbers
-    and its final x, float64), three pieces of rows in flight, and the trajectories kept."""
+    rule's state and the temporaries of a step (10 arrays), per point its start and summary (12
+    numbers, its x_start and final x, float64), three pieces of rows in flight, and the
+    trajectories kept."""
     from runner.descent import PIECE_BYTES
 
-    per_point = 10 * coordinates * itemsize + (12 + coordinates) * 8
+    per_point = 10 * coordinates * itemsize + (12 + 2 * coordinates) * 8
     return points * per_point + 3 * PIECE_BYTES + (keep_bytes or 0)
 
 

@@ -31,7 +31,14 @@ def build(cfg: DictConfig) -> tuple[engines.Problem, ModuleType, Optional[points
     constants = {key[len(points.LOSS_CONSTANT):]: v for key, v in values.items() if key.startswith(points.LOSS_CONSTANT)}
     if constants:
         loss = loss.with_constants(constants)
-    x_start = _start(cfg, loss, values.get("x_start"), grid.count if grid else 1)
+    starts = values["x_start"] if "x_start" in values else np.array([schema.start_point(cfg.x_start)])
+    shape = _shape(cfg, loss, starts)
+    count = grid.count if grid else 1
+    keep_bytes = cfg.batch.trajectory_mb * 2**20 if grid else None
+    if grid:  # before any array of the batch is made
+        _check_memory(grid, shape, np.dtype(cfg.dtype.value).itemsize, keep_bytes)
+    x_start = np.broadcast_to((starts if shape else starts[:, 0]).reshape(len(starts), *([-1] if shape else [])),
+                              (count, *shape)).copy()
     engine = engines.load(cfg.backend.name, cfg.backend.module)
     o = cfg.optimizer
     if o.name not in optimizers.RULES:
@@ -40,35 +47,30 @@ def build(cfg: DictConfig) -> tuple[engines.Problem, ModuleType, Optional[points
                                                ("lr", "optimizer.momentum", "optimizer.beta1", "optimizer.beta2", "optimizer.eps")))
     device = engine.resolve_device(cfg.device.value)
     problem = engines.Problem(loss, x_start, cfg.epochs, optimizer, cfg.dtype.value, device,
-                              cfg.stop.diverge_above, cfg.seed, cfg.stop.tolerance,
-                              keep_bytes=cfg.batch.trajectory_mb * 2**20 if grid else None)
-    if grid:
-        _check_memory(problem, grid)
+                              cfg.stop.diverge_above, cfg.seed, cfg.stop.tolerance, keep_bytes=keep_bytes)
     return problem, engine, grid
 
 
-def _start(cfg: DictConfig, loss: losses.Loss, batched: Optional[np.ndarray], count: int) -> np.ndarray:
-    """x_start of every point, (points, *shape) float64."""
-    starts = batched if batched is not None else np.array([schema.start_point(cfg.x_start)])
+def _shape(cfg: DictConfig, loss: losses.Loss, starts: np.ndarray) -> tuple[int, ...]:
+    """The shape of one point's x, from the loss, `dim` and x_start (one row per point)."""
     shape = loss.shape(starts[0])
     if cfg.dim is not None:
         if loss.dim is not None and loss.dim != cfg.dim:
             raise ConfigError(f"dim={cfg.dim} is not allowed: loss={loss.name} has {loss.dim} coordinates")
         shape = () if cfg.dim == 1 else (cfg.dim,)
     if shape and starts.shape[1] not in (1, shape[0]):
-        raise ConfigError(f"x_start={cfg.x_start if batched is None else starts[0].tolist()} is not allowed: "
-                          f"x has {shape[0]} coordinates (give {shape[0]} numbers, or one for all)")
-    per_point = starts if shape else starts[:, 0]
-    return np.broadcast_to(per_point.reshape(len(starts), *([-1] if shape else [])), (count, *shape)).copy()
+        shown = cfg.x_start if len(starts) == 1 else starts[0].tolist()
+        raise ConfigError(f"x_start={shown} is not allowed: x has {shape[0]} coordinates "
+                          f"(give {shape[0]} numbers, or one for all)")
+    return shape
 
 
-def _check_memory(problem: engines.Problem, grid: points.Points) -> None:
-    needed = points.memory_needed(problem.points, int(np.prod(problem.shape)), np.dtype(problem.dtype).itemsize,
-                                  problem.keep_bytes)
+def _check_memory(grid: points.Points, shape: tuple[int, ...], itemsize: int, keep_bytes: int) -> None:
+    coordinates = int(np.prod(shape))
+    needed = points.memory_needed(grid.count, coordinates, itemsize, keep_bytes)
     available = points.memory_available()
     if available is not None and needed > available:
         raise ConfigError(
-            f"hydra.sweeper.batch: a batch of {problem.points} points ({grid.name()}, x of "
-            f"{int(np.prod(problem.shape))} coordinates) needs about {needed / 2**30:.1f} GB of memory, more than "
-            f"the {available / 2**30:.1f} GB available: sweep fewer values, or batch fewer keys "
-            f"(hydra.sweeper.batch=[lr])")
+            f"hydra.sweeper.batch: a batch of {grid.count} points ({grid.name()}, x of {coordinates} coordinates) "
+            f"needs about {needed / 2**30:.1f} GB of memory, more than the {available / 2**30:.1f} GB available: "
+            f"sweep fewer values, or batch fewer keys (hydra.sweeper.batch=[lr])")

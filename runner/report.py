@@ -38,7 +38,10 @@ log = logging.getLogger("runner")
 SETTINGS = ["backend", "optimizer", "loss", "lr"]
 RESULTS = ["final_x", "final_loss", "outcome", "steps_to_tolerance", "rate", "wall_time_s", "parity"]
 COLUMNS = SETTINGS + RESULTS
-HEADERS = {"final_x": "final x", "final_loss": "final loss", "steps_to_tolerance": "steps", "wall_time_s": "wall s"}
+HEADERS = {"final_x": "final x", "final_loss": "final loss", "steps_to_tolerance": "steps", "wall_time_s": "wall s",
+           # a batch's points
+           "final_grad_norm": "final |grad|", "epochs_run": "epochs", "diverged_at": "diverged at",
+           "spectral_radius": "spectral radius", "trajectory": "kept as"}
 
 
 @dataclass

@@ -77,6 +77,18 @@ def runs_of(uri: str, experiment: str = "runner", sweeps: bool = False) -> list:
     return [run for run in runs if (run.data.tags.get("kind") == "sweep") == sweeps]
 
 
+def snapshot(uri: str) -> list:
+    """Everything a bad command could have changed: experiments, and every run's state."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    experiments = client.search_experiments()
+    runs = client.search_runs([e.experiment_id for e in experiments])
+    return sorted([("experiment", e.name, e.lifecycle_stage) for e in experiments]) + sorted(
+        (r.info.run_id, r.info.status, r.info.end_time, len(r.data.metrics), len(r.data.params),
+         len(r.data.tags)) for r in runs)
+
+
 def missing_service(what: str, how: str) -> None:
     """Skip a test whose outside program is not installed here; under `.ci/run`
     (RUNNER_REQUIRE_SERVICES=1) that is a failure instead, so CI cannot pass by skipping."""

@@ -76,7 +76,7 @@ def test_each_point_of_a_batch_stops_on_its_own(backend):
     s = result.summary
     assert s.outcome.tolist() == ["converged", "diverged", "diverged"]
     assert s.diverged_at.tolist() == [-1, 18, 129] and s.epochs_run.tolist() == [300, 18, 129]
-    assert np.isnan(result.x[1, 19:]).all() and np.isfinite(result.x[1, :19]).all()
+    assert np.isnan(result.x[19:, 1]).all() and np.isfinite(result.x[:19, 1]).all()
     np.testing.assert_allclose(result.trajectory(2).x, 5.0 * (-1.1) ** np.arange(130), rtol=1e-12)
     np.testing.assert_allclose(s.rate, [0.4, 2.0, 1.1], rtol=1e-9)
 
@@ -91,3 +91,11 @@ def test_the_measured_rate_is_one_minus_two_lr_until_the_resolution(dtype, toler
     measured = result.summary.rate
     assert measured[lr == 0.5] == 0.0  # x lands on 0 in one step
     np.testing.assert_allclose(measured[lr != 0.5], theory[lr != 0.5], rtol=tolerance)
+
+
+def test_a_row_exactly_at_the_minimiser_does_not_end_the_rate_when_momentum_carries_on():
+    """lr 0.5 with momentum 0.5 on y = x^2: x_1 = 0 exactly, then the momentum carries x past;
+    the rate is measured to the last row above the resolution: about the spectral radius, sqrt(1/2)."""
+    result = descend(single(SQUARE, 5.0, 200, Optimizer("momentum", 0.5, momentum=0.5), "float64"), engines.load("numpy"))
+    assert result.trajectory(0).x[1] == 0.0 and result.trajectory(0).x[2] == -2.5
+    assert result.summary.rate[0] == pytest.approx(np.sqrt(0.5), rel=0.02)

@@ -10,7 +10,7 @@ import sys
 import time
 
 import pytest
-from conftest import BACKENDS, REPO, backend_params, free_port, mlflow_server, run_cli, runs_of
+from conftest import BACKENDS, REPO, backend_params, free_port, mlflow_server, run_cli, runs_of, snapshot
 from mlflow import MlflowClient
 
 pytestmark = pytest.mark.slow
@@ -19,16 +19,6 @@ FIXTURES = REPO / "tests" / "fixtures"
 TEST_BACKENDS = f"hydra.searchpath=[file://{FIXTURES / 'conf'}]"  # backend=failing, backend=hanging
 TEST_ENGINES = {"PYTHONPATH": f"{REPO}{os.pathsep}{FIXTURES}"}
 LARGEST_GROUP = max(len(list(group.glob("*.yaml"))) for group in (REPO / "conf").iterdir() if group.is_dir())
-
-
-def snapshot(uri: str) -> list:
-    """Everything a bad command could have changed: experiments, and every run's state."""
-    client = MlflowClient(uri)
-    experiments = client.search_experiments()
-    runs = client.search_runs([e.experiment_id for e in experiments])
-    return sorted([("experiment", e.name, e.lifecycle_stage) for e in experiments]) + sorted(
-        (r.info.run_id, r.info.status, r.info.end_time, len(r.data.metrics), len(r.data.params),
-         len(r.data.tags)) for r in runs)
 
 
 @pytest.fixture

@@ -166,5 +166,8 @@ def alive(x: np.ndarray, loss: np.ndarray, bound: float) -> np.ndarray:
     [True, False, False]
     """
     with np.errstate(invalid="ignore"):
-        flat = np.abs(x.reshape(*loss.shape, -1))
-        return np.isfinite(loss) & np.all(flat <= bound, axis=-1)  # NaN fails `<=`
+        if x.ndim == loss.ndim:  # a scalar parameter
+            ok = np.abs(x) <= bound  # NaN fails `<=`
+            ok &= np.isfinite(loss)
+            return ok
+        return np.isfinite(loss) & np.all(np.abs(x.reshape(*loss.shape, -1)) <= bound, axis=-1)

@@ -89,15 +89,10 @@ def start(problem: Problem):
 
     x0 = on_device(problem.x_start)
     carry = [(x0, jax.jit(lambda x, values: descent(values)[0](x))(x0, batched))]
-    compiled: list[int] = []
 
-    def step(count: int) -> Rows:
-        # Every piece runs the first piece's length (one compilation); the last, shorter piece
-        # drops the rows it did not ask for.
-        length = compiled[0] if compiled and count <= compiled[0] else count
-        compiled[:1] = [length]
-        carry[0], rows = run(carry[0], batched, length)
-        rows = [np.asarray(jax.device_get(r))[:count] for r in rows]
+    def step(count: int) -> Rows:  # runner.descent asks for pieces of one length: one compilation
+        carry[0], rows = run(carry[0], batched, count)
+        rows = [np.asarray(jax.device_get(r)) for r in rows]
         return Rows(*rows[:3], None if head is None else np.stack(rows[3:], axis=-1))
 
     step.device = str(x0.devices().pop())

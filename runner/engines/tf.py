@@ -67,8 +67,8 @@ def start(problem: Problem):
         value = tf.autograph.experimental.do_not_convert(problem.loss.objective(OPS, problem.shape, convert))
         init, update = optimizers.rule(problem.optimizer, OPS,
                                        lambda v: convert(problem.per_point(v).reshape(broadcast_shape(problem))))
-        carry = [tf.constant(problem.x_start, dt)]
-        carry.append(init(carry[0]))
+        x0 = tf.constant(problem.x_start, dt)
+        carry = [x0, init(x0)]
         bound = tf.constant(problem.diverge_above, dt)
 
         @tf.function(jit_compile=True)  # XLA: about 3x fewer microseconds a step than the graph alone

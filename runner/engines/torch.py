@@ -61,9 +61,9 @@ def start(problem: Problem):
                 (grad,) = torch.autograd.grad(y, x, ones)
                 if head is None:
                     rows.append((x, y, grad))  # no copies: x is replaced, never changed, by the update
-                else:
+                else:  # copies of the heads: a view would keep every step's whole x alive
                     with torch.no_grad():
-                        rows.append(record(x, y, grad, head, norm))
+                        rows.append(tuple(v.clone() for v in record(x, y, grad, head, norm)))
                 x, state = update(grad, state, x.detach())  # the update after the last row is discarded
                 x.requires_grad_()
             last = rows[-1]
