@@ -78,7 +78,9 @@ class _Batch:
         self.points = read_points(path) if path else {}
         found = store.download(record.run_id, "trajectories.npz", folder)
         self.trajectories = dict(np.load(found)) if found else {}
-        self.maps = [p for p in [store.download(record.run_id, "rate_map.png", folder)] if p]
+        figures = store.client.list_artifacts(record.run_id)
+        self.figures = {f.path: store.download(record.run_id, f.path, folder) for f in figures
+                        if f.path.endswith(".png")}
 
     @property
     def settings(self) -> tuple:
@@ -158,23 +160,27 @@ def _write_points(path: Path, batches: list[_Batch]) -> None:
 
 def _figures(batches: list[_Batch], out: Path) -> list[Path]:
     """With one batched key in every batch: every batch against it in one figure (theory from the
-    first batch, whose settings the others share but for the backend). Each batch's rate map,
-    copied, where it has one."""
+    first batch, whose settings the others share but for the backend); with one batch, its own
+    figure. Each batch's rate map, copied, where it has one."""
     paths = []
     keys = {tuple(k for k in b.batched if k != "x_start") for b in batches if b.points}
     if len(keys) == 1 and len(next(iter(keys))) == 1:
         (key,) = next(iter(keys))
-        series = [(f"{b.record.params.get('backend')} {b.record.params.get('optimizer')}", b.column(key),
-                   b.column("final_loss"), b.column("rate"), np.array(b.points["outcome"]) == DIVERGED)
-                  for b in batches if b.points]
-        first = next(b for b in batches if b.points)
-        theory = (first.column(key), first.column("spectral_radius")) if "spectral_radius" in first.points else None
-        bound = first.record.metrics.get("largest_stable_lr_theory") if key == "lr" else None
-        paths.append(out / f"batch_{key.rsplit('.', 1)[-1]}.png")
-        plots.batch_figure(key, series, theory, bound).savefig(paths[-1])
+        name = f"batch_{key.rsplit('.', 1)[-1]}.png"
+        paths.append(out / name)
+        if len(batches) == 1 and name in batches[0].figures:
+            paths[-1].write_bytes(batches[0].figures[name].read_bytes())
+        else:
+            series = [(f"{b.record.params.get('backend')} {b.record.params.get('optimizer')}", b.column(key),
+                       b.column("final_loss"), b.column("rate"), np.array(b.points["outcome"]) == DIVERGED)
+                      for b in batches if b.points]
+            first = next(b for b in batches if b.points)
+            theory = (first.column(key), first.column("spectral_radius")) if "spectral_radius" in first.points else None
+            bound = first.record.metrics.get("largest_stable_lr_theory") if key == "lr" else None
+            plots.batch_figure(key, series, theory, bound).savefig(paths[-1])
     for b in batches:
-        for found in b.maps:
+        if "rate_map.png" in b.figures:
             target = out / f"rate_map_{b.record.params.get('backend')}_{b.record.params.get('optimizer')}.png"
-            target.write_bytes(found.read_bytes())
+            target.write_bytes(b.figures["rate_map.png"].read_bytes())
             paths.append(target)
     return paths
