@@ -180,9 +180,10 @@ BATCH_POINTS = 10_000
 BATCH_EPOCHS = 200
 
 
-def point_step(backend, repeats):
-    """Nanoseconds per point-step of a batch of BATCH_POINTS learning rates on y = x^2, float32:
-    (t(2E) - t(E)) / E / points with E = BATCH_EPOCHS, so tracing and compiling cancel out."""
+def point_step(backend, repeats, epochs=1000):
+    """Nanoseconds per point-step of a batch of BATCH_POINTS learning rates on y = x^2, float32,
+    the engine and runner.descent's tally together: (t(2E) - t(E)) / E / points, so tracing and
+    compiling cancel out; E = 1000, for a difference well above the machine's noise."""
     import numpy as np
 
     from runner import engines
@@ -198,9 +199,9 @@ def point_step(backend, repeats):
         descend(problem, engine)
         return time.perf_counter() - started
 
-    run(BATCH_EPOCHS)  # warm-up
-    differences = [max(1e-9, run(2 * BATCH_EPOCHS) - run(BATCH_EPOCHS)) for _ in range(repeats)]
-    return statistics.median(differences) / BATCH_EPOCHS / BATCH_POINTS * 1e9
+    run(epochs)  # warm-up
+    differences = [max(1e-9, run(2 * epochs) - run(epochs)) for _ in range(repeats)]
+    return statistics.median(differences) / epochs / BATCH_POINTS * 1e9
 
 
 def measure_engine(backend, repeats):

