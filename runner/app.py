@@ -8,7 +8,6 @@ with `batch.sweep` set (a group of a batched sweep) one batch of points (`runner
 from __future__ import annotations
 
 import csv
-import dataclasses
 import logging
 import math
 import sys
@@ -21,7 +20,7 @@ import numpy as np
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from runner import batch, descent, engines, outcomes, plots, progress, provenance, schema, sweep, theory
+from runner import batch, descent, engines, outcomes, plots, provenance, schema, sweep, theory
 from runner.points import Points
 from runner.problem import build
 
@@ -75,14 +74,7 @@ def descend_and_record(store, run_id: str, cfg: DictConfig, problem: engines.Pro
                        hydra_cfg: Any) -> descent.Trajectory:
     """The descent, then everything it produced: metrics, outcome, files, the terminal lines."""
     label = f"[{sweep.position(hydra_cfg)}{cfg.backend.name} {problem.optimizer.name} lr={cfg.lr}]"
-    bar = None if sweep.shares_terminal(hydra_cfg) else progress.for_terminal(label, problem.epochs + 1)
-    started = time.perf_counter()
-    try:
-        result = descent.descend(dataclasses.replace(problem, progress=bar), engine)
-    finally:
-        if bar:
-            bar.close()
-    wall_time = time.perf_counter() - started
+    result, wall_time = descent.timed(problem, engine, None if sweep.shares_terminal(hydra_cfg) else label)
     trajectory, summary = result.trajectory(0), result.summary
     log.debug("descent: %d rows in %.3f s", len(trajectory.x), wall_time)
     store.log_trajectory(run_id, trajectory, cfg.mlflow.max_logged_steps)

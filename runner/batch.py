@@ -20,10 +20,8 @@ records in its one MLflow run.
 from __future__ import annotations
 
 import csv
-import dataclasses
 import logging
 import math
-import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +30,7 @@ from typing import Any, Optional
 import numpy as np
 from omegaconf import DictConfig
 
-from runner import descent, engines, outcomes, plots, progress, sweep, theory
+from runner import descent, engines, outcomes, plots, sweep, theory
 from runner.points import Points
 
 log = logging.getLogger("runner")
@@ -66,14 +64,7 @@ def descend_and_record(store, run_id: str, cfg: DictConfig, problem: engines.Pro
                        grid: Points, hydra_cfg: Any) -> float:
     """The batch's descent, then its records; returns the best final loss."""
     label = f"[{sweep.position(hydra_cfg)}{cfg.backend.name} {problem.optimizer.name} {grid.name()}]"
-    bar = None if sweep.shares_terminal(hydra_cfg) else progress.for_terminal(label, problem.epochs + 1)
-    started = time.perf_counter()
-    try:
-        result = descent.descend(dataclasses.replace(problem, progress=bar), engine)
-    finally:
-        if bar:
-            bar.close()
-    wall_time = time.perf_counter() - started
+    result, wall_time = descent.timed(problem, engine, None if sweep.shares_terminal(hydra_cfg) else label)
     radius = theory.of_problem(problem)
     table = point_table(grid, result, radius, rerun_overrides(hydra_cfg, grid))
 

@@ -14,7 +14,9 @@ trajectories kept (every point's, or past `problem.keep_bytes` an evenly spaced 
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import time
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Optional
@@ -134,6 +136,21 @@ def descend(problem: Problem, engine: ModuleType) -> Descent:
             if array is not None:
                 array[summary.epochs_run[keep[k]] + 1:, k] = np.nan
     return Descent(summary, keep, x, loss, grad, norms, stepper.device)
+
+
+def timed(problem: Problem, engine: ModuleType, bar_label: Optional[str]) -> tuple[Descent, float]:
+    """`descend`, with a progress bar under `bar_label` on a terminal (None: no bar), and the
+    seconds it took."""
+    from runner import progress
+
+    bar = None if bar_label is None else progress.for_terminal(bar_label, problem.epochs + 1)
+    started = time.perf_counter()
+    try:
+        result = descend(dataclasses.replace(problem, progress=bar), engine)
+    finally:
+        if bar:
+            bar.close()
+    return result, time.perf_counter() - started
 
 
 def _stacked(parts: list) -> Optional[np.ndarray]:
