@@ -81,12 +81,15 @@ def test_each_point_of_a_batch_stops_on_its_own(backend):
     np.testing.assert_allclose(s.rate, [0.4, 2.0, 1.1], rtol=1e-9)
 
 
+@pytest.mark.parametrize("backend", backend_params())
 @pytest.mark.parametrize("dtype, tolerance", [("float64", 1e-6), ("float32", 1e-3)])
-def test_the_measured_rate_is_one_minus_two_lr_until_the_resolution(dtype, tolerance):
+def test_the_measured_rate_is_one_minus_two_lr_until_the_resolution(backend, dtype, tolerance):
     """x_k = 5 (1 - 2 lr)^k on y = x^2: the rate is |1 - 2 lr| for every lr, whether x reaches
     the dtype's smallest numbers within the run (lr = 0.3: rows past it are not measured) or not."""
     lr = np.array([0.001, 0.1, 0.25, 0.3, 0.45, 0.499, 0.5, 0.501, 0.75, 0.999, 1.0, 1.001, 1.2])
-    result = descend(Problem(SQUARE, np.full(len(lr), 5.0), 2000, Optimizer("sgd", lr), dtype), engines.load("numpy"))
+    engine = engines.load(backend)
+    result = descend(Problem(SQUARE, np.full(len(lr), 5.0), 2000, Optimizer("sgd", lr), dtype,
+                             engine.resolve_device("cpu")), engine)
     theory = np.abs(1 - 2 * lr)
     measured = result.summary.rate
     assert measured[lr == 0.5] == 0.0  # x lands on 0 in one step
