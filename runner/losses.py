@@ -34,6 +34,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import math
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional, Sequence
 
@@ -114,28 +115,114 @@ def _for_points(tree: ast.expr) -> ast.expr:
     return _ForPoints().visit(copy.deepcopy(tree))
 
 
+# What an expression may cost, so that any string is either computed in bounded time or refused
+# at once: its length, how deep its operations nest (parsing, compiling and differentiating
+# recurse that deep), and constant parts computed when it is parsed, in floating point, so
+# that no tower of integer powers (9**9**9) is ever worked out in Python's exact integers.
+MAX_LENGTH = 2000
+MAX_DEPTH = 100
+
+
 def parse_expression(key: str, text: str, constants: Optional[Mapping[str, float]] = None,
                      variable: bool = True) -> Expression:
-    """Parse and check `text`; a ConfigError names `key` and the allowed syntax.
+    """Parse and check `text`; a ConfigError names `key` and the allowed syntax, or the limit.
 
     >>> parse_expression("loss.value", "a*x**2", {"a": 3.0}).text
     'a*x**2'
+    >>> ast.unparse(parse_expression("loss.value", "x**(2**3) + 10**-1*sin(0) - 2").tree)
+    'x ** 8 + 0 - 2'
     """
     constants = dict(constants or {})
     names = set(constants) | ({VARIABLE} if variable else set())
+    text = str(text).strip()
+    shown = _shown(text)
+    if len(text) > MAX_LENGTH:
+        raise ConfigError(f"{key}={shown}: {len(text)} characters; an expression may have at most {MAX_LENGTH}")
     try:
-        tree = ast.parse(str(text).strip(), mode="eval")
+        tree = ast.parse(text, mode="eval")
     except SyntaxError as error:
+        if "too many nested" in str(error.msg):  # the parser's own limit on parentheses
+            raise ConfigError(f"{key}={shown}: nested too deep; an expression may nest at most {MAX_DEPTH} deep")
         raise ConfigError(
-            f"{key}={text!r} is not an expression ({error.msg}); allowed: {_allowed_text(list(constants))}"
+            f"{key}={shown} is not an expression ({error.msg}); allowed: {_allowed_text(list(constants))}"
         )
+    except (RecursionError, MemoryError):  # the parser's own limit on nesting
+        raise ConfigError(f"{key}={shown}: nested too deep; an expression may nest at most {MAX_DEPTH} deep")
+    depth = _depth(tree)
+    if depth > MAX_DEPTH:
+        raise ConfigError(f"{key}={shown}: nested {depth} deep; an expression may nest at most {MAX_DEPTH} deep")
     for node in ast.walk(tree):
         problem = _problem(node, names)
         if problem:
             raise ConfigError(
-                f"{key}={text!r}: {problem} is not allowed; allowed: {_allowed_text(list(constants))}"
+                f"{key}={shown}: {problem} is not allowed; allowed: {_allowed_text(list(constants))}"
             )
-    return Expression(text=str(text), tree=tree.body, constants=constants)
+    return Expression(text=text, tree=_folded(tree.body, key, shown), constants=constants)
+
+
+def _shown(text: str, limit: int = 60) -> str:
+    """The text for a message: quoted, and cut short past `limit` characters."""
+    return repr(text) if len(text) <= limit else repr(text[: limit - 3] + "...")
+
+
+def _depth(tree: ast.AST) -> int:
+    """How deep the operations of `tree` nest (without recursing: the tree may be deep)."""
+    deepest, stack = 0, [(tree, 0)]
+    while stack:
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in ast.iter_child_nodes(node))
+    return deepest
+
+
+_MATH = {"sin": math.sin, "cos": math.cos, "tanh": math.tanh, "exp": math.exp, "log": math.log,
+         "sqrt": math.sqrt, "abs": abs}
+_ARITHMETIC = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b, ast.Mult: lambda a, b: a * b,
+               ast.Div: lambda a, b: a / b, ast.Pow: lambda a, b: a**b}
+
+
+def _folded(node: ast.expr, key: str, shown: str) -> ast.expr:
+    """`node` with every part made of numbers alone computed, in floating point (an integral
+    result that is exact stays an integer: `x**(2*2)` is `x**4`); a part that overflows, divides
+    by zero or leaves the real numbers is a ConfigError."""
+    if isinstance(node, ast.BinOp):
+        node = ast.BinOp(_folded(node.left, key, shown), node.op, _folded(node.right, key, shown))
+        parts = (node.left, node.right)
+    elif isinstance(node, ast.UnaryOp):
+        node = ast.UnaryOp(node.op, _folded(node.operand, key, shown))
+        parts = (node.operand,)
+    elif isinstance(node, ast.Call):
+        node = ast.Call(node.func, [_folded(a, key, shown) for a in node.args], [])
+        parts = tuple(node.args)
+    else:
+        return node
+    numbers = [_number(p) for p in parts]
+    if any(n is None for n in numbers):
+        return node
+    values = [float(n) for n in numbers]
+    try:
+        if isinstance(node, ast.BinOp):
+            value = _ARITHMETIC[type(node.op)](*values)
+        elif isinstance(node, ast.UnaryOp):
+            value = -values[0] if isinstance(node.op, ast.USub) else values[0]
+        else:
+            value = _MATH[node.func.id](values[0])
+    except (OverflowError, ZeroDivisionError, ValueError) as error:
+        raise ConfigError(f"{key}={shown}: its constant part {_shown(ast.unparse(node), 40)} cannot be computed "
+                          f"({error}); constants must stay finite real numbers")
+    if isinstance(value, complex) or not math.isfinite(value):
+        raise ConfigError(f"{key}={shown}: its constant part {_shown(ast.unparse(node), 40)} is not a finite real "
+                          f"number; constants must stay finite real numbers")
+    return _num(value)
+
+
+def _number(node: ast.expr) -> Optional[float]:
+    """The number a node of numbers alone stands for (`-2` parses as minus 2), else None."""
+    if isinstance(node, ast.Constant):
+        return node.value
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub) and isinstance(node.operand, ast.Constant):
+        return -node.operand.value
+    return None
 
 
 def _problem(node: ast.AST, names: set[str]) -> Optional[str]:
@@ -147,6 +234,8 @@ def _problem(node: ast.AST, names: set[str]) -> Optional[str]:
         isinstance(node.value, bool) or not isinstance(node.value, int | float)
     ):
         return f"the constant {node.value!r}"
+    if isinstance(node, ast.Constant) and not abs(node.value) <= sys.float_info.max:  # NaN fails `<=`
+        return f"the number {_shown(str(node.value), 40)}, beyond the largest float,"
     if isinstance(node, ast.Name) and node.id not in (*names, *FUNCTIONS):
         return f"the name {node.id!r}"
     if isinstance(node, ast.Call) and not (
@@ -183,7 +272,8 @@ def derivative(expression: Expression, coordinate: Optional[int] = None) -> Expr
 
 
 def _num(value: float) -> ast.expr:
-    value = int(value) if float(value).is_integer() else value
+    """A number as a node; an integral one as an integer while that is exact (|v| <= 2^53)."""
+    value = int(value) if float(value).is_integer() and abs(value) <= 2**53 else value
     return ast.UnaryOp(ast.USub(), ast.Constant(-value)) if value < 0 else ast.Constant(value)
 
 
@@ -383,7 +473,9 @@ def from_config(cfg: Any) -> Loss:
     for name in constants:
         if name in (VARIABLE, *FUNCTIONS) or not name.isidentifier() or name.startswith("__"):
             raise ConfigError(f"loss.params.{name}: a constant cannot be called {name!r}")
-    value = parse_expression("loss.value", cfg.value, constants)
+    # loss=expr: the user typed loss.expr, which loss.value interpolates: name what was typed
+    key = "loss.expr" if cfg.get("expr") is not None else "loss.value"
+    value = parse_expression(key, cfg.value, constants)
     dim = cfg.dim
     coordinates = sorted({_coordinate(n) for n in ast.walk(value.tree)} - {None})
     if dim is None and coordinates:

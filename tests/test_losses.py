@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ast
 import re
+import time
 
 import numpy as np
 import pytest
@@ -137,3 +139,64 @@ def test_bad_loss_configs(overrides, message):
     cfg = OmegaConf.merge(OmegaConf.structured(LossConfig), {"name": "bad", **overrides})
     with pytest.raises(ConfigError, match=re.escape(message)):
         losses.from_config(cfg)
+
+
+# --- what an expression may cost -----------------------------------------------------------------
+
+def _towers():
+    """Towers of powers of integer literals, as a new user might type them."""
+    yield from ("9**9**9", "2**2**2**2**2", "(9**9)**9**9", "10**10**10", "99**99**99 - x", "x*7**7**7**7")
+    rng = np.random.default_rng(0)
+    for _ in range(12):
+        height = int(rng.integers(3, 6))
+        yield "x + " + "**".join(str(int(v)) for v in rng.integers(2, 10, height))
+
+
+BOUNDLESS = [
+    *(("tower", text) for text in _towers()),
+    ("long", "x" + "+x" * 5000),
+    ("long", "x*" + "1" * 5000),
+    ("deep", "x" + "+x" * 800),
+    ("deep", "(" * 300 + "x" + ")" * 300),
+    ("deep", "sin(" * 150 + "x" + ")" * 150),
+    ("deep", "x" + "**x" * 200),
+    ("huge", "x*1e400"),
+    ("huge", "x + " + "9" * 400),
+    ("huge", "x*(10**300*10**300)"),
+    ("accepted", "x*10**300*10**300"),  # (x*1e300)*1e300: no constant part overflows; x does, to inf
+    ("domain", "x*log(0)"),
+    ("domain", "x*(-8)**(1/3)"),
+    ("domain", "x*exp(1000)"),
+]
+
+
+@pytest.mark.parametrize("kind, text", BOUNDLESS, ids=[f"{k}-{t[:30]}" for k, t in BOUNDLESS])
+def test_an_expression_is_computed_in_bounded_time_or_refused_at_once(kind, text):
+    """Any string is accepted and computes in bounded time, or is refused in well under a second
+    with one line naming the key and the limit; a constant part is worked out when parsed, in
+    floating point, never in Python's exact (and unbounded) integers."""
+    started = time.perf_counter()
+    try:
+        expression = parse_expression("loss.expr", text)
+    except ConfigError as error:
+        message = str(error)
+        assert time.perf_counter() - started < 1.0
+        assert message.startswith("loss.expr='") and "\n" not in message and len(message) < 400, message
+        assert any(limit in message for limit in (
+            "an expression may have at most 2000", "an expression may nest at most 100 deep",
+            "constants must stay finite real numbers", "beyond the largest float"))
+        return
+    assert kind in ("tower", "accepted"), f"{text[:40]} was accepted"  # some short towers are finite numbers
+    with np.errstate(all="ignore"):
+        values = expression.bind(OPS)(np.linspace(-2, 2, 5))
+        losses.derivative(expression).bind(OPS)(np.linspace(-2, 2, 5))
+    assert time.perf_counter() - started < 1.0 and values.shape == (5,)
+
+
+def test_an_expression_within_the_limits_is_accepted():
+    polynomial = " + ".join(f"{k}*x**{k}" for k in range(1, 40))  # 39 terms, about 300 characters
+    nested = "sin(" * 40 + "x" + ")" * 40
+    for text in (polynomial, nested, "x**(2*2) - 3*x**2 + 1e-300*x"):
+        expression = parse_expression("loss.expr", text)
+        assert np.isfinite(expression.bind(OPS)(np.float64(0.5)))
+    assert ast.unparse(parse_expression("loss.expr", "x**(2*2)").tree) == "x ** 4"  # folded, still an integer

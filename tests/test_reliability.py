@@ -47,6 +47,12 @@ BAD_INPUT = [
     (["optimizer=momentum", "optimizer.momentum=1.5"], ["optimizer.momentum=1.5 is not allowed: optimizer.momentum must be in [0, 1)"]),
     (["lr=0.1,-0.1"], ["job #1 (lr=-0.1): lr=-0.1 is not allowed"]),  # a sweep: checked before any job runs
     (["backend=numpy,torch", "device=cuda"], ["job #0 (backend=numpy device=cuda): device=cuda: backend=numpy"]),
+    # an expression that used to hang at 100% CPU after its run was created, and one that ended
+    # in a RecursionError (the family of such inputs: tests/test_losses.py)
+    (["loss=expr", "loss.expr='x**2 + 9**9**9'"],
+     ["loss.expr='x**2 + 9**9**9': its constant part '9 ** 387420489' cannot be computed"]),
+    (["loss=expr", "loss.expr='" + "+x" * 3000 + "'"],
+     ["characters; an expression may have at most 2000"]),
 ]
 
 

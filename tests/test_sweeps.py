@@ -89,7 +89,7 @@ def test_a_user_expression_on_every_backend(tmp_path, store_uri):
 def test_a_malformed_expression_is_a_config_error(tmp_path, store_uri):
     result = run_cli("loss=expr", "loss.expr='x**4 - import(os)'", cwd=tmp_path, store_uri=store_uri)
     assert result.returncode != 0
-    assert "loss.value='x**4 - import(os)' is not an expression" in result.stderr
+    assert "loss.expr='x**4 - import(os)' is not an expression" in result.stderr
     assert "Traceback" not in result.stderr and runs_of(store_uri) == []
 
 
