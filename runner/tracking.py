@@ -31,8 +31,11 @@ from mlflow import MlflowClient  # noqa: E402
 from mlflow.entities import Metric, Param, RunStatus, RunTag  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
 
-from runner.descent import Trajectory
-from runner.errors import ConfigError
+from runner import chatter  # noqa: E402
+from runner.descent import Trajectory  # noqa: E402
+from runner.errors import ConfigError  # noqa: E402
+
+chatter.quiet_loggers("mlflow.store.db.utils")  # "Creating initial MLflow database tables...", on a new store
 
 log = logging.getLogger("runner")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import re
 import subprocess
 import sys
 
@@ -62,9 +63,18 @@ def test_a_tf_lr_sweep_typed_as_is(tmp_path, store_uri):
     assert f"MLflow: run {runs[1].info.run_id}" in result.stdout + result.stderr
 
 
-def test_three_backends_agree(tmp_path, store_uri):
-    result = run_cli("backend=numpy,tf,torch", cwd=tmp_path, store_uri=store_uri)
+LOG_LINE = re.compile(r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}\]\[(HYDRA|INFO)\] ")
+REPORT_LINE = re.compile(r"^(backend |-------  |(numpy|tf|torch|jax) +sgd )")
+
+
+def test_three_backends_agree_and_say_only_their_own_lines(tmp_path):
+    """`make run` on a fresh clone: a new store, TensorFlow imported for the first time. Every
+    line is the runner's or Hydra's: no TensorFlow, absl, oneDNN or MLflow start-up chatter."""
+    store_uri = f"sqlite:///{tmp_path / 'new.db'}"  # created, and migrated, by this command
+    result = run_cli("experiment=article", cwd=tmp_path, store_uri=store_uri)
     assert result.returncode == 0, result.stderr
+    lines = (result.stdout + result.stderr).splitlines()
+    assert [line for line in lines if line and not LOG_LINE.match(line) and not REPORT_LINE.match(line)] == []
     runs = runs_of(store_uri)
     assert sorted(r.data.tags["backend"] for r in runs) == ["numpy", "tf", "torch"]
     assert all(r.info.status == "FINISHED" for r in runs)
@@ -204,3 +214,14 @@ def test_parallel_jobs_on_a_terminal_show_no_bar(tmp_path, store_uri):
                              store_uri=store_uri)
     assert "job 2/2 torch sgd lr=0.0002] [5. " in output
     assert "epochs/s" not in output
+
+
+def test_only_the_chatter_is_held_back(capfd):
+    """What native code writes to stderr while a framework is imported: its known start-up lines
+    are held back, a real warning is not."""
+    from runner import chatter
+
+    with chatter.held_back(chatter.TENSORFLOW_IMPORT):
+        os.write(2, b"I0000 port.cc:153] oneDNN custom operations are on. You may see ...\n")
+        os.write(2, b"W0000 cuda_dnn.cc:8] a real warning from a library\n")
+    assert capfd.readouterr().err == "W0000 cuda_dnn.cc:8] a real warning from a library\n"

@@ -22,7 +22,10 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 import jax  # noqa: E402
 
+from runner import chatter  # noqa: E402
+
 jax.config.update("jax_enable_x64", True)  # float64 runs need it; float32 runs stay float32
+chatter.quiet_loggers("jax._src.xla_bridge")  # "Unable to initialize backend 'tpu'" on every start
 
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402

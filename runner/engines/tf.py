@@ -17,7 +17,11 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TF's C++ info and warnings off the console
 
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+
+from runner import chatter  # noqa: E402
+
+with chatter.held_back(chatter.TENSORFLOW_IMPORT):
+    import tensorflow as tf  # noqa: E402
 
 from runner import optimizers  # noqa: E402
 from runner.engines import Problem, Rows, broadcast_shape, no_gpu, record  # noqa: E402
