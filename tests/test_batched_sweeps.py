@@ -138,6 +138,9 @@ def test_the_report_and_reproduce_a_batch(store_with_a_batch, tmp_path, capsys):
     assert reproduce.main([run.info.run_id, "--tracking-uri", uri]) == 0
     out = capsys.readouterr().out
     assert "points: 15 of 15 identical" in out and "trajectories.npz: x, loss and grad of 15 kept points identical" in out
+    (parent,) = runs_of(uri, sweeps=True)  # the whole batched sweep, as one
+    assert reproduce.main([parent.info.run_id, "--tracking-uri", uri]) == 0
+    assert capsys.readouterr().out.rstrip().endswith("1 of 1 runs identical")
 
     # A record that no longer matches the computation is caught, and named.
     stored = next(folder.glob(f"mlartifacts/**/{run.info.run_id}/artifacts/points.csv"))

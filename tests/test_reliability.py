@@ -3,6 +3,7 @@ server, reproducible runs and skipping finished work."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import subprocess
@@ -10,7 +11,7 @@ import sys
 import time
 
 import pytest
-from conftest import BACKENDS, REPO, backend_params, free_port, mlflow_server, run_cli, runs_of, snapshot
+from conftest import BACKENDS, FRAMEWORK_OF, REPO, backend_params, free_port, mlflow_server, run_cli, runs_of, snapshot
 from mlflow import MlflowClient
 
 pytestmark = pytest.mark.slow
@@ -229,19 +230,34 @@ def reproduce(run_id, store_uri, cwd):
                           capture_output=True, text=True, timeout=300)
 
 
-@pytest.mark.parametrize("backend", backend_params())
-def test_reproduce_a_logged_run(tmp_path, store_uri, backend):
-    assert run_cli(f"backend={backend}", "loss=rosenbrock", "x_start=[-1.5,2]", "lr=0.001", "epochs=30",
-                   cwd=tmp_path, store_uri=store_uri).returncode == 0
-    (run,) = runs_of(store_uri)
-    result = reproduce(run.info.run_id, store_uri, tmp_path)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "x/0: 31 logged steps, identical" in result.stdout and "every metric matches" in result.stdout
+def test_reproduce_a_sweep_on_every_backend_a_run_and_a_tampered_run(tmp_path, store_uri, capsys):
+    """One grid over every backend, reproduced whole through another launcher than it ran on
+    (joblib, then the command line's basic), one run of it alone, then a logged value tampered with."""
+    from runner import reproduce as command
 
-    # A record that no longer matches the computation is caught.
-    MlflowClient(store_uri).log_metric(run.info.run_id, "x/1", 123.0, step=5)
-    tampered = reproduce(run.info.run_id, store_uri, tmp_path)
-    assert tampered.returncode == 1 and "x/1: 31 logged steps, DIFFERS" in tampered.stdout
+    installed = [b for b in BACKENDS if importlib.util.find_spec(FRAMEWORK_OF[b])]
+    assert run_cli(f"backend={','.join(installed)}", "loss=rosenbrock", "x_start=[-1.5,2]", "lr=0.001",
+                   "epochs=30", cwd=tmp_path, store_uri=store_uri).returncode == 0
+    (parent,) = runs_of(store_uri, sweeps=True)
+    runs = runs_of(store_uri)
+    assert command.main([parent.info.run_id, "--launcher", "joblib", "--tracking-uri", store_uri]) == 0
+    out = capsys.readouterr().out
+    assert f"{len(installed)} runs through joblib (it ran through basic)" in out
+    assert out.rstrip().endswith(f"{len(installed)} of {len(installed)} runs identical")
+    assert all(f"({run.info.run_id}): identical" in out for run in runs)
+
+    torch_run = next(r for r in runs if r.data.tags["backend"] == installed[-1])
+    assert command.main([torch_run.info.run_id, "--tracking-uri", store_uri]) == 0
+    out = capsys.readouterr().out
+    assert "x/0: 31 logged steps, identical" in out and "every metric matches" in out
+
+    # A record that no longer matches the computation is caught, and named, run and metric.
+    MlflowClient(store_uri).log_metric(torch_run.info.run_id, "x/1", 123.0, step=5)
+    assert command.main([parent.info.run_id, "--tracking-uri", store_uri]) == 1
+    out = capsys.readouterr().out
+    assert f"{torch_run.info.run_name} ({torch_run.info.run_id}): DIFFERS" in out
+    assert "x/1: 31 logged steps, DIFFERS: 32 values logged, 31 now" in out
+    assert out.rstrip().endswith(f"{len(installed) - 1} of {len(installed)} runs identical")
 
 
 def test_reproduce_an_unknown_run_is_one_line(tmp_path, store_uri):

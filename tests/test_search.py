@@ -7,6 +7,8 @@ import pytest
 from conftest import run_cli, runs_of
 from mlflow import MlflowClient
 
+from runner import reproduce
+
 pytestmark = pytest.mark.slow
 
 DEEP_WELL = -3.513905  # the tilted well's global minimum; the shallow one is -1.070
@@ -17,7 +19,7 @@ def search(tmp_path, store_uri, *args):
     return result, runs_of(store_uri, "search_lr"), runs_of(store_uri, "search_lr", sweeps=True)
 
 
-def test_the_search_preset_finds_the_deep_well_and_records_every_trial(tmp_path, store_uri):
+def test_the_search_preset_finds_the_deep_well_and_records_every_trial(tmp_path, store_uri, capsys):
     result, trials, parents = search(tmp_path, store_uri, "hydra.sweeper.search.n_trials=12")
     assert result.returncode == 0, result.stderr[-3000:]
     (parent,) = parents
@@ -36,6 +38,11 @@ def test_the_search_preset_finds_the_deep_well_and_records_every_trial(tmp_path,
     (winner,) = [t for t in trials if t.data.metrics["final_loss"] == best][:1]
     assert float(parent.data.params["best.lr"]) == float(winner.data.params["lr"])
     assert float(parent.data.params["best.optimizer.momentum"]) == float(winner.data.params["optimizer.momentum"])
+
+    # The whole search reproduced: every trial re-run from its stored config, and compared.
+    assert reproduce.main([parent.info.run_id, "--tracking-uri", store_uri]) == 0
+    out = capsys.readouterr().out
+    assert "12 runs through basic (as it ran)" in out and out.rstrip().endswith("12 of 12 runs identical")
 
     output = result.stdout + result.stderr
     assert "Search: best of 12 trials is #" in output
