@@ -54,14 +54,24 @@ def store_uri(tmp_path, migrated_store) -> str:
 
 
 def run_cli(*args: str, cwd: Path, store_uri: str | None = None, env: dict | None = None,
-            python_flags: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+            python_flags: tuple[str, ...] = (), python: str = sys.executable) -> subprocess.CompletedProcess:
     """`python -m runner ARGS` in `cwd`, as a user types it."""
     inherited = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
     full_env = {**inherited, "PYTHONPATH": str(REPO), **(env or {})}
     if store_uri:
         full_env["MLFLOW_TRACKING_URI"] = store_uri
-    return subprocess.run([sys.executable, *python_flags, "-m", "runner", *args], cwd=cwd,
+    return subprocess.run([python, *python_flags, "-m", "runner", *args], cwd=cwd,
                           env=full_env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="session")
+def ray_python() -> str:
+    """The Python of the Ray launcher's environment of its own (`make ray-env`: it pins
+    cloudpickle < 3, which the joblib launcher of the main environment refuses)."""
+    python = REPO / ".venv-ray" / "bin" / "python"
+    if not python.exists():
+        missing_service("the Ray launcher's environment", "make ray-env")
+    return str(python)
 
 
 def runs_of(uri: str, experiment: str = "runner", sweeps: bool = False) -> list:

@@ -1,12 +1,20 @@
 """The team setup of the README, for real: PostgreSQL (Debian's packages, started by the test
 session), an `mlflow server` on it, and a sweep launched through Hydra's submitit launcher
-(`submitit_local`: the path `submitit_slurm` takes on a cluster, on one machine)."""
+(`submitit_local`: the path `submitit_slurm` takes on a cluster, on one machine); and the Ray
+launcher, from its environment of its own (`make ray-env`), starting Ray and joining a cluster."""
 
 from __future__ import annotations
 
+import os
+import shlex
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
 import pytest
 import sqlalchemy
-from conftest import mlflow_server, run_cli, runs_of
+from conftest import REPO, free_port, missing_service, mlflow_server, run_cli, runs_of
 from mlflow import MlflowClient
 
 pytestmark = pytest.mark.slow
@@ -47,16 +55,60 @@ def test_a_submitit_sweep_lands_on_a_postgresql_backed_server(tmp_path, postgres
     assert len(logs) == 4
 
 
-def test_a_sweep_through_the_ray_launcher(tmp_path, store_uri):
-    """Optional (`pip install -e '.[ray]'` in an environment of its own: the Ray launcher pins
-    cloudpickle < 3, which the joblib launcher refuses), so not installed in CI: there this test
-    is skipped. Ray starts a local instance for the sweep, as on a laptop."""
-    pytest.importorskip("hydra_plugins.hydra_ray_launcher", reason="the Ray launcher is an optional extra: .[ray]")
-    result = run_cli("hydra/launcher=ray", "backend=numpy", "lr=0.1,0.3", f"epochs={EPOCHS}",
-                     cwd=tmp_path, store_uri=store_uri)
-    assert result.returncode == 0, result.stderr[-3000:]
+RAY_SWEEP = ("hydra/launcher=ray", "backend=numpy", "lr=0.1,0.3", f"epochs={EPOCHS}")
+
+
+def assert_two_ray_jobs_landed(store_uri):
     runs = runs_of(store_uri)
     assert sorted(r.info.run_name for r in runs) == ["numpy-sgd-square-lr0.1", "numpy-sgd-square-lr0.3"]
     assert all(r.info.status == "FINISHED" for r in runs)
     client = MlflowClient(store_uri)
     assert all(len(client.get_metric_history(r.info.run_id, "x")) == EPOCHS + 1 for r in runs)
+
+
+@pytest.fixture
+def ray_home():
+    """A home and a temporary folder of Ray's own for the test (short: Ray's socket paths must
+    fit 107 characters), so that no state of another Ray, an auth token in ~/.ray say, leaks in."""
+    folder = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))
+    try:
+        yield {"HOME": str(folder), "RAY_TMPDIR": str(folder), "RAY_ADDRESS": ""}
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_a_sweep_through_the_ray_launcher_starting_ray(tmp_path, store_uri, ray_python, ray_home):
+    """Ray starts a local instance for the sweep, as on a laptop."""
+    result = run_cli(*RAY_SWEEP, cwd=tmp_path, store_uri=store_uri, python=ray_python, env=ray_home)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Started a local Ray instance" in result.stdout + result.stderr
+    assert_two_ray_jobs_landed(store_uri)
+
+
+def test_a_sweep_joins_an_existing_ray_cluster(tmp_path, store_uri, ray_python, ray_home):
+    """`ray start --head`, then the sweep joins it. Ray joins through the machine's network
+    address, and tests here may talk over loopback only: both run in a network namespace of
+    their own (`unshare`), where loopback is the only network there is."""
+    if not shutil.which("unshare") or not shutil.which("ip"):
+        missing_service("unshare and ip", "apt-get install util-linux iproute2")
+    port = free_port()
+    ray = Path(ray_python).parent / "ray"
+    command = shlex.join([ray_python, "-m", "runner", *RAY_SWEEP, f"hydra.launcher.ray.init.address=127.0.0.1:{port}",
+                          "+hydra.launcher.ray.init.object_store_memory=null"])  # Ray refuses it when joining
+    script = f"""
+ip link set lo up
+{ray} start --head --node-ip-address=127.0.0.1 --port={port} --num-cpus=2 --include-dashboard=false \\
+    --disable-usage-stats --temp-dir={ray_home["RAY_TMPDIR"]} >ray-start.log 2>&1 || {{ cat ray-start.log; exit 3; }}
+{command}
+status=$?
+{ray} stop --force >/dev/null 2>&1
+exit $status
+"""
+    isolate = ["unshare", "-n"] if os.geteuid() == 0 else ["unshare", "-rn"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": store_uri, **ray_home}
+    result = subprocess.run([*isolate, "bash", "-c", script], cwd=tmp_path, env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    output = result.stdout + result.stderr
+    assert "Connected to Ray cluster" in output and "Started a local Ray instance" not in output
+    assert_two_ray_jobs_landed(store_uri)
