@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,12 +23,16 @@ TEST_ENGINES = {"PYTHONPATH": f"{REPO}{os.pathsep}{FIXTURES}"}
 LARGEST_GROUP = max(len(list(group.glob("*.yaml"))) for group in (REPO / "conf").iterdir() if group.is_dir())
 
 
-@pytest.fixture
-def used_store(tmp_path, store_uri):
-    """A store that already holds one finished sweep, so that we can see nothing else changes."""
-    result = run_cli("lr=0.1,0.3", "epochs=3", cwd=tmp_path, store_uri=store_uri)
+@pytest.fixture(scope="module")
+def used_store(tmp_path_factory, migrated_store):
+    """A store that already holds one finished sweep, so that we can see nothing else changes;
+    made once for the module (bad input changes nothing in it, which every test checks)."""
+    folder = tmp_path_factory.mktemp("used")
+    shutil.copy(migrated_store, folder / "mlflow.db")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    result = run_cli("lr=0.1,0.3", "epochs=3", cwd=folder, store_uri=uri)
     assert result.returncode == 0, result.stderr[-2000:]
-    return store_uri
+    return uri
 
 
 # --- 1. bad input -------------------------------------------------------------------------------
@@ -158,6 +163,10 @@ def test_forty_jobs_four_workers_one_fresh_sqlite_store(tmp_path):
     for run in runs:
         for name in ("x", "loss", "grad"):
             assert sorted(m.step for m in client.get_metric_history(run.info.run_id, name)) == list(range(16))
+    # The report is built from what the workers recorded: every job is in it.
+    (parent,) = runs_of(uri, sweeps=True)
+    assert parent.info.status == "FINISHED" and parent.data.metrics["jobs"] == 40
+    assert "Sweep report: 40 runs (0 reused), 0 failed" in result.stdout + result.stderr
 
 
 # --- 5. a remote tracking server ----------------------------------------------------------------
