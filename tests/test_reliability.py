@@ -12,7 +12,7 @@ import sys
 import time
 
 import pytest
-from conftest import BACKENDS, FRAMEWORK_OF, REPO, backend_params, free_port, mlflow_server, run_cli, runs_of, snapshot
+from conftest import BACKENDS, FRAMEWORK_OF, REPO, free_port, mlflow_server, run_cli, runs_of, snapshot
 from mlflow import MlflowClient
 
 pytestmark = pytest.mark.slow
