@@ -112,7 +112,8 @@ def engine_runner(backend):
 
 
 def SQUARE():  # noqa: N802 - the loss, built where the runner is importable
-    from runner.losses import Loss, parse_expression
+    from runner.expressions import parse_expression
+    from runner.losses import Loss
 
     return Loss("square", parse_expression("loss.value", "x**2"), (parse_expression("loss.grad", "2*x"),),
                 minimiser=(parse_expression("loss.minimiser", "0"),))

@@ -98,7 +98,8 @@ def descend(problem: Problem, engine: ModuleType) -> Descent:
     """Run `problem` on `engine`, every point to its last epoch or to where it diverged.
 
     >>> from runner import engines
-    >>> from runner.losses import Loss, parse_expression as p
+    >>> from runner.expressions import parse_expression as p
+    >>> from runner.losses import Loss
     >>> from runner.optimizers import Optimizer
     >>> square = Loss("square", p("loss.value", "x**2"), (p("loss.grad", "2*x"),), minimiser=(p("m", "0"),))
     >>> problem = engines.Problem(square, np.array([5.0, 5.0]), 2, Optimizer("sgd", np.array([0.3, 0.75])), "float64")

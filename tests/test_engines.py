@@ -13,7 +13,8 @@ from runner import engines
 from runner.descent import descend as run
 from runner.engines import single
 from runner.errors import ConfigError
-from runner.losses import Loss, parse_expression
+from runner.expressions import parse_expression
+from runner.losses import Loss
 from runner.optimizers import Optimizer
 
 SQUARE = Loss("square", parse_expression("loss.value", "x**2"), (parse_expression("loss.grad", "2*x"),))

@@ -1,4 +1,5 @@
-"""Loss expressions: parsed and checked, never evaluated as raw text."""
+"""Loss expressions (runner.expressions) and loss files (runner.losses): parsed and checked,
+never evaluated as raw text, bounded in what they cost."""
 
 from __future__ import annotations
 
@@ -11,9 +12,9 @@ import pytest
 from conftest import REPO
 from omegaconf import OmegaConf
 
-from runner import losses
+from runner import expressions, losses
 from runner.engines.numpy import OPS
-from runner.losses import parse_expression
+from runner.expressions import parse_expression
 from runner.schema import ConfigError, LossConfig
 
 
@@ -66,7 +67,7 @@ def test_each_loss_file_has_the_right_derivative(name):
     rng = np.random.default_rng(0)
     for point in rng.uniform(-2, 2, size=(10, *shape)):
         hand = np.array([g.bind(OPS)(point) for g in loss.grad])
-        symbolic = np.array([losses.derivative(loss.value, k if loss.dim else None).bind(OPS)(point)
+        symbolic = np.array([expressions.derivative(loss.value, k if loss.dim else None).bind(OPS)(point)
                              for k in (range(loss.dim) if loss.dim else [None])])
         numeric = np.array([(value(point + h) - value(point - h)) / 2e-6
                             for h in (np.eye(loss.dim) * 1e-6 if loss.dim else [1e-6])])
@@ -120,7 +121,7 @@ def test_rows_of_points_are_computed_at_once():
     ("-x/2 + 7", 1.0, -0.5),
 ])
 def test_symbolic_derivatives(expression, x, expected):
-    grad = losses.derivative(parse_expression("loss.value", expression)).bind(OPS)
+    grad = expressions.derivative(parse_expression("loss.value", expression)).bind(OPS)
     assert grad(np.float64(x)) == pytest.approx(expected, rel=1e-12)
 
 
@@ -189,7 +190,7 @@ def test_an_expression_is_computed_in_bounded_time_or_refused_at_once(kind, text
     assert kind in ("tower", "accepted"), f"{text[:40]} was accepted"  # some short towers are finite numbers
     with np.errstate(all="ignore"):
         values = expression.bind(OPS)(np.linspace(-2, 2, 5))
-        losses.derivative(expression).bind(OPS)(np.linspace(-2, 2, 5))
+        expressions.derivative(expression).bind(OPS)(np.linspace(-2, 2, 5))
     assert time.perf_counter() - started < 1.0 and values.shape == (5,)
 
 

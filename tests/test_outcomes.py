@@ -10,7 +10,8 @@ from conftest import backend_params
 from runner import engines
 from runner.descent import descend
 from runner.engines import Problem, single
-from runner.losses import Loss, parse_expression
+from runner.expressions import parse_expression
+from runner.losses import Loss
 from runner.optimizers import Optimizer
 
 ZERO = (parse_expression("loss.minimiser", "0"),)

@@ -47,7 +47,8 @@ def start(problem: Problem):
     """Gradient descent with NumPy values of the problem's dtype.
 
     >>> from runner.engines import single
-    >>> from runner.losses import Loss, parse_expression as p
+    >>> from runner.expressions import parse_expression as p
+    >>> from runner.losses import Loss
     >>> square = Loss("square", p("loss.value", "x**2"), (p("loss.grad", "2*x"),))
     >>> step = start(single(square, 5.0, 2, optimizers.Optimizer("sgd", lr=0.3), "float64"))
     >>> step(3).x.tolist()
