@@ -21,6 +21,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from runner import batch, descent, engines, outcomes, plots, provenance, schema, sweep, theory
+from runner.expressions import NUMPY_OPS
 from runner.points import Points
 from runner.problem import build
 
@@ -87,7 +88,7 @@ def descend_and_record(store, run_id: str, cfg: DictConfig, problem: engines.Pro
     csv_path = write_csv(out_dir / "trajectory.csv", trajectory)
     png_path = out_dir / "gradient_descent.png"
     if trajectory.x.ndim == 1:
-        figure = plots.article_figure(problem.loss.objective(engines.load("numpy").OPS, ()), trajectory)
+        figure = plots.article_figure(problem.loss.objective(NUMPY_OPS, ()), trajectory)
     else:
         figure = plots.path_figure(trajectory)
     figure.savefig(png_path)

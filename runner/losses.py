@@ -30,7 +30,8 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import numpy as np
 
 from runner.errors import ConfigError
-from runner.expressions import FUNCTIONS, VARIABLE, Expression, coordinate_of, derivative, parse_expression
+from runner.expressions import (FUNCTIONS, NUMPY_OPS, VARIABLE, Expression, coordinate_of, derivative,
+                                parse_expression)
 
 @dataclass(frozen=True)
 class Loss:
@@ -100,10 +101,8 @@ class Loss:
         return self.curvatures is not None and len(self.curvatures) == (self.dim or 1)
 
     def _evaluate(self, expressions: Sequence[Expression]) -> np.ndarray:
-        from runner.engines.numpy import OPS
-
         points = max((np.size(v) for v in self.constants.values() if np.ndim(v)), default=1)
-        columns = [np.broadcast_to(np.asarray(e.bind(OPS, self.constants)(None), dtype=np.float64), (points,))
+        columns = [np.broadcast_to(np.asarray(e.bind(NUMPY_OPS, self.constants)(None), dtype=np.float64), (points,))
                    for e in expressions]
         return np.stack(columns, axis=1)
 
@@ -162,11 +161,9 @@ def _constants(key: str, value: Any, constants: Mapping[str, float]) -> Optional
     """
     if value is None:
         return None
-    from runner.engines.numpy import OPS
-
     values = value if isinstance(value, Sequence) and not isinstance(value, str) else [value]
     expressions = tuple(parse_expression(key, str(v), constants, variable=False) for v in values)
     for expression in expressions:
-        if not math.isfinite(float(expression.bind(OPS)(None))):
+        if not math.isfinite(float(expression.bind(NUMPY_OPS)(None))):
             raise ConfigError(f"{key}={value!r} is not a finite number")
     return expressions

@@ -110,8 +110,7 @@ def _sweep(uri: str, store: Any, parent: Any, launcher: Optional[str]) -> int:
     launcher = launcher or stored
     print(f"re-running {parent.name} ({parent.run_id}): {len(runnable)} runs through {launcher}"
           f"{' (as it ran)' if launcher == stored else f' (it ran through {stored})'}", flush=True)
-    with tempfile.TemporaryDirectory(dir=Path.cwd()) as folder:  # submitit's logs, where a cluster sees them
-        results = _launch(launcher, options, uri, [c.run_id for c in runnable], Path(folder))
+    results = _launch(launcher, options, uri, [c.run_id for c in runnable])
     differing = []
     for child, (status, lines) in zip(runnable, results):
         verdict = {IDENTICAL: "identical", DIFFERS: "DIFFERS", CANNOT: "cannot be re-run"}[status]
@@ -134,7 +133,7 @@ def _stored_launcher(store: Any, run_id: str) -> tuple[str, dict]:
     return LAUNCHER_OF.get(target, "basic"), options
 
 
-def _launch(launcher: str, options: dict, uri: str, run_ids: list[str], folder: Path) -> list[tuple[int, list[str]]]:
+def _launch(launcher: str, options: dict, uri: str, run_ids: list[str]) -> list[tuple[int, list[str]]]:
     """`check` of every run, through the launcher."""
     if launcher == "basic":
         return [check(uri, run_id) for run_id in run_ids]
@@ -144,11 +143,12 @@ def _launch(launcher: str, options: dict, uri: str, run_ids: list[str], folder: 
         return Parallel(n_jobs=-1)(delayed(check)(uri, run_id) for run_id in run_ids)
     import submitit
 
-    executor = submitit.AutoExecutor(folder=folder, cluster="local" if launcher == "submitit_local" else "slurm")
-    if launcher == "submitit_slurm":
-        executor.update_parameters(**{("slurm_partition" if k == "partition" else k): v for k, v in options.items()})
-    jobs = executor.map_array(check, [uri] * len(run_ids), run_ids)
-    return [job.result() for job in jobs]
+    with tempfile.TemporaryDirectory(dir=Path.cwd()) as folder:  # submitit's logs, where a cluster's nodes see them
+        executor = submitit.AutoExecutor(folder=folder, cluster="local" if launcher == "submitit_local" else "slurm")
+        if launcher == "submitit_slurm":
+            executor.update_parameters(**{("slurm_partition" if k == "partition" else k): v for k, v in options.items()})
+        jobs = executor.map_array(check, [uri] * len(run_ids), run_ids)
+        return [job.result() for job in jobs]
 
 
 def _compare_run(store, record, cfg, result, lines: list[str]) -> bool:

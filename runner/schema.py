@@ -136,13 +136,15 @@ def register() -> None:
     ConfigStore.instance().store(name="runner_schema", node=RunnerConfig)
 
 
-def check_ranges(cfg: DictConfig, points: Mapping[str, np.ndarray] = {}) -> None:
+def check_ranges(cfg: DictConfig, points: Optional[Mapping[str, np.ndarray]] = None) -> None:
     """Raise ConfigError naming the key and what is allowed, for values no type can exclude.
 
     `points` holds a batch's values of its batched keys, one per point (x_start: one row of
     coordinates per point): each is checked like the config's own value, and the error names the
     value of the first point that fails, and the point (`ConfigError.point`).
     """
+    points = points or {}
+
     def check(key: str, ok: Callable[[np.ndarray], np.ndarray], allowed: str) -> None:
         if key in points:
             values, shown = points[key], lambda i: _shown(points[key][i])

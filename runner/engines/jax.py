@@ -31,7 +31,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from runner import optimizers  # noqa: E402
-from runner.engines import Problem, Rows, broadcast_shape, no_gpu, record  # noqa: E402
+from runner.engines import Problem, Rows, Stepper, broadcast_shape, no_gpu, record  # noqa: E402
 
 FRAMEWORK = "jax"
 VERSION = jax.__version__
@@ -57,7 +57,7 @@ def resolve_device(requested: str) -> str:
     raise no_gpu("jax", requested, "sees no GPU (jax.devices('gpu') finds none; a CUDA build of jaxlib is needed)")
 
 
-def start(problem: Problem):
+def start(problem: Problem) -> Stepper:
     """Gradient descent of the batch, each piece one call of the compiled scan."""
     platform, index = problem.device.split(":")
     device = jax.devices(platform)[int(index)]

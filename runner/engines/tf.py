@@ -24,7 +24,7 @@ with chatter.held_back(chatter.TENSORFLOW_IMPORT):
     import tensorflow as tf  # noqa: E402
 
 from runner import optimizers  # noqa: E402
-from runner.engines import Problem, Rows, broadcast_shape, no_gpu, record  # noqa: E402
+from runner.engines import Problem, Rows, Stepper, broadcast_shape, no_gpu, record  # noqa: E402
 
 
 class _NoRetracingWarning(logging.Filter):
@@ -57,7 +57,7 @@ def resolve_device(requested: str) -> str:
     raise no_gpu("tf", requested, "sees no GPU (tf.config.list_physical_devices('GPU') is empty)")
 
 
-def start(problem: Problem):
+def start(problem: Problem) -> Stepper:
     """Gradient descent of the batch, each piece one call of a compiled loop that stops early
     once every point has diverged."""
     tf.random.set_seed(problem.seed)

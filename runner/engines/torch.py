@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from runner import optimizers
-from runner.engines import CHECK_EVERY, Problem, Rows, alive, broadcast_shape, no_gpu, record
+from runner.engines import CHECK_EVERY, Problem, Rows, Stepper, alive, broadcast_shape, no_gpu, record
 
 FRAMEWORK = "torch"
 VERSION = torch.__version__
@@ -33,7 +33,7 @@ def resolve_device(requested: str) -> str:
     raise no_gpu("torch", requested, "sees no CUDA GPU (torch.cuda.is_available() is False)")
 
 
-def start(problem: Problem):
+def start(problem: Problem) -> Stepper:
     """Gradient descent of the batch; rows stay on the device until a piece is done (and once
     per CHECK_EVERY steps, to see whether every point has diverged)."""
     torch.manual_seed(problem.seed)
