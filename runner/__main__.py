@@ -37,19 +37,12 @@ def hydra_argv(argv: list[str]) -> list[str]:
     return argv
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, unwound like Ctrl-C so that every open MLflow run ends KILLED, not RUNNING."""
-
-
-def _on_sigterm(signum: int, frame: object) -> None:
-    raise Terminated
-
-
 def main() -> None:
     sys.argv = [sys.argv[0], *hydra_argv(sys.argv[1:])]
     from runner.app import main as app
+    from runner.errors import Terminated, raise_terminated
 
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    signal.signal(signal.SIGTERM, raise_terminated)
     try:
         app()
     except KeyboardInterrupt as stop:

@@ -20,7 +20,7 @@ import numpy as np
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from runner import batch, descent, engines, outcomes, plots, provenance, schema, sweep, theory
+from runner import batch, cluster, descent, engines, outcomes, plots, provenance, schema, sweep, theory
 from runner.expressions import NUMPY_OPS
 from runner.points import Points
 from runner.problem import build
@@ -36,6 +36,7 @@ def run_job(cfg: DictConfig) -> float:
     from runner import tracking  # imported here: `--cfg` and `--help` need no MLflow
 
     hydra_cfg = HydraConfig.get()
+    cluster.handle_signals()
     uri = tracking.tracking_uri(cfg.mlflow.tracking_uri, Path(hydra_cfg.runtime.cwd))
     tracking.check_reachable(uri)  # an unreachable server is said at once, before any work
     # Everything that can reject the input happens before the store is touched.
@@ -54,7 +55,7 @@ def run_job(cfg: DictConfig) -> float:
     tags = {"backend": cfg.backend.name, "framework": engine.FRAMEWORK, "framework_version": engine.VERSION,
             "device": problem.device, "loss": problem.loss.name, "optimizer": problem.optimizer.name,
             "config_hash": config_hash, **provenance.code_tags(),
-            **provenance.version_tags(*provenance.LIBRARIES)}
+            **provenance.version_tags(*provenance.LIBRARIES), **cluster.job_tags()}
     curvature = problem.loss.curvature_values()
     if curvature is not None and np.ptp(curvature.max(axis=1)) == 0:
         tags["loss_curvature"] = float(curvature.max())

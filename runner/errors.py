@@ -20,3 +20,12 @@ class ConfigError(ValueError):
     def __init__(self, message: str, point: Optional[int] = None) -> None:
         super().__init__(message)
         self.point = point
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, unwound like Ctrl-C so that every open MLflow run ends KILLED, not RUNNING."""
+
+
+def raise_terminated(signum: int, frame: object) -> None:
+    """A SIGTERM handler: raise `Terminated` wherever the program is."""
+    raise Terminated

@@ -104,7 +104,7 @@ def build(store, parent_id: str, folder: Path, reused: Sequence[str] = ()) -> bo
         log.info("Parity (largest relative difference from the other backends): %s",
                  ", ".join(f"{b} {v:.3g}" for b, v in parity.items()))
     for row in failed:
-        log.error("Job failed: %s: %s", row["run_name"], row["error"])
+        log.error("Job failed: %s: %s", row["run_name"], row["error"] or row["status"])
     return not failed
 
 

@@ -185,6 +185,16 @@ class Store:
         for record in self._search(f"tags.mlflow.parentRunId = '{parent_id}' and attributes.status = 'RUNNING'"):
             self.end(record.run_id, "KILLED")
 
+    def end_job_runs(self, parent_id: str, job_tags: Mapping[str, str], error: str) -> None:
+        """The sweep's runs of a job its cluster ended (those tagged `job_tags`): ended KILLED where
+        still RUNNING, and `error` (why the cluster ended it) where they have no error of their own."""
+        match = " and ".join(f"tags.{key} = '{value}'" for key, value in job_tags.items())
+        for record in self._search(f"tags.mlflow.parentRunId = '{parent_id}' and {match}"):
+            if "error" not in record.tags:
+                self.client.set_tag(record.run_id, "error", error)
+            if record.status == "RUNNING":
+                self.end(record.run_id, "KILLED")
+
     def _search(self, filter_string: str) -> list[RunRecord]:
         runs = self.client.search_runs([self.experiment_id], filter_string=filter_string,
                                        order_by=["attributes.start_time ASC"], max_results=50000)

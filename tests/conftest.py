@@ -22,6 +22,9 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 BACKENDS = sorted(path.stem for path in (REPO / "conf" / "backend").glob("*.yaml"))
 FRAMEWORK_OF = {"numpy": "numpy", "tf": "tensorflow", "torch": "torch", "jax": "jax"}
+FIXTURES = REPO / "tests" / "fixtures"
+TEST_BACKENDS = f"hydra.searchpath=[file://{FIXTURES / 'conf'}]"  # backend=failing, backend=hanging
+TEST_ENGINES = {"PYTHONPATH": f"{REPO}{os.pathsep}{FIXTURES}"}  # their engines' modules
 
 
 def backend_params(backends=BACKENDS):
@@ -171,3 +174,90 @@ def postgres_uri() -> Iterator[str]:
     finally:
         pg("pg_ctl", "-D", f"{folder}/data", "-m", "fast", "-w", "stop")
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def slurm(tmp_path_factory) -> Iterator[dict]:
+    """A one-node SLURM cluster of Debian's packages (slurm-wlm, munge), started for this test
+    session in a temporary folder: munged on a socket of its own, slurmctld and slurmd on free
+    loopback ports, 4 CPUs, no accounting (see ../shared/FACTS.md, "SLURM"). Yields the
+    environment under which sbatch, squeue and scancel use it. At the end, whatever happened:
+    every job cancelled, every daemon stopped by its pid file, the folder removed."""
+    for program in ("munged", "slurmctld", "slurmd", "sbatch"):
+        if not shutil.which(program, path=f"{os.environ.get('PATH', '')}:/usr/sbin"):
+            missing_service("SLURM", "apt-get install slurm-wlm munge")
+    if os.geteuid() != 0:
+        missing_service("SLURM as root (slurmd runs jobs as their users)", "run the tests as root")
+    folder = Path(tempfile.mkdtemp(prefix="runner-slurm-"))
+    folder.chmod(0o755)  # munged runs as `munge` and must reach its socket's folder
+    munge = folder / "munge"
+    munge.mkdir()
+    shutil.chown(munge, user="munge", group="munge")
+    host = socket.gethostname()
+    conf = folder / "slurm.conf"
+    conf.write_text(f"""\
+ClusterName=runnertest
+SlurmctldHost={host}(127.0.0.1)
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+AuthInfo=socket={munge}/munge.socket
+StateSaveLocation={folder}/state
+SlurmdSpoolDir={folder}/spool
+SlurmctldPidFile={folder}/slurmctld.pid
+SlurmdPidFile={folder}/slurmd.pid
+SlurmctldLogFile={folder}/slurmctld.log
+SlurmdLogFile={folder}/slurmd.log
+SlurmctldPort={free_port()}
+SlurmdPort={free_port()}
+ProctrackType=proctrack/pgid
+TaskPlugin=task/none
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+SchedulerType=sched/backfill
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+SlurmdParameters=config_overrides
+ReturnToService=2
+KillWait=2
+MinJobAge=600
+NodeName={host} NodeAddr=127.0.0.1 CPUs=4 RealMemory=1000 State=UNKNOWN
+PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+""")
+    env = {**os.environ, "SLURM_CONF": str(conf)}
+    pid_files = [folder / "slurmd.pid", folder / "slurmctld.pid", munge / "munged.pid"]
+    try:
+        subprocess.run(["runuser", "-u", "munge", "--", "/usr/sbin/munged", f"--socket={munge}/munge.socket",
+                        f"--pid-file={munge}/munged.pid", f"--log-file={munge}/munged.log",
+                        f"--seed-file={munge}/munged.seed", "--force"], check=True)
+        for daemon in ("slurmctld", "slurmd"):
+            (folder / ("state" if daemon == "slurmctld" else "spool")).mkdir()
+            subprocess.run([f"/usr/sbin/{daemon}", "-f", str(conf)], check=True, env=env)
+        deadline = time.time() + 60
+        while (state := subprocess.run(["sinfo", "--noheader", "--format=%t"], env=env, capture_output=True,
+                                       text=True).stdout.strip()) != "idle":
+            assert time.time() < deadline, f"the SLURM node is {state!r}, not idle, after 60 s"
+            time.sleep(0.3)
+        yield env
+    finally:
+        subprocess.run(["scancel", "--partition=debug"], env=env, capture_output=True)
+        for pid_file in pid_files:
+            stop_by_pid_file(pid_file)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def stop_by_pid_file(pid_file: Path, patience_s: float = 30.0) -> None:
+    """SIGTERM to the process whose pid the file holds, then wait until it is gone."""
+    try:
+        pid = int(pid_file.read_text())
+        os.kill(pid, 15)
+    except (OSError, ValueError):
+        return
+    deadline = time.time() + patience_s
+    while time.time() < deadline:
+        try:
+            os.kill(pid, 0)
+        except OSError:
+            return
+        time.sleep(0.1)
+    os.kill(pid, 9)

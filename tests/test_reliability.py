@@ -12,14 +12,12 @@ import sys
 import time
 
 import pytest
-from conftest import BACKENDS, FRAMEWORK_OF, REPO, free_port, mlflow_server, run_cli, runs_of, snapshot
+from conftest import (BACKENDS, FIXTURES, FRAMEWORK_OF, REPO, TEST_BACKENDS, TEST_ENGINES, free_port, mlflow_server,
+                      run_cli, runs_of, snapshot)
 from mlflow import MlflowClient
 
 pytestmark = pytest.mark.slow
 
-FIXTURES = REPO / "tests" / "fixtures"
-TEST_BACKENDS = f"hydra.searchpath=[file://{FIXTURES / 'conf'}]"  # backend=failing, backend=hanging
-TEST_ENGINES = {"PYTHONPATH": f"{REPO}{os.pathsep}{FIXTURES}"}
 LARGEST_GROUP = max(len(list(group.glob("*.yaml"))) for group in (REPO / "conf").iterdir() if group.is_dir())
 
 

@@ -106,12 +106,22 @@ class RunnerSweeper(BasicSweeper):
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         results: List[Any] = []
-        with sweep.parent_run(self.config, configs) as (_, to_launch):
+        with sweep.parent_run(self.config, configs) as (parent, to_launch):
             size = self.max_batch_size or len(to_launch) or 1
             for start in range(0, len(to_launch), size):
                 batch = [jobs[i] for i in to_launch[start : start + size]]
-                results.extend(self.launcher.launch(batch, initial_job_idx=start))
+                results.extend(self._launch(parent, batch, start))
         return results
+
+    def _launch(self, parent: Any, jobs: List[List[str]], initial_job_idx: int) -> List[Any]:
+        """The launcher's jobs; on SLURM through `runner.cluster`, which waits for every job and
+        cancels them all on Ctrl-C (Hydra's own launch does neither)."""
+        from runner import cluster
+
+        if cluster.is_slurm(self.launcher):
+            return cluster.launch(self.launcher, jobs, initial_job_idx, on_ended=lambda ended: parent.store.end_job_runs(
+                parent.run_id, ended.run_tags(), str(ended)))
+        return list(self.launcher.launch(jobs, initial_job_idx=initial_job_idx))
 
     def _search(self, parser: OverridesParser, arguments: List[str], sweep_dir: Path) -> List[Any]:
         from runner import search, sweep
@@ -147,7 +157,7 @@ class RunnerSweeper(BasicSweeper):
                 if launch:
                     _reuse_composed(self.launcher, self.hydra_context, [jobs[i] for i in launch],
                                     [configs[i] for i in launch])
-                    returns = self.launcher.launch([jobs[i] for i in launch], initial_job_idx=told)
+                    returns = self._launch(parent, [jobs[i] for i in launch], told)
                     for i, job_return in zip(launch, returns):
                         value = search.objective(job_return)
                         study.tell(trials[i], value, state=None if value is not None else search.FAILED)

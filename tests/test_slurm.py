@@ -1,0 +1,172 @@
+"""Sweeps on a real SLURM cluster (the session's one-node cluster, `conftest.slurm`), recorded
+on the team's `mlflow server` over PostgreSQL: a sweep that lands whole, a job cancelled and a job
+at its time limit, and Ctrl-C with jobs in the queue."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import REPO, TEST_BACKENDS, TEST_ENGINES, mlflow_server, runs_of
+from mlflow import MlflowClient
+
+pytestmark = pytest.mark.slow
+
+EPOCHS = 20
+SLURM = ("hydra/launcher=submitit_slurm", "hydra.launcher.partition=debug")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, postgres_uri):
+    """The team's server: `mlflow server` over the session's PostgreSQL."""
+    with mlflow_server(tmp_path_factory.mktemp("server"), postgres_uri) as url:
+        yield url
+
+
+def start_sweep(*overrides: str, cwd: Path, url: str, slurm: dict) -> subprocess.Popen:
+    """`python -m runner --multirun OVERRIDES` on the cluster (a sweep even of one job), the test
+    engines importable by its jobs (a job gets the environment of the sbatch that submitted it)."""
+    cwd.mkdir(parents=True, exist_ok=True)
+    env = {**slurm, **TEST_ENGINES, "MLFLOW_TRACKING_URI": url}
+    return subprocess.Popen([sys.executable, "-m", "runner", "--multirun", TEST_BACKENDS, *SLURM, *overrides], cwd=cwd,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def finish(process: subprocess.Popen, timeout: float = 300) -> str:
+    try:
+        return process.communicate(timeout=timeout)[0]
+    finally:
+        process.kill()
+
+
+def wait_for(condition, what: str, timeout: float = 120):
+    deadline = time.time() + timeout
+    while not (found := condition()):
+        assert time.time() < deadline, f"no {what} after {timeout:.0f} s"
+        time.sleep(0.5)
+    return found
+
+
+def queue(slurm: dict, array: str) -> list[str]:
+    """The jobs of the array still pending or running, as `squeue` lists them."""
+    listed = subprocess.run(["squeue", "--noheader", "--array", "--jobs", array, "--format=%i %T"], env=slurm,
+                            capture_output=True, text=True)
+    return listed.stdout.split("\n")[:-1]
+
+
+def test_a_sweep_of_eight_jobs_lands_whole(tmp_path, server, slurm):
+    """The README's cluster command: two backends, four learning rates, a partition and a time
+    limit; every job a task of one job array, every run on the server, tagged with its job."""
+    experiment = "slurm-whole"
+    process = start_sweep("hydra.launcher.timeout_min=10", "backend=numpy,torch", "lr=0.1,0.2,0.3,0.4",
+                          f"epochs={EPOCHS}", f"mlflow.experiment_name={experiment}", cwd=tmp_path, url=server,
+                          slurm=slurm)
+    output = finish(process)
+    assert process.returncode == 0, output[-3000:]
+
+    client = MlflowClient(server)
+    runs = runs_of(server, experiment)
+    (parent,) = runs_of(server, experiment, sweeps=True)
+    assert parent.info.status == "FINISHED" and len(runs) == 8
+    for run in runs:
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        for name in ("x", "loss", "grad"):
+            steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, name))
+            assert steps == list(range(EPOCHS + 1)), (run.info.run_name, name)
+        assert {"trajectory.csv", "gradient_descent.png"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert "report/runs.csv" in {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    # One array of eight tasks; each run knows its job, which ran its job number.
+    tags = [run.data.tags for run in runs]
+    assert len({t["slurm_array_job_id"] for t in tags}) == 1
+    assert sorted(int(t["slurm_array_task_id"]) for t in tags) == list(range(8))
+    assert len({t["slurm_job_id"] for t in tags}) == 8
+    for run in runs:
+        log = next(tmp_path.glob(f"outputs/multirun/*/*/.submitit/{run.data.tags['slurm_array_job_id']}_"
+                                 f"{run.data.tags['slurm_array_task_id']}/*_log.out"))
+        assert run.info.run_id in log.read_text()
+
+    # The same sweep, checked on this machine: the SLURM sweep re-run through the basic launcher.
+    checked = subprocess.run([sys.executable, "-m", "runner.reproduce", parent.info.run_id, "--launcher", "basic"],
+                             cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": server},
+                             capture_output=True, text=True, timeout=300)
+    assert checked.returncode == 0, checked.stdout[-2000:] + checked.stderr[-2000:]
+    assert "8 of 8 runs identical" in checked.stdout
+
+
+def test_a_cancelled_job_and_a_job_at_its_time_limit_end_their_runs(tmp_path, server, slurm):
+    """Two sweeps at once: in one, the test scancels a running job; in the other, a job's
+    one-minute limit comes (Slurm signals it `signal_delay_s` before the end). In both the
+    other jobs land, the job's run ends with the reason, the sweep fails naming the job."""
+    cancelled = start_sweep("backend=numpy,hanging", "lr=0.1,0.3", "epochs=5", "mlflow.experiment_name=slurm-cancel",
+                            cwd=tmp_path / "cancel", url=server, slurm=slurm)
+    limited = start_sweep("backend=hanging", "lr=0.1", "hydra.launcher.timeout_min=1",
+                          "mlflow.experiment_name=slurm-limit", cwd=tmp_path / "limit", url=server, slurm=slurm)
+    try:
+        def running_hanging_job():
+            return [r for r in runs_of(server, "slurm-cancel")
+                    if r.info.run_name == "hanging-sgd-square-lr0.1" and r.info.status == "RUNNING"]
+        (victim,) = wait_for(running_hanging_job, "running job to cancel")
+        job_id = f"{victim.data.tags['slurm_array_job_id']}_{victim.data.tags['slurm_array_task_id']}"
+        subprocess.run(["scancel", job_id], env=slurm, check=True)
+        # The other hanging job of that sweep runs for two minutes: cancel it too, once its run has
+        # started, so that the test need not wait (its end is asserted like the first's).
+        (other,) = wait_for(lambda: [r for r in runs_of(server, "slurm-cancel")
+                                     if r.info.run_name == "hanging-sgd-square-lr0.3" and r.info.status == "RUNNING"],
+                            "second running job")
+        subprocess.run(["scancel", f"{other.data.tags['slurm_array_job_id']}_{other.data.tags['slurm_array_task_id']}"],
+                       env=slurm, check=True)
+        cancel_output, limit_output = finish(cancelled), finish(limited)
+    finally:
+        cancelled.kill()
+        limited.kill()
+
+    # scancel: the job's run ends KILLED with Slurm's word for it; the numpy jobs land; the sweep
+    # fails, its report and its error naming the job.
+    assert cancelled.returncode == 1, cancel_output[-3000:]
+    runs = {r.info.run_name: r for r in runs_of(server, "slurm-cancel")}
+    (parent,) = runs_of(server, "slurm-cancel", sweeps=True)
+    assert parent.info.status == "FAILED"
+    assert runs["numpy-sgd-square-lr0.1"].info.status == runs["numpy-sgd-square-lr0.3"].info.status == "FINISHED"
+    killed = runs["hanging-sgd-square-lr0.1"]
+    assert killed.info.status == "KILLED"
+    assert killed.data.tags["error"] == f"SLURM job {job_id} ended CANCELLED without a result"
+    assert f"2 of 4 jobs failed" in cancel_output and f"SLURM job {job_id} ended CANCELLED" in cancel_output
+    report = next(tmp_path.glob("cancel/outputs/multirun/*/*/report/runs.csv")).read_text()
+    assert f"KILLED,{killed.info.run_id},SLURM job {job_id} ended CANCELLED" in report
+
+    # The time limit: FAILED, the error saying which job, why, and that it was not requeued.
+    assert limited.returncode == 1, limit_output[-3000:]
+    (run,) = runs_of(server, "slurm-limit")
+    (parent,) = runs_of(server, "slurm-limit", sweeps=True)
+    assert (run.info.status, parent.info.status) == ("FAILED", "FAILED")
+    job = run.data.tags["slurm_job_id"]  # a sweep of one job is not an array
+    assert run.data.tags["error"].startswith(f"TimeLimit: SLURM job {job} was warned of its time limit"), run.data.tags
+    assert "not requeued" in limit_output
+
+
+def test_ctrl_c_with_jobs_in_the_queue_cancels_them_all(tmp_path, server, slurm):
+    """Six jobs on four CPUs: four running, two queued, when the user presses Ctrl-C."""
+    experiment = "slurm-interrupt"
+    process = start_sweep("backend=hanging", "lr=0.1,0.2,0.3,0.4,0.5,0.6", f"mlflow.experiment_name={experiment}",
+                          cwd=tmp_path, url=server, slurm=slurm)
+    try:
+        wait_for(lambda: sum(r.info.status == "RUNNING" for r in runs_of(server, experiment)) == 4, "four running jobs")
+        (parent,) = runs_of(server, experiment, sweeps=True)
+        array = runs_of(server, experiment)[0].data.tags["slurm_array_job_id"]
+        assert sorted(line.split()[1] for line in queue(slurm, array)) == ["PENDING"] * 2 + ["RUNNING"] * 4
+        process.send_signal(signal.SIGINT)
+        output = finish(process, timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 130, output[-3000:]
+    assert queue(slurm, array) == []
+    runs = runs_of(server, experiment)
+    assert len(runs) == 4 and {r.info.status for r in runs} == {"KILLED"}
+    assert MlflowClient(server).get_run(parent.info.run_id).info.status == "KILLED"
+    assert f"cancelling SLURM job array {array}" in output
