@@ -1,7 +1,8 @@
 """One job: composed config -> problem -> descent -> MLflow run and files.
 
-`main` is the Hydra task function; `run_job` does the work on a composed config and returns the
-final loss (of a batch: the best), the value a Hydra sweeper minimises. A job is one run, or
+`main` is the Hydra task function; `record` does the work on a composed config and returns the
+run's id and its final loss (of a batch: the best), the value a Hydra sweeper minimises
+(`run_job`). A job is one run, or
 with `batch.sweep` set (a group of a batched sweep) one batch of points (`runner.batch`).
 """
 
@@ -13,14 +14,14 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 import hydra
 import numpy as np
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from runner import batch, cluster, descent, engines, outcomes, plots, provenance, schema, sweep, theory
+from runner import batch, cluster, descent, engines, outcomes, plots, provenance, schema, sweeps, theory
 from runner.expressions import NUMPY_OPS
 from runner.points import Points
 from runner.problem import build
@@ -31,8 +32,19 @@ schema.register()
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 
+class Recorded(NamedTuple):
+    run_id: str
+    value: float  # the final loss; of a batch, the best final loss
+
+
 def run_job(cfg: DictConfig) -> float:
     """Run gradient descent as `cfg` says and record it as one MLflow run; return the final loss."""
+    return record(cfg).value
+
+
+def record(cfg: DictConfig) -> Recorded:
+    """Run gradient descent as `cfg` says and record it as one MLflow run (with skip_done=true, a
+    FINISHED run of the same config stands in for it): its id and final loss."""
     from runner import tracking  # imported here: `--cfg` and `--help` need no MLflow
 
     hydra_cfg = HydraConfig.get()
@@ -50,7 +62,8 @@ def run_job(cfg: DictConfig) -> float:
     name = run_name(cfg, grid)
     if cfg.skip_done and (done := store.finished_run(config_hash)):
         log.info("[%s] skipped: run %s already has this config (skip_done=true)", name, done)
-        return float(store.record(done).metrics.get("final_loss" if grid is None else "best_final_loss", math.nan))
+        return Recorded(done, float(store.record(done).metrics.get("final_loss" if grid is None else "best_final_loss",
+                                                                     math.nan)))
 
     tags = {"backend": cfg.backend.name, "framework": engine.FRAMEWORK, "framework_version": engine.VERSION,
             "device": problem.device, "loss": problem.loss.name, "optimizer": problem.optimizer.name,
@@ -61,22 +74,22 @@ def run_job(cfg: DictConfig) -> float:
         tags["loss_curvature"] = float(curvature.max())
     if grid:
         tags["kind"] = "batch"
-    if parent := sweep.parent_run_id(hydra_cfg):
+    if parent := sweeps.parent_run_id(hydra_cfg):
         tags["mlflow.parentRunId"] = parent
     with store.run(name=name, tags=tags) as run_id:
         if grid:
             store.log_params(run_id, batch.params(flat_params(cfg), grid))
-            return batch.descend_and_record(store, run_id, cfg, problem, engine, grid, hydra_cfg)
+            return Recorded(run_id, batch.descend_and_record(store, run_id, cfg, problem, engine, grid, hydra_cfg))
         store.log_params(run_id, flat_params(cfg))
         trajectory = descend_and_record(store, run_id, cfg, problem, engine, hydra_cfg)
-    return float(trajectory.loss[-1])
+    return Recorded(run_id, float(trajectory.loss[-1]))
 
 
 def descend_and_record(store, run_id: str, cfg: DictConfig, problem: engines.Problem, engine: Any,
                        hydra_cfg: Any) -> descent.Trajectory:
     """The descent, then everything it produced: metrics, outcome, files, the terminal lines."""
-    label = f"[{sweep.position(hydra_cfg)}{cfg.backend.name} {problem.optimizer.name} lr={cfg.lr}]"
-    result, wall_time = descent.timed(problem, engine, None if sweep.shares_terminal(hydra_cfg) else label)
+    label = f"[{sweeps.position(hydra_cfg)}{cfg.backend.name} {problem.optimizer.name} lr={cfg.lr}]"
+    result, wall_time = descent.timed(problem, engine, None if sweeps.shares_terminal(hydra_cfg) else label)
     trajectory, summary = result.trajectory(0), result.summary
     log.debug("descent: %d rows in %.3f s", len(trajectory.x), wall_time)
     store.log_trajectory(run_id, trajectory, cfg.mlflow.max_logged_steps)

@@ -30,7 +30,7 @@ from typing import Any, Optional
 import numpy as np
 from omegaconf import DictConfig
 
-from runner import descent, engines, outcomes, plots, sweep, theory
+from runner import descent, engines, outcomes, plots, sweeps, theory
 from runner.points import Points
 
 log = logging.getLogger("runner")
@@ -63,8 +63,8 @@ def params(flat: dict[str, Any], grid: Points) -> dict[str, Any]:
 def descend_and_record(store, run_id: str, cfg: DictConfig, problem: engines.Problem, engine: Any,
                        grid: Points, hydra_cfg: Any) -> float:
     """The batch's descent, then its records; returns the best final loss."""
-    label = f"[{sweep.position(hydra_cfg)}{cfg.backend.name} {problem.optimizer.name} {grid.name()}]"
-    result, wall_time = descent.timed(problem, engine, None if sweep.shares_terminal(hydra_cfg) else label)
+    label = f"[{sweeps.position(hydra_cfg)}{cfg.backend.name} {problem.optimizer.name} {grid.name()}]"
+    result, wall_time = descent.timed(problem, engine, None if sweeps.shares_terminal(hydra_cfg) else label)
     radius = theory.of_problem(problem)
     table = point_table(grid, result, radius, rerun_overrides(hydra_cfg, grid))
 

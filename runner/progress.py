@@ -1,9 +1,10 @@
-"""A progress bar for long runs, on a terminal only.
+"""A progress bar for long runs, on a terminal or in Jupyter only.
 
 Engines report the rows they have done (`Problem.progress`); the bar draws on stderr when that
 is a terminal, waits half a second before it first draws (a short run shows nothing), redraws
 at most ten times a second and erases itself when the run ends, before the run's own lines.
-Piped or redirected output gets nothing extra.
+In a Jupyter kernel (`runner.run(...)` in a notebook) the bar is tqdm's notebook widget, with the
+same delay, gone when the run ends. Piped or redirected output gets nothing extra.
 """
 
 from __future__ import annotations
@@ -54,7 +55,34 @@ def line(label: str, done: int, total: int, rate: float) -> str:
             f"{done}/{total} epochs  {rate:.0f} epochs/s{left}")
 
 
-def for_terminal(label: str, total: int, stream: Optional[TextIO] = None) -> Optional[Bar]:
-    """A bar when `stream` (stderr by default) is a terminal, else None."""
+class NotebookBar:
+    """The same bar in Jupyter, drawn by tqdm (optuna's dependency, so always installed)."""
+
+    def __init__(self, label: str, total: int, delay_s: float = 0.5):
+        try:  # the widget needs ipywidgets; without it, tqdm's text bar (which Jupyter shows too)
+            import ipywidgets  # noqa: F401
+            from tqdm.notebook import tqdm
+        except ImportError:
+            from tqdm import tqdm
+
+        self.bar = tqdm(total=total, desc=label, unit="epoch", delay=delay_s, leave=False, mininterval=0.1)
+
+    def __call__(self, done: int) -> None:
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def in_jupyter() -> bool:
+    """Whether this process is a Jupyter kernel."""
+    shell = sys.modules["IPython"].get_ipython() if "IPython" in sys.modules else None
+    return type(shell).__name__ == "ZMQInteractiveShell"
+
+
+def for_terminal(label: str, total: int, stream: Optional[TextIO] = None) -> Optional[Bar | NotebookBar]:
+    """A bar when `stream` (stderr by default) is a terminal or this is a Jupyter kernel, else None."""
     stream = stream or sys.stderr
-    return Bar(label, total, stream) if stream.isatty() else None
+    if stream.isatty():
+        return Bar(label, total, stream)
+    return NotebookBar(label, total) if in_jupyter() else None

@@ -148,7 +148,17 @@ def _launch(launcher: str, options: dict, uri: str, run_ids: list[str]) -> list[
         if launcher == "submitit_slurm":
             executor.update_parameters(**{("slurm_partition" if k == "partition" else k): v for k, v in options.items()})
         jobs = executor.map_array(check, [uri] * len(run_ids), run_ids)
-        return [job.result() for job in jobs]
+        if launcher == "submitit_local":
+            return [job.result() for job in jobs]
+        from runner import cluster  # waits for every job, without Slurm accounting too; Ctrl-C cancels them
+
+        try:
+            ended = cluster.wait(jobs)
+        except KeyboardInterrupt:
+            cluster.cancel(jobs)
+            raise
+        return [(CANNOT, [f"cannot re-run {run_id}: {ended[job.job_id]}"]) if job.job_id in ended else job.result()
+                for run_id, job in zip(run_ids, jobs)]
 
 
 def _compare_run(store, record, cfg, result, lines: list[str]) -> bool:

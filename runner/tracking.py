@@ -205,6 +205,10 @@ class Store:
         history = sorted(self.client.get_metric_history(run_id, name), key=lambda m: m.step)
         return np.array([m.value for m in history], dtype=np.float64)
 
+    def artifact_paths(self, run_id: str) -> list[str]:
+        """The run's artifacts: files and folders at the top level."""
+        return [artifact.path for artifact in self.client.list_artifacts(run_id)]
+
     def download(self, run_id: str, artifact: str, folder: Path) -> Optional[Path]:
         """A run's artifact as a local file, or None when the run has no such artifact."""
         try:

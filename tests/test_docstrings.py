@@ -10,7 +10,7 @@ import pytest
 MODULES = ["runner.schema", "runner.errors", "runner.expressions", "runner.losses", "runner.engines", "runner.engines.numpy",
            "runner.optimizers", "runner.outcomes", "runner.descent", "runner.theory", "runner.points", "runner.batch",
            "runner.provenance",
-           "runner.app", "runner.__main__", "runner.tracking", "runner.search", "runner.report", "runner.sweep", "runner.progress"]
+           "runner.app", "runner.__main__", "runner.tracking", "runner.search", "runner.report", "runner.sweeps", "runner.progress"]
 
 
 @pytest.mark.parametrize("name", MODULES)

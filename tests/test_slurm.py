@@ -91,12 +91,12 @@ def test_a_sweep_of_eight_jobs_lands_whole(tmp_path, server, slurm):
                                  f"{run.data.tags['slurm_array_task_id']}/*_log.out"))
         assert run.info.run_id in log.read_text()
 
-    # The same sweep, checked on this machine: the SLURM sweep re-run through the basic launcher.
-    checked = subprocess.run([sys.executable, "-m", "runner.reproduce", parent.info.run_id, "--launcher", "basic"],
-                             cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": server},
+    # The whole sweep reproduced, through the launcher it ran on: eight SLURM jobs again.
+    checked = subprocess.run([sys.executable, "-m", "runner.reproduce", parent.info.run_id], cwd=tmp_path,
+                             env={**slurm, "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": server},
                              capture_output=True, text=True, timeout=300)
     assert checked.returncode == 0, checked.stdout[-2000:] + checked.stderr[-2000:]
-    assert "8 of 8 runs identical" in checked.stdout
+    assert "8 runs through submitit_slurm" in checked.stdout and "8 of 8 runs identical" in checked.stdout
 
 
 def test_a_cancelled_job_and_a_job_at_its_time_limit_end_their_runs(tmp_path, server, slurm):

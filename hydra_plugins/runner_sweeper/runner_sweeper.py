@@ -1,5 +1,5 @@
 """The runner's sweeper. Hydra only instantiates sweepers found in the `hydra_plugins`
-namespace package, so the class lives here; what it does is in `runner.sweep` and
+namespace package, so the class lives here; what it does is in `runner.sweeps` and
 `runner.search`.
 
 - `hydra/sweeper=runner` (the default): Hydra's basic sweeper, made failure-resistant and
@@ -50,10 +50,10 @@ ConfigStore.instance().store(group="hydra/sweeper", name="runner", node=RunnerSw
 
 def _reuse_composed(launcher: Launcher, hydra_context: HydraContext, jobs: List[List[str]], configs: List[Any]) -> None:
     """An in-process launcher gets the configs the check already composed."""
-    from runner import sweep
+    from runner import sweeps
 
     if isinstance(launcher, BasicLauncher):
-        launcher.hydra_context = HydraContext(config_loader=sweep.ComposedOnce(hydra_context.config_loader, jobs, configs),
+        launcher.hydra_context = HydraContext(config_loader=sweeps.ComposedOnce(hydra_context.config_loader, jobs, configs),
                                               callbacks=hydra_context.callbacks)
 
 
@@ -70,7 +70,7 @@ class RunnerSweeper(BasicSweeper):
         return schema.reported(self._sweep)(arguments)
 
     def _sweep(self, arguments: List[str]) -> Any:
-        from runner import sweep
+        from runner import sweeps
         from runner.errors import ConfigError
 
         # Resolve the sweep folder (its ${now:...}) before composing any job: each job config copies
@@ -86,27 +86,27 @@ class RunnerSweeper(BasicSweeper):
             results = self._search(parser, arguments, sweep_dir)
         else:
             results = self._grid(parser, arguments, sweep_dir)
-        failures = sweep.failures_error(results)
+        failures = sweeps.failures_error(results)
         if failures:
             raise failures
         return [results]
 
     def _grid(self, parser: OverridesParser, arguments: List[str], sweep_dir: Path) -> List[Any]:
-        from runner import sweep
+        from runner import sweeps
 
         overrides = parser.parse_overrides([*self._parse_config(), *arguments])
-        sweep.check_grid(overrides)
+        sweeps.check_grid(overrides)
         if self.batch:
-            jobs, labels = sweep.batch_jobs(overrides, self.batch, self.split_arguments)
+            jobs, labels = sweeps.batch_jobs(overrides, self.batch, self.split_arguments)
         else:
             jobs, labels = [job for chunk in self.split_arguments(overrides, None) for job in chunk], None
-        configs = sweep.check_jobs(self.hydra_context.config_loader, self.config, jobs, labels)
+        configs = sweeps.check_jobs(self.hydra_context.config_loader, self.config, jobs, labels)
         _reuse_composed(self.launcher, self.hydra_context, jobs, configs)
 
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         results: List[Any] = []
-        with sweep.parent_run(self.config, configs) as (parent, to_launch):
+        with sweeps.parent_run(self.config, configs) as (parent, to_launch):
             size = self.max_batch_size or len(to_launch) or 1
             for start in range(0, len(to_launch), size):
                 batch = [jobs[i] for i in to_launch[start : start + size]]
@@ -124,7 +124,7 @@ class RunnerSweeper(BasicSweeper):
         return list(self.launcher.launch(jobs, initial_job_idx=initial_job_idx))
 
     def _search(self, parser: OverridesParser, arguments: List[str], sweep_dir: Path) -> List[Any]:
-        from runner import search, sweep
+        from runner import search, sweeps
 
         n_trials, n_jobs = self.search.n_trials, self.search.n_jobs
         search.check_settings(n_trials, n_jobs, self.search.sampler)
@@ -134,19 +134,19 @@ class RunnerSweeper(BasicSweeper):
         # range: a misspelt key or a value the config refuses is one clear error, nothing recorded.
         first = study.ask(space)
         points = [first.params, *search.extremes(space, first.params)]
-        sweep.check_jobs(self.hydra_context.config_loader, self.config, [[*fixed, *search.overrides(p)] for p in points])
+        sweeps.check_jobs(self.hydra_context.config_loader, self.config, [[*fixed, *search.overrides(p)] for p in points])
 
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         results: List[Any] = []
-        with sweep.parent_run(self.config, [], jobs=n_trials) as (parent, _):
+        with sweeps.parent_run(self.config, [], jobs=n_trials) as (parent, _):
             pending, told = [first], 0
             while told < n_trials:
                 size = min(n_jobs, n_trials - told)
                 trials = pending + [study.ask(space) for _ in range(size - len(pending))]
                 pending = []
                 jobs = [[*fixed, *search.overrides(t.params)] for t in trials]
-                configs = sweep.check_jobs(self.hydra_context.config_loader, self.config, jobs)
+                configs = sweeps.check_jobs(self.hydra_context.config_loader, self.config, jobs)
                 # skip_done=true: a trial already recorded is told its recorded loss, not run
                 # again; with the same seed the search then goes on where it stopped.
                 done = parent.reuse_finished(configs)
