@@ -1,18 +1,31 @@
 # make run   - set up .venv on first use, then run the article's experiment on all three backends
 # make test  - set up .venv on first use, then run the tests
 # make ui    - browse the default store (./mlflow.db) at http://127.0.0.1:5000
+# make test-fast - the tests that start no process and no service (a minute), while developing
+# make notebook - run docs/runner.ipynb top to bottom in a Jupyter kernel and save it with its outputs
 # make ray-env - .venv-ray: the Ray launcher (hydra/launcher=ray) in an environment of its own
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test ui clean ray-env
+.PHONY: run test test-fast notebook ui clean ray-env
 
 run: $(VENV)/.installed
 	$(BIN)/python -m runner experiment=article
 
+# Two or more workers (one per core); the SLURM and Ray tests each keep to one worker (loadgroup).
 test: $(VENV)/.installed
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto --dist loadgroup
+
+test-fast: $(VENV)/.installed
+	$(BIN)/python -m pytest -m "not slow" -n auto
+
+# Executed in a temporary folder (its runs are not kept), saved back with every output.
+notebook: $(VENV)/.installed
+	$(BIN)/python -c 'import nbformat, tempfile; from nbclient import NotebookClient; \
+	    nb = nbformat.read("docs/runner.ipynb", 4); nb.metadata.pop("widgets", None); \
+	    NotebookClient(nb, timeout=600, kernel_name="python3", store_widget_state=False, resources={"metadata": {"path": tempfile.mkdtemp()}}).execute(); \
+	    nbformat.write(nb, "docs/runner.ipynb")'
 
 ui: $(VENV)/.installed
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000

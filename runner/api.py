@@ -85,6 +85,7 @@ class Run:
         from runner import losses, plots
         from runner.expressions import NUMPY_OPS
 
+        _figures_inline()
         if self.trajectory is None:
             raise ValueError(f"run {self.run_id} is a batch: its figures are artifacts ({', '.join(self.artifacts)})")
         if self.trajectory.x.ndim == 1:
@@ -246,6 +247,19 @@ def load_sweep(parent_run_id: str, tracking_uri: Optional[str] = None) -> Sweep:
     return Sweep(parent_run_id, uri, parent.status, table, children)
 
 
+def _figures_inline() -> None:
+    """In Jupyter, a Matplotlib figure that is a cell's value shows as a picture. IPython does
+    that once pyplot has been imported; the runner's figures are made without pyplot (no global
+    state), so it says so itself."""
+    from runner.progress import in_jupyter
+
+    if in_jupyter():
+        import IPython
+        from IPython.core.pylabtools import select_figure_formats
+
+        select_figure_formats(IPython.get_ipython(), {"png"})
+
+
 def _downloaded(uri: str, run_id: str, path: str) -> Path:
     """An artifact of a run, downloaded into a folder of its own that lives as long as the process."""
     from runner import tracking
@@ -316,16 +330,17 @@ def _hydra() -> Iterator[Any]:
 
 @contextlib.contextmanager
 def _logging_kept() -> Iterator[None]:
-    """Whatever Hydra configures (handlers, levels) is undone on the way out; handlers it added
-    are closed (its log files complete)."""
+    """The loggers that exist before the call (the root logger among them, which Hydra
+    configures) get their handlers, levels and switches back on the way out; handlers added to
+    them are closed (their log files complete). Loggers that libraries create meanwhile keep what
+    the libraries set (SQLAlchemy quiets its own at import, say)."""
     manager = logging.root.manager
     loggers = [logging.root, *(lg for lg in manager.loggerDict.values() if isinstance(lg, logging.Logger))]
     saved = {lg: (lg.level, list(lg.handlers), lg.propagate, lg.disabled) for lg in loggers}
     try:
         yield
     finally:
-        for lg in [logging.root, *(lg for lg in manager.loggerDict.values() if isinstance(lg, logging.Logger))]:
-            level, handlers, propagate, disabled = saved.get(lg, (logging.NOTSET, [], True, False))
+        for lg, (level, handlers, propagate, disabled) in saved.items():
             for handler in lg.handlers:
                 if handler not in handlers:
                     handler.close()
