@@ -1,7 +1,6 @@
-"""The team setup of the README, for real: PostgreSQL (Debian's packages, started by the test
-session), an `mlflow server` on it, and a sweep launched through Hydra's submitit launcher
-(`submitit_local`: the path `submitit_slurm` takes on a cluster, on one machine); and the Ray
-launcher, from its environment of its own (`make ray-env`), starting Ray and joining a cluster."""
+"""The launchers of the README's team section that are not SLURM (tests/test_slurm.py): Hydra's
+submitit launcher on one machine (`submitit_local`), and the Ray launcher, from its environment
+of its own (`make ray-env`), starting Ray and joining a cluster."""
 
 from __future__ import annotations
 
@@ -13,8 +12,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-import sqlalchemy
-from conftest import REPO, free_port, missing_service, mlflow_server, run_cli, runs_of
+from conftest import REPO, free_port, missing_service, run_cli, runs_of
 from mlflow import MlflowClient
 
 pytestmark = pytest.mark.slow
@@ -22,37 +20,22 @@ pytestmark = pytest.mark.slow
 EPOCHS = 20
 
 
-def test_a_submitit_sweep_lands_on_a_postgresql_backed_server(tmp_path, postgres_uri):
-    (tmp_path / "work").mkdir()
-    with mlflow_server(tmp_path / "server", postgres_uri) as url:
-        result = run_cli("hydra/launcher=submitit_local", "backend=numpy,torch", "lr=0.1,0.3",
-                         f"epochs={EPOCHS}", cwd=tmp_path / "work", store_uri=url)
-        assert result.returncode == 0, result.stderr[-3000:]
-
-        client = MlflowClient(url)
-        runs = runs_of(url)
-        assert sorted(r.info.run_name for r in runs) == [
-            "numpy-sgd-square-lr0.1", "numpy-sgd-square-lr0.3", "torch-sgd-square-lr0.1", "torch-sgd-square-lr0.3"]
-        (parent,) = runs_of(url, sweeps=True)
-        assert parent.info.status == "FINISHED"
-        for run in runs:
-            assert run.info.status == "FINISHED"
-            assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
-            for name in ("x", "loss", "grad"):
-                steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, name))
-                assert steps == list(range(EPOCHS + 1)), (run.info.run_name, name)
-            assert {"trajectory.csv", "gradient_descent.png"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
-        assert "report/runs.csv" in {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
-
-    # The runs are rows of PostgreSQL's tables, not of a file somewhere.
-    engine = sqlalchemy.create_engine(postgres_uri)
-    with engine.connect() as connection:
-        names = {row[0] for row in connection.execute(sqlalchemy.text("SELECT name FROM runs"))}
-    engine.dispose()
-    assert names >= {r.info.run_name for r in runs} | {parent.info.run_name}
-    # Each job ran as a submitit job of its own, its output in the sweep's .submitit folder.
-    logs = list((tmp_path / "work" / "outputs" / "multirun").rglob(".submitit/*/*_0_log.out"))
-    assert len(logs) == 4
+def test_a_submitit_local_sweep(tmp_path, store_uri):
+    """Each job a submitit process of its own, its output in the sweep's .submitit folder (the
+    SLURM path, with the server on PostgreSQL, is tests/test_slurm.py's)."""
+    result = run_cli("hydra/launcher=submitit_local", "backend=numpy", "lr=0.1,0.3", f"epochs={EPOCHS}",
+                     cwd=tmp_path, store_uri=store_uri)
+    assert result.returncode == 0, result.stderr[-3000:]
+    client = MlflowClient(store_uri)
+    runs = runs_of(store_uri)
+    (parent,) = runs_of(store_uri, sweeps=True)
+    assert sorted(r.info.run_name for r in runs) == ["numpy-sgd-square-lr0.1", "numpy-sgd-square-lr0.3"]
+    assert parent.info.status == "FINISHED"
+    for run in runs:
+        assert run.info.status == "FINISHED" and run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert len(client.get_metric_history(run.info.run_id, "x")) == EPOCHS + 1
+    logs = list((tmp_path / "outputs" / "multirun").rglob(".submitit/*/*_0_log.out"))
+    assert len(logs) == 2
 
 
 RAY_SWEEP = ("hydra/launcher=ray", "backend=numpy", "lr=0.1,0.3", f"epochs={EPOCHS}")
@@ -77,6 +60,7 @@ def ray_home():
         shutil.rmtree(folder, ignore_errors=True)
 
 
+@pytest.mark.xdist_group("ray")  # one Ray at a time on this machine
 def test_a_sweep_through_the_ray_launcher_starting_ray(tmp_path, store_uri, ray_python, ray_home):
     """Ray starts a local instance for the sweep, as on a laptop."""
     result = run_cli(*RAY_SWEEP, cwd=tmp_path, store_uri=store_uri, python=ray_python, env=ray_home)
@@ -85,6 +69,7 @@ def test_a_sweep_through_the_ray_launcher_starting_ray(tmp_path, store_uri, ray_
     assert_two_ray_jobs_landed(store_uri)
 
 
+@pytest.mark.xdist_group("ray")
 def test_a_sweep_joins_an_existing_ray_cluster(tmp_path, store_uri, ray_python, ray_home):
     """`ray start --head`, then the sweep joins it. Ray joins through the machine's network
     address, and tests here may talk over loopback only: both run in a network namespace of
