@@ -28,6 +28,7 @@ import signal
 import subprocess
 import threading
 import time
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 log = logging.getLogger("runner")
@@ -42,9 +43,11 @@ RESULT_GRACE_S = 60.0
 
 def job_tags() -> dict[str, str]:
     """Inside a Slurm job: the run's tags naming the job (`slurm_job_id`, and for a job of an
-    array, as a sweep's jobs are, `slurm_array_job_id` and `slurm_array_task_id`); else none."""
+    array, as a sweep's jobs are, `slurm_array_job_id` and `slurm_array_task_id`), its node, and
+    for a requeued job how many times it was restarted; else none."""
     names = {"slurm_job_id": "SLURM_JOB_ID", "slurm_array_job_id": "SLURM_ARRAY_JOB_ID",
-             "slurm_array_task_id": "SLURM_ARRAY_TASK_ID", "slurm_node": "SLURMD_NODENAME"}
+             "slurm_array_task_id": "SLURM_ARRAY_TASK_ID", "slurm_node": "SLURMD_NODENAME",
+             "slurm_restart_count": "SLURM_RESTART_COUNT"}
     return {tag: os.environ[variable] for tag, variable in names.items() if os.environ.get(variable)}
 
 
@@ -75,6 +78,10 @@ class TimeLimit(RuntimeError):
 def _near_time_limit(submitit_handler: Callable, signum: int, frame: Any) -> None:
     try:
         submitit_handler(signum, frame)  # requeues and exits (SystemExit), or raises
+    except SystemExit:
+        log.warning("SLURM job %s was warned of its time limit and requeued (hydra.launcher.max_num_timeout): "
+                    "this run ends KILLED, the job starts again from the beginning as a new run", _this_job())
+        raise
     except Exception as error:
         raise TimeLimit(f"SLURM job {_this_job()} was warned of its time limit (SIGUSR2, hydra.launcher.signal_delay_s "
                         f"before hydra.launcher.timeout_min) and not requeued (hydra.launcher.max_num_timeout): "
@@ -114,13 +121,19 @@ def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
     from hydra.core.utils import filter_overrides
 
     executor = _executor(launcher)
-    log.info("Submitit 'slurm' sweep output dir : %s", launcher.config.hydra.sweep.dir)
+    sweep = launcher.config.hydra.sweep
+    log.info("Submitit 'slurm' sweep output dir : %s", sweep.dir)
+    Path(str(sweep.dir)).mkdir(parents=True, exist_ok=True)
+    if "mode" in sweep:  # hydra.sweep.mode, as Hydra's launcher applies it
+        os.chmod(str(sweep.dir), mode=int(str(sweep.mode), 8))
     arguments = []
     for number, overrides in enumerate(job_overrides, start=initial_job_idx):
         log.info("\t#%d : %s", number, " ".join(filter_overrides(overrides)))
         arguments.append((list(overrides), "hydra.sweep.dir", number, f"job_id_for_{number}", Singleton.get_state()))
     jobs = executor.map_array(launcher, *zip(*arguments))
-    log.info("Sweep: SLURM job array %s (%d jobs)", _array_id(jobs[0].job_id), len(jobs))
+    first = jobs[0].job_id
+    log.info("Sweep: submitted to SLURM as %s", f"job array {_array_id(first)}_[0-{len(jobs) - 1}]" if "_" in first
+             else f"job {first}")
     try:
         ended = wait(jobs)
     except KeyboardInterrupt:

@@ -186,10 +186,11 @@ class Store:
             self.end(record.run_id, "KILLED")
 
     def end_job_runs(self, parent_id: str, job_tags: Mapping[str, str], error: str) -> None:
-        """The sweep's runs of a job its cluster ended (those tagged `job_tags`): ended KILLED where
-        still RUNNING, and `error` (why the cluster ended it) where they have no error of their own."""
+        """The sweep's run of a job its cluster ended (the newest tagged `job_tags`: a requeued
+        job's earlier attempts ended on their own): ended KILLED if still RUNNING, and `error` (why
+        the cluster ended it) where it has no error of its own."""
         match = " and ".join(f"tags.{key} = '{value}'" for key, value in job_tags.items())
-        for record in self._search(f"tags.mlflow.parentRunId = '{parent_id}' and {match}"):
+        for record in self._search(f"tags.mlflow.parentRunId = '{parent_id}' and {match}")[-1:]:
             if "error" not in record.tags:
                 self.client.set_tag(record.run_id, "error", error)
             if record.status == "RUNNING":
