@@ -169,7 +169,7 @@ def sweep(*overrides: str, batch: bool | list[str] = False) -> Sweep:
     """A sweep, as `python -m runner OVERRIDES` runs it (`hydra.sweeper.batch=...` with `batch`):
     every job checked first, a parent run, the jobs through the configured launcher, the report.
     Raises `SweepFailed` (with the sweep as `.result`) when a job failed."""
-    from runner import sweeps
+    from runner import app, sweeps
 
     folder = Path("outputs", "multirun", *datetime.datetime.now().strftime("%Y-%m-%d %H-%M-%S-%f").split())
     arguments = [*overrides, f"hydra.sweep.dir={folder}"]
@@ -180,7 +180,8 @@ def sweep(*overrides: str, batch: bool | list[str] = False) -> Sweep:
         if hydra.get_mode(config_name="config", overrides=arguments) != RunMode.MULTIRUN:
             arguments.append("hydra.mode=MULTIRUN")  # as `python -m runner --multirun` (runner.__main__ adds it)
         try:
-            hydra.multirun(config_name="config", task_function=_task, overrides=arguments)
+            # app.main given a config runs it as the command line's jobs run (Hydra passes it through)
+            hydra.multirun(config_name="config", task_function=app.main, overrides=arguments)
         except sweeps.SweepFailed as error:
             failure = error
     parent = folder / sweeps.PARENT_FILE
@@ -192,12 +193,6 @@ def sweep(*overrides: str, batch: bool | list[str] = False) -> Sweep:
     if failure is not None:
         raise SweepFailed(str(failure), result)
     return result
-
-
-def _task(cfg: "DictConfig") -> float:
-    from runner import app
-
-    return app.run_job(cfg)
 
 
 def load(run_id: str, tracking_uri: Optional[str] = None) -> Run:
