@@ -131,3 +131,11 @@ def test_a_sweep_with_a_failing_job_raises_with_the_sweep(here, monkeypatch):
     sweep = failed.value.result
     assert sweep.status == "FAILED" and list(sweep.failed["lr"]) == [0.2] and len(sweep.table) == 2
     assert "1 of 2 jobs failed" in str(failed.value) and "injected failure at lr=0.2" in str(failed.value)
+
+
+def test_a_bad_sweep_raises_before_anything_is_recorded(here, store_uri):
+    before = snapshot(store_uri)
+    with pytest.raises(runner.ConfigError) as refused:
+        runner.sweep("lr=0.1,-0.1", "epochs=3")
+    assert str(refused.value).startswith("job #1 (lr=-0.1 epochs=3): lr=-0.1 is not allowed")
+    assert snapshot(store_uri) == before and not (here / "outputs").exists()
