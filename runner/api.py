@@ -34,9 +34,8 @@ import logging
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Iterator, Optional
 
-import numpy as np
 from hydra.types import RunMode
 
 from runner.errors import ConfigError
@@ -138,9 +137,7 @@ def run(*overrides: str) -> Run:
 
     Overrides are strings, as typed on the command line ("backend=tf", "lr=0.1"); a sweep
     (`lr=0.1,0.3`) is `sweep(...)`'s."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    if any(o.is_sweep_override() for o in _parsed(OverridesParser, overrides)):
+    if any(o.is_sweep_override() for o in _parsed(overrides)):
         raise ConfigError(f"{' '.join(overrides)}: a sweep: use runner.sweep(...) (runner.run runs one setting)")
     recorded: list[Any] = []
 
@@ -200,7 +197,7 @@ def load(run_id: str, tracking_uri: Optional[str] = None) -> Run:
     finds it from here)."""
     from omegaconf import OmegaConf
 
-    from runner import tracking
+    from runner import report, tracking
     from runner.descent import Trajectory
 
     uri = tracking.tracking_uri(tracking_uri, Path.cwd())
@@ -217,9 +214,9 @@ def load(run_id: str, tracking_uri: Optional[str] = None) -> Run:
             points_file = store.download(run_id, "points.csv", Path(tmp))
             points = pandas.read_csv(points_file) if points_file else None
         elif csv_file := store.download(run_id, "trajectory.csv", Path(tmp)):
-            trajectory = _trajectory(np.genfromtxt(csv_file, delimiter=",", names=True, deletechars=""), Trajectory,
-                                     record.tags.get("device", "cpu"))
-    summary = {k: v for k, v in record.metrics.items() if not _is_series(k, trajectory)}
+            trajectory = Trajectory.from_columns(report.read_series(csv_file), record.tags.get("device", "cpu"))
+    series = trajectory.columns() if trajectory is not None else {}
+    summary = {k: v for k, v in record.metrics.items() if k not in series}
     return Run(run_id, uri, record.name, record.status, record.params, record.tags, summary, config, trajectory,
                points, artifacts)
 
@@ -265,33 +262,14 @@ def _downloaded(uri: str, run_id: str, path: str) -> Path:
     return found
 
 
-def _trajectory(table: np.ndarray, trajectory: Callable, device: str) -> "Trajectory":
-    """trajectory.csv's columns (step, x, loss, grad; or x/0, ..., grad/0, ..., grad_norm, x_norm)
-    as a Trajectory."""
-    names = table.dtype.names
-    table = np.atleast_1d(table)
+def _parsed(overrides: tuple[str, ...]) -> list:
+    """The overrides as Hydra parses them; none where Hydra cannot, which it then says itself."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    def stacked(prefix: str) -> np.ndarray:
-        if prefix in names:
-            return table[prefix].astype(np.float64)
-        return np.stack([table[n] for n in names if n.startswith(prefix + "/")], axis=1).astype(np.float64)
-
-    vector = "x" not in names
-    return trajectory(x=stacked("x"), loss=table["loss"].astype(np.float64), grad=stacked("grad"), device=device,
-                      x_norm=table["x_norm"].astype(np.float64) if "x_norm" in names else None,
-                      whole_grad_norm=table["grad_norm"].astype(np.float64) if vector and "x_norm" in names else None)
-
-
-def _is_series(name: str, trajectory: Optional["Trajectory"]) -> bool:
-    return trajectory is not None and (name in ("x", "loss", "grad", "grad_norm", "x_norm")
-                                       or name.startswith(("x/", "grad/")))
-
-
-def _parsed(parser: Any, overrides: tuple[str, ...]) -> list:
     try:
-        return parser.create().parse_overrides(list(overrides))
-    except Exception as error:  # Hydra's parse error: the same line the command line prints
-        raise ConfigError(str(error).strip().splitlines()[0]) from None
+        return OverridesParser.create().parse_overrides(list(overrides))
+    except Exception:
+        return []
 
 
 @contextlib.contextmanager

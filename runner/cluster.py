@@ -12,7 +12,7 @@ for `hydra/launcher=submitit_slurm` the runner submits the jobs exactly as Hydra
   accounting) says it ended;
 - a job that ended without a result is a failed job of the sweep, its error Slurm's state and
   reason (`CANCELLED`, `TIMEOUT`, ...), which its run gets as its `error` tag; the job itself
-  ended the run KILLED on Slurm's SIGTERM (`stop_on_sigterm`), or the sweep does;
+  ended the run KILLED on Slurm's SIGTERM (`handle_signals`), or the sweep does;
 - Ctrl-C or SIGTERM of the launching process cancels every job of the sweep still queued or
   running and waits until Slurm has ended them: nothing of the sweep is left in the queue.
 
@@ -172,7 +172,7 @@ def wait(jobs: Sequence[Any], poll_s: float = 1.0) -> dict[str, JobEnded]:
     Polls `squeue` every `poll_s` seconds for the first minute, then every 5 s."""
     waiting = {job.job_id: job for job in jobs}
     ended: dict[str, JobEnded] = {}
-    completed_at: dict[str, float] = {}
+    without_result_since: dict[str, float] = {}
     started = time.monotonic()
     while waiting:
         states = squeue({_array_id(job_id) for job_id in waiting})
@@ -183,7 +183,7 @@ def wait(jobs: Sequence[Any], poll_s: float = 1.0) -> dict[str, JobEnded]:
             state, reason = states.get(job_id, ("UNKNOWN", "no longer known to Slurm"))
             if state in ("COMPLETED", "UNKNOWN"):
                 # The result may still be on its way (a shared file system).
-                since = completed_at.setdefault(job_id, time.monotonic())
+                since = without_result_since.setdefault(job_id, time.monotonic())
                 if time.monotonic() - since < RESULT_GRACE_S:
                     continue
             elif state not in ENDED:

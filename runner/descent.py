@@ -19,7 +19,7 @@ import math
 import time
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Optional
+from typing import Mapping, Optional
 
 import numpy as np
 
@@ -71,6 +71,21 @@ class Trajectory:
             norms["x_norm"] = self.x_norm
         return {**{f"x/{i}": x[:, i] for i in range(x.shape[1])}, "loss": self.loss,
                 **{f"grad/{i}": grad[:, i] for i in range(grad.shape[1])}, **norms}
+
+    @classmethod
+    def from_columns(cls, columns: Mapping[str, np.ndarray], device: str) -> "Trajectory":
+        """The trajectory whose `columns()` these are (as trajectory.csv holds them), as float64;
+        `step` and any other column is ignored."""
+        def coordinates(name: str) -> np.ndarray:
+            if name in columns:
+                return np.asarray(columns[name], dtype=np.float64)
+            keys = sorted((k for k in columns if k.startswith(f"{name}/")), key=lambda k: int(k.split("/")[1]))
+            return np.stack([columns[k] for k in keys], axis=1).astype(np.float64)
+
+        x_norm = columns.get("x_norm")  # present only where x and grad hold the first coordinates
+        return cls(x=coordinates("x"), loss=np.asarray(columns["loss"], dtype=np.float64), grad=coordinates("grad"),
+                   device=device, x_norm=None if x_norm is None else np.asarray(x_norm, dtype=np.float64),
+                   whole_grad_norm=None if x_norm is None else np.asarray(columns["grad_norm"], dtype=np.float64))
 
 
 @dataclass(frozen=True)
@@ -144,7 +159,7 @@ def timed(problem: Problem, engine: ModuleType, bar_label: Optional[str]) -> tup
     seconds it took."""
     from runner import progress
 
-    bar = None if bar_label is None else progress.for_terminal(bar_label, problem.epochs + 1)
+    bar = None if bar_label is None else progress.for_display(bar_label, problem.epochs + 1)
     started = time.perf_counter()
     try:
         result = descend(dataclasses.replace(problem, progress=bar), engine)

@@ -80,7 +80,7 @@ def in_jupyter() -> bool:
     return type(shell).__name__ == "ZMQInteractiveShell"
 
 
-def for_terminal(label: str, total: int, stream: Optional[TextIO] = None) -> Optional[Bar | NotebookBar]:
+def for_display(label: str, total: int, stream: Optional[TextIO] = None) -> Optional[Bar | NotebookBar]:
     """A bar when `stream` (stderr by default) is a terminal or this is a Jupyter kernel, else None."""
     stream = stream or sys.stderr
     if stream.isatty():

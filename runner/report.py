@@ -74,7 +74,7 @@ def build(store, parent_id: str, folder: Path, reused: Sequence[str] = ()) -> bo
 
         return batch_report.build(store, parent_id, folder, records)
     with tempfile.TemporaryDirectory() as tmp:
-        jobs = [Job(record, _read_series(store.download(record.run_id, "trajectory.csv", Path(tmp))))
+        jobs = [Job(record, read_series(store.download(record.run_id, "trajectory.csv", Path(tmp))))
                 for record in records]
     varied = varied_keys([job.record.params for job in jobs])
     rows = [_row(job, jobs, varied) for job in jobs]
@@ -108,7 +108,8 @@ def build(store, parent_id: str, folder: Path, reused: Sequence[str] = ()) -> bo
     return not failed
 
 
-def _read_series(path: Optional[Path]) -> dict[str, np.ndarray]:
+def read_series(path: Optional[Path]) -> dict[str, np.ndarray]:
+    """A run's trajectory.csv (`runner.app.write_csv`) as a series per column; none for no file."""
     if path is None:
         return {}
     with path.open() as file:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -110,6 +109,7 @@ def test_a_batched_sweep_from_python(here, store_uri):
     (("lr=-0.1",), "lr=-0.1 is not allowed", True),  # the runner's check: one line
     (("backend=mxnet",), "Could not find 'backend/mxnet'", True),  # Hydra's: its lines, as the CLI prints them
     (("lr=abc",), "full_key: lr", True),
+    (("lr=(",), "Error parsing override 'lr=('", True),
     (("lr=0.1,0.3",), "use runner.sweep", False),
     (("experiment=article",), "use runner.sweep", False),
 ])

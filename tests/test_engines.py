@@ -123,3 +123,20 @@ def test_reporting_progress_changes_no_number(backend, x_start, epochs, lr):
         assert seen[-1] == epochs + 1
     else:  # |x| grows 0.6% a step and passes 1e6 near step 2000: the run stops there
         assert 1500 < len(plain.x) < epochs + 1 and seen[-1] < epochs + 1
+
+
+@pytest.mark.parametrize("shape, x_norm", [((), False), ((12,), False), ((12,), True)])
+def test_a_trajectory_is_the_columns_it_writes(shape, x_norm):
+    """trajectory.csv's columns, read back (runner.load), give the same trajectory."""
+    from runner.descent import Trajectory
+
+    rng = np.random.default_rng(0)
+    x, grad = rng.normal(size=(5, *shape)), rng.normal(size=(5, *shape))
+    trajectory = Trajectory(x=x, loss=rng.normal(size=5), grad=grad, device="cpu",
+                            x_norm=rng.normal(size=5) if x_norm else None,
+                            whole_grad_norm=rng.normal(size=5) if x_norm else None)
+    columns = {"step": np.arange(5.0), **trajectory.columns()}
+    again = Trajectory.from_columns(dict(reversed(columns.items())), "cpu")  # the order of columns aside
+    assert again.columns().keys() == trajectory.columns().keys()
+    for name, series in trajectory.columns().items():
+        np.testing.assert_array_equal(again.columns()[name], series)

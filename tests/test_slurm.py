@@ -4,7 +4,6 @@ at its time limit, and Ctrl-C with jobs in the queue."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
