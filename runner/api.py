@@ -166,7 +166,7 @@ def sweep(*overrides: str, batch: bool | list[str] = False) -> Sweep:
     """A sweep, as `python -m runner OVERRIDES` runs it (`hydra.sweeper.batch=...` with `batch`):
     every job checked first, a parent run, the jobs through the configured launcher, the report.
     Raises `SweepFailed` (with the sweep as `.result`) when a job failed."""
-    from runner import app, sweeps
+    from runner import app, job, sweeps
 
     folder = Path("outputs", "multirun", *datetime.datetime.now().strftime("%Y-%m-%d %H-%M-%S-%f").split())
     arguments = [*overrides, f"hydra.sweep.dir={folder}"]
@@ -179,9 +179,9 @@ def sweep(*overrides: str, batch: bool | list[str] = False) -> Sweep:
         try:
             # app.main given a config runs it as the command line's jobs run (Hydra passes it through)
             hydra.multirun(config_name="config", task_function=app.main, overrides=arguments)
-        except sweeps.SweepFailed as error:
+        except sweeps.JobsFailed as error:
             failure = error
-    parent = folder / sweeps.PARENT_FILE
+    parent = folder / job.PARENT_FILE
     if not parent.exists():
         raise ConfigError(f"{' '.join(overrides)}: the sweep did not start") from failure
     started = json.loads(parent.read_text())
@@ -197,7 +197,7 @@ def load(run_id: str, tracking_uri: Optional[str] = None) -> Run:
     finds it from here)."""
     from omegaconf import OmegaConf
 
-    from runner import report, tracking
+    from runner import tables, tracking
     from runner.descent import Trajectory
 
     uri = tracking.tracking_uri(tracking_uri, Path.cwd())
@@ -214,7 +214,7 @@ def load(run_id: str, tracking_uri: Optional[str] = None) -> Run:
             points_file = store.download(run_id, "points.csv", Path(tmp))
             points = pandas.read_csv(points_file) if points_file else None
         elif csv_file := store.download(run_id, "trajectory.csv", Path(tmp)):
-            trajectory = Trajectory.from_columns(report.read_series(csv_file), record.tags.get("device", "cpu"))
+            trajectory = Trajectory.from_columns(tables.read_series(csv_file), record.tags.get("device", "cpu"))
     series = trajectory.columns() if trajectory is not None else {}
     summary = {k: v for k, v in record.metrics.items() if k not in series}
     return Run(run_id, uri, record.name, record.status, record.params, record.tags, summary, config, trajectory,

@@ -1,5 +1,5 @@
 """A batch: one job that runs every point of a batched sweep's group as one descent, and what it
-records in its one MLflow run.
+records in its one MLflow run (`point_records`, the batch's output for `runner.recording`).
 
 - params: the group's config, each batched key as its sweep (`lr=range(0.001,1.2,0.001)`) with
   its count, min and max (`lr.count`, `lr.min`, `lr.max`);
@@ -19,8 +19,6 @@ records in its one MLflow run.
 
 from __future__ import annotations
 
-import csv
-import logging
 import math
 import zipfile
 from dataclasses import dataclass
@@ -30,15 +28,13 @@ from typing import Any, Optional
 import numpy as np
 from omegaconf import DictConfig
 
-from runner import descent, engines, outcomes, plots, sweeps, theory
+from runner import descent, engines, outcomes, plots, tables, theory
 from runner.points import Points
-
-log = logging.getLogger("runner")
+from runner.recording import Records
 
 # points.json, the table MLflow's UI shows, holds at most this many points (evenly spaced);
 # points.csv holds them all.
 TABLE_ROWS = 100_000
-CHUNK_ROWS = 50_000  # points.csv is written this many rows at a time: a million rows of text take GBs
 
 # A point's summary: what a run records as metrics (runner.outcomes), with its final x, its
 # outcome and theory's rate; runner.reproduce compares them all but the last.
@@ -52,44 +48,40 @@ def params(flat: dict[str, Any], grid: Points) -> dict[str, Any]:
     >>> params({"lr": 0.001, "epochs": 200}, parse(["lr=range(0.001,1.2,0.001)"]))
     {'lr': 'range(0.001,1.2,0.001)', 'epochs': 200, 'lr.count': 1199, 'lr.min': 0.001, 'lr.max': 1.199}
     """
-    sweeps = {key: text.split("=", 1)[1] for key, text in zip(grid.keys, grid.sweeps)}
-    out = {key: sweeps.get(key, value) for key, value in flat.items()}
+    sweep_of = {key: text.split("=", 1)[1] for key, text in zip(grid.keys, grid.sweeps)}
+    out = {key: sweep_of.get(key, value) for key, value in flat.items()}
     for key, axis in zip(grid.keys, grid.axes):
-        out[key] = sweeps[key]  # a loss constant the config did not have goes last
+        out[key] = sweep_of[key]  # a loss constant the config did not have goes last
         out.update({f"{key}.count": len(axis), f"{key}.min": float(axis.min()), f"{key}.max": float(axis.max())})
     return out
 
 
-def descend_and_record(store, run_id: str, cfg: DictConfig, problem: engines.Problem, engine: Any,
-                       grid: Points, hydra_cfg: Any) -> float:
-    """The batch's descent, then its records; returns the best final loss."""
-    label = f"[{sweeps.position(hydra_cfg)}{cfg.backend.name} {problem.optimizer.name} {grid.name()}]"
-    result, wall_time = descent.timed(problem, engine, None if sweeps.shares_terminal(hydra_cfg) else label)
+def point_records(cfg: DictConfig, problem: engines.Problem, grid: Points, result: descent.Descent,
+                  wall_time: float, hydra_cfg: Any) -> Records:
+    """A batch's records: a row per point (points.csv, and points.json for the UI), the kept
+    trajectories, figures, the summary and, where lr is batched on a loss of known curvature, the
+    stability bound against theory."""
     radius = theory.of_problem(problem)
     table = point_table(grid, result, radius, rerun_overrides(hydra_cfg, grid))
-
     out_dir = Path(hydra_cfg.runtime.output_dir)
-    files = [write_points(out_dir / "points.csv", table), write_trajectories(out_dir / "trajectories.npz", grid, result)]
+    files = [tables.write_table(out_dir / "points.csv", table),
+             write_trajectories(out_dir / "trajectories.npz", grid, result)]
     files += figures(out_dir, cfg, problem, grid, table)
-    stability = stability_table(problem, grid, table)
+    stability = _stability(problem, grid, table)
     if stability:
-        files.append(write_points(out_dir / "stability.csv", stability))
-
+        files.append(tables.write_table(out_dir / "stability.csv", stability))
     summary = summary_metrics(grid, table, stability)
-    store.log_metrics(run_id, {**summary, "wall_time_s": wall_time})
     kept = len(result.kept)
-    store.set_tags(run_id, {"device": result.device, "points": grid.count,
-                            "trajectories_kept": f"{kept} of {grid.count}"})
-    for name, values in _history(stability).items():
-        store.log_series(run_id, name, values)
     shown = descent.evenly_spaced(grid.count, TABLE_ROWS)
-    store.log_table(run_id, {k: _json_column(v[shown]) for k, v in table.items()}, "points.json")
-    say(label, grid, table, summary, stability, kept, wall_time, store.describe(run_id))
-    for handler in logging.getLogger().handlers:  # the log file goes up next: make it complete
-        handler.flush()
-    store.log_artifacts(run_id, files=[*files, out_dir / f"{hydra_cfg.job.name}.log"],
-                        folders={"hydra": out_dir / hydra_cfg.output_subdir} if hydra_cfg.output_subdir else {})
-    return float(summary.get("best_final_loss", math.nan))
+    return Records(
+        value=float(summary.get("best_final_loss", math.nan)),
+        metrics=summary,
+        tags={"device": result.device, "points": grid.count, "trajectories_kept": f"{kept} of {grid.count}"},
+        lines=_lines(grid, summary, stability, kept, wall_time),
+        files=files,
+        series=_history(stability),
+        tables={"points.json": {k: tables.json_column(v[shown]) for k, v in table.items()}},
+    )
 
 
 def point_table(grid: Points, result: descent.Descent, radius: Optional[np.ndarray],
@@ -138,51 +130,6 @@ def rerun_overrides(hydra_cfg: Any, grid: Points) -> list[str]:
     return kept
 
 
-def write_points(path: Path, table: dict[str, Any]) -> Path:
-    """A table as CSV: floats in full (they read back as the same numbers), -1 and NaN blank
-    (none: no step within tolerance, no divergence, no rate), a vector as [a, b]."""
-    names = list(table)
-    count = len(next(iter(table.values())))
-    with path.open("w", newline="") as file:
-        writer = csv.writer(file)
-        writer.writerow(names)
-        for start in range(0, count, CHUNK_ROWS):
-            rows = slice(start, start + CHUNK_ROWS)
-            writer.writerows(zip(*(text_column(name, table[name][rows]) for name in names)))
-    return path
-
-
-def text_column(name: str, values: Any) -> list[str]:
-    if isinstance(values, list) or (isinstance(values, np.ndarray) and values.dtype.kind in "US"):
-        return [str(v) for v in values]
-    values = np.asarray(values)
-    if values.ndim == 2:
-        return ["[" + ", ".join(repr(float(v)) for v in row) + "]" for row in values]
-    if values.dtype.kind in "iu":
-        blank = name in ("steps_to_tolerance", "diverged_at", "trajectory")
-        return ["" if blank and v < 0 else str(v) for v in values.tolist()]
-    return ["" if math.isnan(v) else repr(v) for v in values.astype(np.float64).tolist()]
-
-
-def _json_column(values: Any) -> list:
-    """A column for mlflow.log_table: JSON values (NaN as null)."""
-    if isinstance(values, list) or (isinstance(values, np.ndarray) and values.dtype.kind in "US"):
-        return [str(v) for v in values]
-    values = np.asarray(values)
-    if values.ndim == 2:
-        return [[float(v) for v in row] for row in values]
-    return [None if isinstance(v, float) and not math.isfinite(v) else v for v in values.tolist()]
-
-
-def read_points(path: Path) -> dict[str, list[str]]:
-    """points.csv back as text columns."""
-    with path.open(newline="") as file:
-        reader = csv.reader(file)
-        names = next(reader)
-        rows = list(reader)
-    return {name: [row[i] for row in rows] for i, name in enumerate(names)}
-
-
 def write_trajectories(path: Path, grid: Points, result: descent.Descent) -> Path:
     """The kept rows in one compressed file: `points` (their indices), `x`, `loss`, `grad`
     ((rows, kept, ...): column k is the k-th kept point, NaN after its last row), `norms` past
@@ -199,38 +146,17 @@ def write_trajectories(path: Path, grid: Points, result: descent.Descent) -> Pat
     return path
 
 
-def stability_table(problem: engines.Problem, grid: Points, table: dict[str, Any]) -> dict[str, np.ndarray]:
-    """Where lr is batched, the rate known and the rule linear: for each setting of the other
-    batched keys, the largest lr whose measured rate is below 1, against theory (for the loss's
-    largest curvature), and the lr grid's step there. Empty otherwise."""
+def _stability(problem: engines.Problem, grid: Points, table: dict[str, Any]) -> dict[str, np.ndarray]:
+    """`theory.stability` of the batch: where lr is batched, the rate known and the rule linear,
+    for each setting of the other batched keys; empty otherwise."""
     curvatures = problem.loss.curvature_values()
-    if "lr" not in grid.keys or curvatures is None or problem.optimizer.name not in theory.LINEAR:
+    if "lr" not in grid.keys or curvatures is None:
         return {}
-    rate = np.asarray(table["rate"], dtype=np.float64)
-    if np.isnan(rate).all():
-        return {}
-    others = [k for k in grid.keys if k != "lr" and k != "x_start"]
-    lr = grid.values("lr")
-    settings = np.stack([grid.values(k) for k in others], axis=1) if others else np.zeros((grid.count, 0))
-    unique, group = np.unique(settings, axis=0, return_inverse=True)
-    group = group.reshape(-1)
-    largest = np.broadcast_to(curvatures.max(axis=1), (grid.count,))
-    momentum = problem.per_point(problem.optimizer.momentum) if problem.optimizer.momentum is not None else None
-    out: dict[str, list] = {**{k: [] for k in others}, "largest_stable_lr": [], "largest_stable_lr_theory": [],
-                            "lr_step": []}
-    steps = np.diff(np.unique(lr))
-    for g, values in enumerate(unique):
-        mine = np.flatnonzero(group == g)
-        stable = mine[rate[mine] < 1]
-        first = mine[0]
-        bound = theory.largest_stable_lr(problem.optimizer.name, largest[first],
-                                         None if momentum is None else momentum[first])
-        for k, v in zip(others, values):
-            out[k].append(v)
-        out["largest_stable_lr"].append(float(lr[stable].max()) if stable.size else math.nan)
-        out["largest_stable_lr_theory"].append(float(bound))
-        out["lr_step"].append(float(steps.max()) if steps.size else math.nan)
-    return {k: np.array(v, dtype=np.float64) for k, v in out.items()}
+    others = {k: grid.values(k) for k in grid.keys if k not in ("lr", "x_start")}
+    momentum = problem.optimizer.momentum
+    return theory.stability(problem.optimizer.name, grid.values("lr"), others, np.asarray(table["rate"], np.float64),
+                            np.broadcast_to(curvatures.max(axis=1), (grid.count,)),
+                            None if momentum is None else problem.per_point(momentum))
 
 
 def summary_metrics(grid: Points, table: dict[str, Any], stability: dict[str, np.ndarray]) -> dict[str, float]:
@@ -255,7 +181,7 @@ def summary_metrics(grid: Points, table: dict[str, Any], stability: dict[str, np
         metrics["largest_stable_lr_theory"] = float(stability["largest_stable_lr_theory"][0])
     elif stability:
         metrics["stability/settings"] = len(stability["largest_stable_lr"])
-        metrics["stability/within_one_step"] = int(np.sum(within_one_step(stability)))
+        metrics["stability/within_one_step"] = int(np.sum(theory.within_one_step(stability)))
     return {k: v for k, v in metrics.items() if not (isinstance(v, float) and math.isnan(v))}
 
 
@@ -267,12 +193,6 @@ def _point_values(prefix: str, grid: Points, point: int) -> dict[str, float]:
         if np.size(value) == 1:
             out[f"{prefix}.{key}"] = float(np.reshape(value, -1)[0])
     return out
-
-
-def within_one_step(stability: dict[str, np.ndarray]) -> np.ndarray:
-    """For each setting: is the measured largest stable lr within one lr step of theory's?"""
-    measured, bound = stability["largest_stable_lr"], stability["largest_stable_lr_theory"]
-    return np.abs(measured - bound) <= stability["lr_step"] * (1 + 1e-9)
 
 
 def _history(stability: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -324,6 +244,7 @@ def rate_map(grid: Points, problem: engines.Problem, rate: np.ndarray, title: st
 
 
 def _bound(problem: engines.Problem, grid: Points) -> Optional[float]:
+    """Theory's largest stable lr, where the batch's points share the loss's largest curvature."""
     curvatures = problem.loss.curvature_values()
     if curvatures is None or np.ptp(curvatures.max(axis=1)) > 0:
         return None
@@ -332,21 +253,20 @@ def _bound(problem: engines.Problem, grid: Points) -> Optional[float]:
                                     None if momentum is None else float(np.reshape(momentum, -1)[0]))
 
 
-def say(label: str, grid: Points, table: dict[str, Any], summary: dict[str, float], stability: dict[str, np.ndarray],
-        kept: int, wall_time: float, where: str) -> None:
+def _lines(grid: Points, summary: dict[str, float], stability: dict[str, np.ndarray], kept: int,
+           wall_time: float) -> list[str]:
     """The terminal's account of a batch: its outcomes, its best points, the stability bound."""
     counts = ", ".join(f"{int(summary[k])} {k}" for k in (outcomes.CONVERGED, outcomes.NOT_CONVERGED, outcomes.DIVERGED))
-    log.info("%s %d points in %.3g s: %s", label, grid.count, wall_time, counts)
-    for name, metric in (("best final loss", "best_final_loss"), ("fastest rate", "fastest_rate")):
+    lines = [f"{grid.count} points in {wall_time:.3g} s: {counts}"]
+    for name, metric, prefix in (("best final loss", "best_final_loss", "best"), ("fastest rate", "fastest_rate", "fastest")):
         if metric in summary:
-            prefix = "best" if metric == "best_final_loss" else "fastest"
             at = " ".join(f"{k}={summary[f'{prefix}.{k}']:.6g}" for k in grid.keys if f"{prefix}.{k}" in summary)
-            log.info("%s %s %.6g at %s", label, name, summary[metric], at)
+            lines.append(f"{name} {summary[metric]:.6g} at {at}")
     if stability:
         pairs = list(zip(stability["largest_stable_lr"], stability["largest_stable_lr_theory"]))
         shown = "; ".join(f"{m:.6g} (theory {t:.6g})" for m, t in pairs[:3]) + ("; ..." if len(pairs) > 3 else "")
-        log.info("%s largest lr with rate < 1: %s", label, shown)
+        lines.append(f"largest lr with rate < 1: {shown}")
     if kept < grid.count:
-        log.info("%s whole trajectories kept for %d of %d points (batch.trajectory_mb); every point's summary is in "
-                 "points.csv", label, kept, grid.count)
-    log.info("%s MLflow: %s", label, where)
+        lines.append(f"whole trajectories kept for {kept} of {grid.count} points (batch.trajectory_mb); every "
+                     f"point's summary is in points.csv")
+    return lines

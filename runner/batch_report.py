@@ -1,5 +1,5 @@
-"""The report of a batched sweep, built from what its batch runs recorded (`runner.report.build`
-hands a sweep whose children are batches here).
+"""The report of a batched sweep, built from what its batch runs recorded; it ends as a grid's
+report does (`runner.report.finish`).
 
 One row per batch (backend, optimizer, loss, its grid, outcome counts, best final loss, fastest
 rate, the largest stable lr against theory, how far measured rates stray from the spectral
@@ -11,7 +11,6 @@ batches' rate maps (with two). Logged to the sweep's parent run under `report/`.
 from __future__ import annotations
 
 import csv
-import logging
 import math
 import tempfile
 from pathlib import Path
@@ -19,22 +18,15 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from runner import plots
-from runner.batch import read_points
+from runner import plots, report, tables
 from runner.outcomes import CONVERGED, DIVERGED, NOT_CONVERGED
-
-log = logging.getLogger("runner")
 
 COLUMNS = ["backend", "optimizer", "loss", "batched", "points", CONVERGED, NOT_CONVERGED, DIVERGED, "best_final_loss",
            "fastest_rate", "largest_stable_lr", "largest_stable_lr_theory", "rate_vs_theory", "wall_time_s", "parity"]
-HEADERS = {"best_final_loss": "best final loss", "fastest_rate": "fastest rate", "largest_stable_lr": "stable lr",
-           "largest_stable_lr_theory": "theory", "rate_vs_theory": "rate vs theory", "wall_time_s": "wall s"}
 
 
-def build(store, parent_id: str, folder: Path, records: Sequence[Any]) -> bool:
+def report_batches(store, parent_id: str, folder: Path, records: Sequence[Any], reused: int = 0) -> bool:
     """Write, log and print the report of a batched sweep; True when every batch FINISHED."""
-    from runner.report import format_table
-
     out = folder / "report"
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -42,29 +34,10 @@ def build(store, parent_id: str, folder: Path, records: Sequence[Any]) -> bool:
         rows = [_row(batch, batches) for batch in batches]
         figures = _figures(batches, out)
     rows.sort(key=lambda r: (r["loss"], r["optimizer"], r["batched"], r["backend"]))
-    with (out / "runs.csv").open("w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=COLUMNS + ["status", "run_id", "error"], extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
     _write_points(out / "points.csv", batches)
-    failed = [r for r in rows if r["status"] != "FINISHED"]
-    parity = {r["backend"]: r["parity"] for r in rows if isinstance(r["parity"], float) and math.isfinite(r["parity"])}
-
-    store.log_artifacts(parent_id, files=[], folders={"report": out})
-    store.log_metrics(parent_id, {"jobs": len(rows), "jobs_failed": len(failed),
-                                  "points": sum(int(r["points"] or 0) for r in rows),
-                                  **{f"parity/{b}": v for b, v in parity.items()}})
-    store.set_tags(parent_id, {"jobs": len(rows), "jobs_failed": len(failed)})
-    log.info("Sweep report: %d batch runs (%d points), %d failed; tables %s and %s, figures %s", len(rows),
-             sum(int(r["points"] or 0) for r in rows), len(failed), out / "runs.csv", out / "points.csv",
-             ", ".join(str(f) for f in figures) or "none")
-    log.info("\n%s", format_table(rows, COLUMNS, HEADERS))
-    if parity:
-        log.info("Parity (largest relative difference of x from the other backends, every kept point): %s",
-                 ", ".join(f"{b} {v:.3g}" for b, v in sorted(parity.items())))
-    for row in failed:
-        log.error("Job failed: %s: %s", row["run_name"], row["error"])
-    return not failed
+    points = sum(int(r["points"] or 0) for r in rows)
+    return report.finish(store, parent_id, out, rows, COLUMNS, f"{len(rows)} batch runs ({points} points)", figures,
+                         metrics={"points": points}, more_tables=[out / "points.csv"])
 
 
 class _Batch:
@@ -75,17 +48,11 @@ class _Batch:
         folder = tmp / record.run_id
         folder.mkdir()
         path = store.download(record.run_id, "points.csv", folder)
-        self.points = read_points(path) if path else {}
+        self.points = tables.read_table(path) if path else {}
         found = store.download(record.run_id, "trajectories.npz", folder)
         self.trajectories = dict(np.load(found)) if found else {}
-        figures = store.client.list_artifacts(record.run_id)
-        self.figures = {f.path: store.download(record.run_id, f.path, folder) for f in figures
-                        if f.path.endswith(".png")}
-
-    @property
-    def settings(self) -> tuple:
-        """Everything but the backend: batches with equal settings must agree."""
-        return tuple(sorted((k, v) for k, v in self.record.params.items() if k != "backend"))
+        self.figures = {name: store.download(record.run_id, name, folder)
+                        for name in store.artifact_paths(record.run_id) if name.endswith(".png")}
 
     @property
     def batched(self) -> list[str]:
@@ -106,7 +73,7 @@ def _row(batch: _Batch, batches: list[_Batch]) -> dict:
                                      "wall_time_s")},
         **({"largest_stable_lr": f"{int(m['stability/within_one_step'])} of {int(m['stability/settings'])} "
                                  f"settings within one lr step"} if "stability/settings" in m else {}),
-        "rate_vs_theory": _rate_vs_theory(batch), "parity": _parity(batch, batches),
+        "rate_vs_theory": _rate_vs_theory(batch), "parity": report.parity(batch, batches, _kept_x),
         "status": r.status, "run_id": r.run_id, "run_name": r.name, "error": r.tags.get("error", ""),
     }
 
@@ -125,23 +92,9 @@ def _rate_vs_theory(batch: _Batch) -> object:
     return float(np.max(np.abs(rate[both] - radius[both]) / radius[both])) if both.any() else ""
 
 
-def _parity(batch: _Batch, batches: list[_Batch]) -> float:
-    """The largest difference of x, relative to max(1, |x|), from another backend's batch of the
-    same settings, over every kept point and row both ran."""
-    worst = math.nan
-    for other in batches:
-        if other is batch or other.settings != batch.settings or "x" not in other.trajectories or "x" not in batch.trajectories:
-            continue
-        if other.record.params.get("backend") == batch.record.params.get("backend"):
-            continue
-        a, b = batch.trajectories["x"].astype(np.float64), other.trajectories["x"].astype(np.float64)
-        if a.shape != b.shape:
-            continue
-        both = np.isfinite(a) & np.isfinite(b)
-        if both.any():
-            difference = float(np.max(np.abs(a - b)[both] / np.maximum(1.0, np.abs(b[both]))))
-            worst = difference if math.isnan(worst) else max(worst, difference)
-    return worst
+def _kept_x(batch: _Batch) -> Optional[np.ndarray]:
+    """x of every kept point, rows first: (rows, kept points, ...)."""
+    return batch.trajectories.get("x")
 
 
 def _write_points(path: Path, batches: list[_Batch]) -> None:

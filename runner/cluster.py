@@ -1,18 +1,20 @@
-"""SLURM: a sweep's jobs waited for to the last and cancelled with the sweep; each run tagged
-with its job.
+"""submitit: a sweep's jobs on SLURM (or as local processes) waited for to the last and cancelled
+with the sweep; each run tagged with its job.
 
 Hydra's submitit launcher submits a sweep as one job array, then waits for each job's result in
-turn. The first job that ends without a result (scancel, its time limit, a failed node) raises,
-and the sweep stops waiting for the others; without Slurm's accounting (`sacct`) submitit cannot
-even tell that such a job has ended, and waits forever. Ctrl-C leaves every job in the queue. So
-for `hydra/launcher=submitit_slurm` the runner submits the jobs exactly as Hydra's launcher does
-(`launch`), and then:
+turn. The first job that ends without a result (scancel, its time limit, a failed node, a process
+killed) raises, and the sweep stops waiting for the others; without Slurm's accounting (`sacct`)
+submitit cannot even tell that such a job has ended, and waits forever. Ctrl-C leaves every job
+in the queue. So for `hydra/launcher=submitit_slurm` and `submitit_local` the runner submits the
+jobs exactly as Hydra's launcher does (`launch`), and then:
 
 - waits for every job: done when its result is written, or when Slurm (`squeue`, which needs no
-  accounting) says it ended;
-- a job that ended without a result is a failed job of the sweep, its error Slurm's state and
-  reason (`CANCELLED`, `TIMEOUT`, ...), which its run gets as its `error` tag; the job itself
-  ended the run KILLED on Slurm's SIGTERM (`handle_signals`), or the sweep does;
+  accounting) says it ended, or (local) when its process is gone;
+- a job that ended without a result is a lost job of the sweep (`JobEnded`), its error Slurm's
+  state and reason (`CANCELLED`, `TIMEOUT`, ...) or its process's end; the sweeper gives its run
+  that reason, or makes the run if the job never did (`runner.sweeps.record_lost_jobs`); a job
+  whose result is an error raised outside its run (Slurm's time-limit warning before the run
+  began) is a failed job with that error;
 - Ctrl-C or SIGTERM of the launching process cancels every job of the sweep still queued or
   running and waits until Slurm has ended them: nothing of the sweep is left in the queue.
 
@@ -29,7 +31,10 @@ import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Optional, Sequence
+
+from runner.errors import JobLost
+from runner.job import job_return
 
 log = logging.getLogger("runner")
 
@@ -72,7 +77,25 @@ def handle_signals() -> None:
 
 
 class TimeLimit(RuntimeError):
-    """A Slurm job signalled before its time limit, and not requeued."""
+    """A Slurm job signalled before its time limit, and not requeued; `tags` name the job, for
+    the run the sweeper makes when the signal came before the job had made its own."""
+
+    def __init__(self, message: str, tags: Optional[dict[str, str]] = None) -> None:
+        super().__init__(message)
+        self.tags = tags or {}
+
+    def run_tags(self) -> dict[str, str]:
+        return self.tags
+
+
+def slurm_tags(job_id: str) -> dict[str, str]:
+    """The tags of a SLURM job's run that name the job (`job_tags`), from its id ('12_3' or '12').
+
+    >>> slurm_tags("12_3"), slurm_tags("12")
+    ({'slurm_array_job_id': '12', 'slurm_array_task_id': '3'}, {'slurm_job_id': '12'})
+    """
+    array, _, task = job_id.partition("_")
+    return {"slurm_array_job_id": array, "slurm_array_task_id": task} if task else {"slurm_job_id": array}
 
 
 def _near_time_limit(submitit_handler: Callable, signum: int, frame: Any) -> None:
@@ -85,7 +108,7 @@ def _near_time_limit(submitit_handler: Callable, signum: int, frame: Any) -> Non
     except Exception as error:
         raise TimeLimit(f"SLURM job {_this_job()} was warned of its time limit (SIGUSR2, hydra.launcher.signal_delay_s "
                         f"before hydra.launcher.timeout_min) and not requeued (hydra.launcher.max_num_timeout): "
-                        f"{error}") from None
+                        f"{error}", job_tags()) from None
 
 
 def _this_job() -> str:
@@ -94,35 +117,37 @@ def _this_job() -> str:
     return f"{array}_{task}" if array and task else os.environ.get("SLURM_JOB_ID", "?")
 
 
-def is_slurm(launcher: Any) -> bool:
-    return type(launcher).__name__ == "SlurmLauncher" and getattr(launcher, "_EXECUTOR", "") == "slurm"
+def is_submitit(launcher: Any) -> bool:
+    """Hydra's submitit_slurm or submitit_local launcher."""
+    return type(launcher).__name__ in ("SlurmLauncher", "LocalLauncher") and getattr(
+        launcher, "_EXECUTOR", "") in ("slurm", "local")
 
 
-class JobEnded(Exception):
-    """A job Slurm ended without a result: its id ('12_3'), state and reason."""
+class JobEnded(JobLost):
+    """A job that ended without a result: its id ('12_3'), state and reason."""
 
-    def __init__(self, job_id: str, state: str, reason: str) -> None:
-        self.job_id, self.state, self.reason = job_id, state, reason
+    def __init__(self, job_id: str, state: str, reason: str, kind: str = "SLURM") -> None:
+        self.job_id, self.state, self.reason, self.kind = job_id, state, reason, kind
         why = "" if reason in ("", "None") else f" ({reason})"
-        super().__init__(f"SLURM job {job_id} ended {state}{why} without a result")
+        super().__init__(f"{kind} job {job_id} ended {state}{why}" + ("" if state == "without a result" else
+                                                                       " without a result"))
 
     def run_tags(self) -> dict[str, str]:
-        """The tags of the run the job made (`job_tags`)."""
-        array, _, task = self.job_id.partition("_")
-        return {"slurm_array_job_id": array, "slurm_array_task_id": task} if task else {"slurm_job_id": array}
+        """The tags a SLURM job's run has (`job_tags`) that a run made for it needs too."""
+        return slurm_tags(self.job_id) if self.kind == "SLURM" else {}
 
 
-def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int,
-           on_ended: Callable[[JobEnded], None]) -> list[Any]:
-    """Hydra's `SlurmLauncher.launch`, waiting for every job: a JobReturn per job, FAILED for a
-    job Slurm ended without a result (after `on_ended(ended)` for it). Ctrl-C or SIGTERM here
-    cancels the jobs still queued or running, waits until they are gone, and is raised again."""
+def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[Any]:
+    """Hydra's submitit launch, waiting for every job: a JobReturn per job, FAILED for a job that
+    ended without a result (its error a JobEnded). Ctrl-C or SIGTERM here cancels the jobs still
+    queued or running, waits until they are gone, and is raised again."""
     from hydra.core.singleton import Singleton
     from hydra.core.utils import filter_overrides
 
     executor = _executor(launcher)
+    slurm = launcher._EXECUTOR == "slurm"
     sweep = launcher.config.hydra.sweep
-    log.info("Submitit 'slurm' sweep output dir : %s", sweep.dir)
+    log.info("Submitit '%s' sweep output dir : %s", launcher._EXECUTOR, sweep.dir)
     Path(str(sweep.dir)).mkdir(parents=True, exist_ok=True)
     if "mode" in sweep:  # hydra.sweep.mode, as Hydra's launcher applies it
         os.chmod(str(sweep.dir), mode=int(str(sweep.mode), 8))
@@ -132,24 +157,49 @@ def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
         arguments.append((list(overrides), "hydra.sweep.dir", number, f"job_id_for_{number}", Singleton.get_state()))
     jobs = executor.map_array(launcher, *zip(*arguments))
     first = jobs[0].job_id
-    log.info("Sweep: submitted to SLURM as %s", f"job array {_array_id(first)}_[0-{len(jobs) - 1}]" if "_" in first
-             else f"job {first}")
+    if slurm:
+        log.info("Sweep: submitted to SLURM as %s", f"job array {_array_id(first)}_[0-{len(jobs) - 1}]"
+                 if "_" in first else f"job {first}")
     try:
-        ended = wait(jobs)
+        ended = wait(jobs) if slurm else wait_local(jobs)
     except KeyboardInterrupt:
-        cancel(jobs)
+        if slurm:
+            cancel(jobs)
+        else:
+            for job in jobs:
+                job.cancel(check=False)
         raise
     returns = []
     for number, (overrides, job) in enumerate(zip(job_overrides, jobs), start=initial_job_idx):
         if job.job_id in ended:
-            on_ended(ended[job.job_id])
-            returns.append(_failed(overrides, number, ended[job.job_id]))
+            returns.append(job_return(overrides, number, error=ended[job.job_id]))
             continue
         try:
-            returns.append(job.results()[0])
+            result = job.results()[0]
         except Exception as error:  # the job raised outside Hydra's job (submitit keeps the traceback)
-            returns.append(_failed(overrides, number, error))
+            returns.append(job_return(overrides, number, error=_outside_the_run(job, error)))
+            continue
+        if type(result._return_value).__name__ == "UncompletedJobError":  # raised in the job, before its run
+            result._return_value = _before_the_run(job, str(result._return_value))
+        returns.append(result)
     return returns
+
+
+def _outside_the_run(job: Any, error: Exception) -> Exception:
+    """What a job raised outside Hydra's job, as one line: submitit's FailedJobError carries the
+    whole remote traceback, whose last line says what happened."""
+    lines = [line for line in str(error).strip().splitlines() if line.strip() and not line.startswith("---")]
+    last = lines[-1].strip() if lines else type(error).__name__
+    if "UncompletedJobError" in last:
+        return _before_the_run(job, last.split(":", 1)[-1].strip())
+    return RuntimeError(f"submitit job {job.job_id} failed outside its run: {last}")
+
+
+def _before_the_run(job: Any, submitit_message: str) -> Exception:
+    """Slurm's time-limit warning came before the job had made its run (`handle_signals` was not
+    yet in place): submitit's own handler raised, not requeueing the job."""
+    return TimeLimit(f"SLURM job {job.job_id} was warned of its time limit before its run began, and not requeued "
+                     f"(hydra.launcher.max_num_timeout): {submitit_message}", slurm_tags(job.job_id))
 
 
 def _executor(launcher: Any) -> Any:
@@ -158,12 +208,26 @@ def _executor(launcher: Any) -> Any:
     from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
     from omegaconf import OmegaConf
 
+    kind = launcher._EXECUTOR
     params = dict(launcher.params)
-    executor = submitit.AutoExecutor(cluster="slurm", folder=params.pop("submitit_folder"),
-                                     slurm_max_num_timeout=params.pop("max_num_timeout"))
+    init = {"folder": params.pop("submitit_folder")}
+    if "max_num_timeout" in params:
+        init[f"{kind}_max_num_timeout"] = params.pop("max_num_timeout")
+    executor = submitit.AutoExecutor(cluster=kind, **init)
     common = set(OmegaConf.structured(BaseQueueConf).keys())
-    executor.update_parameters(**{key if key in common else f"slurm_{key}": value for key, value in params.items()})
+    executor.update_parameters(**{key if key in common else f"{kind}_{key}": value for key, value in params.items()})
     return executor
+
+
+def wait_local(jobs: Sequence[Any], poll_s: float = 0.5) -> dict[str, JobEnded]:
+    """Wait until every local job's process has ended; the jobs that ended without a result."""
+    while not all(job.done() for job in jobs):
+        time.sleep(poll_s)
+    ended = {}
+    for job in jobs:
+        if not job.paths.result_pickle.exists():  # its process was killed (submitit's controller cannot say how)
+            ended[job.job_id] = JobEnded(job.job_id, "without a result", "its process died", kind="submitit")
+    return ended
 
 
 def wait(jobs: Sequence[Any], poll_s: float = 1.0) -> dict[str, JobEnded]:
@@ -173,6 +237,7 @@ def wait(jobs: Sequence[Any], poll_s: float = 1.0) -> dict[str, JobEnded]:
     waiting = {job.job_id: job for job in jobs}
     ended: dict[str, JobEnded] = {}
     without_result_since: dict[str, float] = {}
+    last_seen: dict[str, str] = {}
     started = time.monotonic()
     while waiting:
         states = squeue({_array_id(job_id) for job_id in waiting})
@@ -180,6 +245,12 @@ def wait(jobs: Sequence[Any], poll_s: float = 1.0) -> dict[str, JobEnded]:
             if job.paths.result_pickle.exists():
                 del waiting[job_id]
                 continue
+            if job_id in states:
+                last_seen[job_id] = states[job_id][0]
+            elif last_seen.get(job_id) == "PENDING":
+                # Without accounting, Slurm forgets at once an array task cancelled while it was
+                # pending (it never became a job record of its own): it never ran, so has no result.
+                states[job_id] = ("CANCELLED", "gone from the queue while PENDING")
             state, reason = states.get(job_id, ("UNKNOWN", "no longer known to Slurm"))
             if state in ("COMPLETED", "UNKNOWN"):
                 # The result may still be on its way (a shared file system).
@@ -223,12 +294,4 @@ def squeue(arrays: set[str]) -> dict[str, tuple[str, str]]:
 
 def _array_id(job_id: str) -> str:
     return job_id.split("_")[0]
-
-
-def _failed(overrides: Sequence[str], number: int, error: BaseException) -> Any:
-    from hydra.core.utils import JobReturn, JobStatus
-    from omegaconf import OmegaConf
-
-    return JobReturn(overrides=list(overrides), hydra_cfg=OmegaConf.create({"hydra": {"job": {"num": number}}}),
-                     status=JobStatus.FAILED, _return_value=error)
 

@@ -29,3 +29,25 @@ class Terminated(KeyboardInterrupt):
 def raise_terminated(signum: int, frame: object) -> None:
     """A SIGTERM handler: raise `Terminated` wherever the program is."""
     raise Terminated
+
+
+class JobLost(RuntimeError):
+    """A job of a sweep that ended without a result, not by raising: its process died, or its
+    cluster ended it. Its run ends KILLED with this as its `error`; `run_tags` are tags that
+    identify the job where it ran (a SLURM job's ids)."""
+
+    status = "KILLED"
+
+    def run_tags(self) -> dict[str, str]:
+        return {}
+
+
+def one_line(error: BaseException) -> str:
+    """An error as a run's `error` tag and the sweep's summary say it: the message alone for a
+    lost job (it says what happened), else the exception's type and the message's first line.
+
+    >>> one_line(ValueError("bad\\nmore")), one_line(JobLost("SLURM job 4_2 ended CANCELLED"))
+    ('ValueError: bad', 'SLURM job 4_2 ended CANCELLED')
+    """
+    first = (str(error).strip().splitlines() or [""])[0]
+    return first if isinstance(error, JobLost) else f"{type(error).__name__}: {first}"

@@ -17,7 +17,7 @@ from runner import engines, losses, optimizers, points, schema
 from runner.errors import ConfigError
 
 
-def build(cfg: DictConfig) -> tuple[engines.Problem, ModuleType, Optional[points.Points]]:
+def from_config(cfg: DictConfig) -> tuple[engines.Problem, ModuleType, Optional[points.Points]]:
     """The problem of `cfg`, its engine, and its points when it is a batch (else None)."""
     grid = points.parse(cfg.batch.sweep) if cfg.batch.sweep else None
     values = grid.all_values() if grid else {}

@@ -3,7 +3,8 @@
     python -m runner.reproduce RUN_ID [--launcher basic|joblib|submitit_local|submitit_slurm] [--tracking-uri URI]
 
 RUN_ID is a run, a batch run, or a sweep's parent run (a grid, a search or a batched sweep),
-whose every child is re-run. The config is each run's own `hydra/config.yaml` artifact, checked
+whose every child is re-run: a run that did not finish (a job that failed, or was lost with its
+process or to its cluster) is re-run too, and said how it ends now. The config is each run's own `hydra/config.yaml` artifact, checked
 against today's schema. For a run, every metric series is compared value for value (bit for
 bit as float64; NaN equals NaN), and so are its summary (`runner.outcomes.QUANTITIES`) and
 outcome. For a batch run, every point's row of `points.csv` (its summary, final x and outcome,
@@ -35,6 +36,7 @@ LAUNCHERS = ("basic", "joblib", "submitit_local", "submitit_slurm")
 LAUNCHER_OF = {"BasicLauncher": "basic", "JoblibLauncher": "joblib", "LocalLauncher": "submitit_local",
                "SlurmLauncher": "submitit_slurm"}
 IDENTICAL, DIFFERS, CANNOT = 0, 1, 2
+RERUN = -1  # a run that had not finished, re-run: nothing to compare, it says how it ends now
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         return _sweep(uri, store, record, args.launcher)
     status, lines = check(uri, args.run_id)
     print("\n".join(lines), file=sys.stderr if status == CANNOT else sys.stdout)
-    return status
+    return IDENTICAL if status == RERUN else status
 
 
 def check(uri: str, run_id: str) -> tuple[int, list[str]]:
@@ -67,7 +69,7 @@ def check(uri: str, run_id: str) -> tuple[int, list[str]]:
     from runner import provenance, schema, tracking
     from runner.descent import descend
     from runner.errors import ConfigError
-    from runner.problem import build
+    from runner.problem import from_config
 
     schema.register()
     with tempfile.TemporaryDirectory() as tmp:
@@ -77,7 +79,7 @@ def check(uri: str, run_id: str) -> tuple[int, list[str]]:
             if path is None:
                 raise ConfigError(f"run {run_id} has no hydra/config.yaml artifact to re-run")
             cfg = OmegaConf.merge(OmegaConf.structured(schema.RunnerConfig), OmegaConf.load(path))
-            problem, engine, grid = build(cfg)
+            problem, engine, grid = from_config(cfg)
         except Exception as error:  # one line, whatever went wrong
             return CANNOT, [f"cannot re-run {run_id}: {error}"]
 
@@ -88,6 +90,13 @@ def check(uri: str, run_id: str) -> tuple[int, list[str]]:
         lines += [f"  note: {key} was {record.tags[key]}, is {value} now"
                   for key, value in now.items() if key in record.tags and record.tags[key] != value]
         result = descend(problem, engine)
+        if record.status != "FINISHED":
+            summary = result.summary
+            now = (f"{summary.outcome[0]}, final loss {summary.final_loss[0]:.6g}" if grid is None else
+                   f"best final loss {np.nanmin(summary.final_loss):.6g} over {grid.count} points")
+            lines.append(f"  it ended {record.status} ({record.tags.get('error', 'no reason recorded')}); "
+                         f"re-run now: {now}")
+            return RERUN, lines
         if grid is None:
             all_match = _compare_run(store, record, cfg, result, lines)
         else:
@@ -98,13 +107,9 @@ def check(uri: str, run_id: str) -> tuple[int, list[str]]:
 
 def _sweep(uri: str, store: Any, parent: Any, launcher: Optional[str]) -> int:
     """Every run of the sweep re-run through `launcher` and compared; one line each, a summary."""
-    children = store.children(parent.run_id)
-    runnable = [c for c in children if c.status == "FINISHED"]
-    for child in children:
-        if child.status != "FINISHED":
-            print(f"  {child.name} ({child.run_id}): not re-run, it ended {child.status}")
+    runnable = store.children(parent.run_id)
     if not runnable:
-        print(f"cannot re-run sweep {parent.run_id}: it has no FINISHED run", file=sys.stderr)
+        print(f"cannot re-run sweep {parent.run_id}: it has no run", file=sys.stderr)
         return CANNOT
     stored, options = _stored_launcher(store, runnable[0].run_id)
     launcher = launcher or stored
@@ -113,12 +118,17 @@ def _sweep(uri: str, store: Any, parent: Any, launcher: Optional[str]) -> int:
     results = _launch(launcher, options, uri, [c.run_id for c in runnable])
     differing = []
     for child, (status, lines) in zip(runnable, results):
-        verdict = {IDENTICAL: "identical", DIFFERS: "DIFFERS", CANNOT: "cannot be re-run"}[status]
+        verdict = {IDENTICAL: "identical", DIFFERS: "DIFFERS", CANNOT: "cannot be re-run", RERUN: "re-run"}[status]
         print(f"  {child.name} ({child.run_id}): {verdict}")
-        if status != IDENTICAL:
+        if status not in (IDENTICAL, RERUN):
             differing.append(status)
-            print("\n".join(f"    {line}" for line in lines[1:]))
-    print(f"{len(runnable) - len(differing)} of {len(runnable)} runs identical")
+        if status != IDENTICAL:  # what differs (after the line that says what was re-run), or why it cannot
+            print("\n".join(f"    {line.strip()}" for line in (lines if status == CANNOT else lines[1:])))
+    finished = sum(child.status == "FINISHED" for child in runnable)
+    rerun = len(runnable) - finished
+    same = sum(child.status == "FINISHED" and status == IDENTICAL for child, (status, _) in zip(runnable, results))
+    print(f"{same} of {finished} runs identical"
+          + (f"; {rerun} that had not finished re-run" if rerun else ""))
     return max(differing, default=IDENTICAL)
 
 
@@ -191,18 +201,18 @@ def _compare_run(store, record, cfg, result, lines: list[str]) -> bool:
 
 def _compare_batch(store, record, grid, result, tmp: Path, lines: list[str]) -> bool:
     """Every point's summary in points.csv, and every kept trajectory, against the re-run's."""
-    from runner import batch
+    from runner import batch, tables
 
     stored_path = store.download(record.run_id, "points.csv", tmp / "stored")
     if stored_path is None:
         lines.append("  points.csv: not in the run")
         return False
-    stored = batch.read_points(stored_path)
+    stored = tables.read_table(stored_path)
     fresh = batch.point_table(grid, result, None, [])  # the spectral radius is theory, not measured
     compared = [c for c in batch.SUMMARY_COLUMNS if c in stored and c in fresh]
     differing = []
     for name in compared:
-        now = batch.text_column(name, fresh[name])
+        now = tables.text_column(name, fresh[name])
         if len(now) != len(stored[name]):
             lines.append(f"  points.csv: {len(stored[name])} points logged, {len(now)} now")
             return False

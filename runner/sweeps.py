@@ -3,7 +3,7 @@
 Hydra's sweeper plugin `hydra_plugins/runner_sweeper` (the default `hydra/sweeper=runner`)
 expands the sweep like Hydra's basic sweeper and then calls, in order:
 
-1. `check_jobs`: compose every job's config and check it as a job would (`runner.problem.build`),
+1. `check_jobs`: compose every job's config and check it as a job would (`runner.problem.from_config`),
    so a bad value anywhere in the sweep is one clear error and nothing is recorded; with
    `hydra.sweeper.batch`, a job is a group of points (`batch_jobs`), composed once, its points
    checked as arrays;
@@ -20,7 +20,6 @@ expands the sweep like Hydra's basic sweeper and then calls, in order:
 
 from __future__ import annotations
 
-import json
 import logging
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -28,20 +27,19 @@ from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
 from hydra.errors import CompactHydraException
-from hydra.types import RunMode
 from omegaconf import DictConfig
+
+from runner import job
 
 log = logging.getLogger("runner")
 
-PARENT_FILE = "mlflow_parent_run.json"
 
-
-class SweepFailed(CompactHydraException):
+class JobsFailed(CompactHydraException):
     """Some jobs of a sweep failed; the others ran and were recorded."""
 
 
 @dataclass
-class Sweep:
+class ParentRun:
     store: Any  # runner.tracking.Store
     run_id: str
     folder: Path
@@ -94,14 +92,14 @@ def check_jobs(config_loader: Any, sweep_config: DictConfig, jobs: Sequence[Sequ
     """
     from runner import tracking
     from runner.errors import ConfigError
-    from runner.problem import build
+    from runner.problem import from_config
 
     tracking.check_reachable(tracking.tracking_uri(sweep_config.mlflow.tracking_uri, Path.cwd()))
     configs = []
     for number, overrides in enumerate(jobs):
         cfg = config_loader.load_sweep_config(sweep_config, list(overrides))
         try:
-            build(cfg)
+            from_config(cfg)
         except ConfigError as error:
             what = labels[number] if labels else " ".join(overrides)
             raise ConfigError(f"job #{number} ({what}): {error}") from None
@@ -111,18 +109,18 @@ def check_jobs(config_loader: Any, sweep_config: DictConfig, jobs: Sequence[Sequ
 
 @contextmanager
 def parent_run(sweep_config: DictConfig, job_configs: Sequence[DictConfig], jobs: Optional[int] = None
-               ) -> Iterator[tuple[Sweep, list[int]]]:
+               ) -> Iterator[tuple[ParentRun, list[int]]]:
     """The sweep's parent run around its jobs; yields it and the indices of the jobs to launch.
 
     `jobs`: how many jobs will run, where `job_configs` cannot tell (a search's trials).
     """
-    from runner import provenance, report, tracking
+    from runner import provenance, tracking
 
     folder = Path(sweep_config.hydra.sweep.dir)
     folder.mkdir(parents=True, exist_ok=True)
     uri = tracking.tracking_uri(sweep_config.mlflow.tracking_uri, Path.cwd())
     store = tracking.connect(uri, sweep_config.mlflow.experiment_name)
-    sweep = Sweep(store, store.create(sweep_name(sweep_config.hydra.overrides.task), tags={
+    sweep = ParentRun(store, store.create(sweep_name(sweep_config.hydra.overrides.task), tags={
         "kind": "sweep", "sweep_dir": str(folder.resolve()),
         "sweep_overrides": " ".join(sweep_config.hydra.overrides.task), **provenance.code_tags()}), folder)
     log.info("Sweep: parent MLflow %s", store.describe(sweep.run_id))
@@ -131,9 +129,7 @@ def parent_run(sweep_config: DictConfig, job_configs: Sequence[DictConfig], jobs
     if sweep.reused:
         log.info("Sweep: %d of %d jobs already have a FINISHED run (skip_done=true); running %d",
                  len(sweep.reused), len(job_configs), len(to_launch))
-    (folder / PARENT_FILE).write_text(json.dumps({
-        "tracking_uri": uri, "run_id": sweep.run_id,
-        "jobs": len(to_launch) if jobs is None else jobs}))
+    job.write_parent(folder, uri, sweep.run_id, len(to_launch) if jobs is None else jobs)
 
     status = "FAILED"
     try:
@@ -147,11 +143,22 @@ def parent_run(sweep_config: DictConfig, job_configs: Sequence[DictConfig], jobs
             # Every job has returned, or been stopped: a run still RUNNING belonged to a worker
             # process that died or was stopped with the sweep.
             store.kill_running_children(sweep.run_id)
-            all_finished = report.build(store, sweep.run_id, folder, reused=sweep.reused)
+            all_finished = build_report(sweep)
             if status == "FINISHED" and not all_finished:
                 status = "FAILED"
         finally:
             store.end(sweep.run_id, status)
+
+
+def build_report(sweep: ParentRun) -> bool:
+    """The sweep's report, from what its jobs recorded (a batched sweep's, where they are
+    batches); True when every run FINISHED."""
+    from runner import batch_report, report
+
+    records = [*(sweep.store.record(run_id) for run_id in sweep.reused), *sweep.store.children(sweep.run_id)]
+    batched = any(record.tags.get("kind") == "batch" for record in records)
+    write = batch_report.report_batches if batched else report.report_grid
+    return write(sweep.store, sweep.run_id, sweep.folder, records, reused=len(sweep.reused))
 
 
 def sweep_name(overrides: Sequence[str], limit: int = 100) -> str:
@@ -184,9 +191,11 @@ class ComposedOnce:
         return getattr(self._loader, name)
 
 
-def failures_error(results: Sequence[Any]) -> Optional[SweepFailed]:
+def failures_error(results: Sequence[Any]) -> Optional[JobsFailed]:
     """One error listing every failed job and why, or None when all succeeded."""
     from hydra.core.utils import JobStatus
+
+    from runner.errors import one_line
 
     failed = [r for r in results if r.status == JobStatus.FAILED]
     if not failed:
@@ -194,31 +203,38 @@ def failures_error(results: Sequence[Any]) -> Optional[SweepFailed]:
     lines = [f"{len(failed)} of {len(results)} jobs failed (the others ran and are recorded):"]
     for r in failed:
         error = r._return_value  # JobReturn keeps the job's exception here
-        lines.append(f"  #{r.hydra_cfg.hydra.job.num} {' '.join(r.overrides)}: {type(error).__name__}: {error}")
-    return SweepFailed("\n".join(lines))
+        lines.append(f"  #{r.hydra_cfg.hydra.job.num} {' '.join(r.overrides)}: {one_line(error)}")
+    return JobsFailed("\n".join(lines))
 
 
-def _parent_file(hydra_cfg: Any) -> dict:
-    if hydra_cfg.mode != RunMode.MULTIRUN:
-        return {}
-    path = Path(hydra_cfg.sweep.dir) / PARENT_FILE
-    return json.loads(path.read_text()) if path.exists() else {}
+def record_lost_jobs(sweep: ParentRun, launched: Sequence[tuple[int, DictConfig]], results: Sequence[Any]) -> None:
+    """Every job launched is a run under the sweep's parent, whatever became of its process.
 
+    `launched` pairs each job's number with its config, `results` are the launcher's JobReturns
+    in the same order. A failed job with no run of its number (its process died, its cluster
+    ended it, or it failed before it made its run) gets the run it would have made, ended FAILED
+    (it raised) or KILLED (it was lost) with the reason as its `error`, its config as
+    `hydra/config.yaml` (so that `runner.reproduce` can run it again); a lost job whose newest
+    run is still RUNNING has that run ended KILLED with the reason.
+    """
+    from hydra.core.utils import JobStatus
 
-def parent_run_id(hydra_cfg: Any) -> Optional[str]:
-    """The parent run of the sweep this job belongs to; None for a single run."""
-    return _parent_file(hydra_cfg).get("run_id")
+    from runner.errors import JobLost, one_line
 
+    failed = [(number, cfg, result._return_value) for (number, cfg), result in zip(launched, results)
+              if result.status == JobStatus.FAILED]
+    if not failed:
+        return
+    newest = {record.tags.get(job.NUMBER_TAG): record for record in sweep.store.children(sweep.run_id)}
+    for number, cfg, error in failed:
+        reason = one_line(error)
+        lost = isinstance(error, JobLost)
+        record = newest.get(str(number))
+        if record is None:
+            from runner import app
 
-def position(hydra_cfg: Any) -> str:
-    """'job 3/30 ' for the third job of thirty in a sweep (in whatever process runs it); '' for
-    a single run."""
-    jobs = _parent_file(hydra_cfg).get("jobs")
-    return f"job {hydra_cfg.job.num + 1}/{jobs} " if jobs else ""
+            tags = error.run_tags() if hasattr(error, "run_tags") else {}  # where the job ran (a SLURM job's ids)
+            app.record_lost(sweep.store, sweep.run_id, cfg, number, "KILLED" if lost else "FAILED", reason, tags)
+        elif lost:
+            sweep.store.end_lost(record, reason)
 
-
-def shares_terminal(hydra_cfg: Any) -> bool:
-    """True for a job that runs beside others (a sweep on a parallel launcher): its workers
-    write to the same terminal, where progress bars would overwrite each other."""
-    launcher = str(hydra_cfg.launcher.get("_target_", "")) if hydra_cfg.get("launcher") else ""
-    return hydra_cfg.mode == RunMode.MULTIRUN and not launcher.endswith("BasicLauncher")

@@ -25,7 +25,8 @@ at rate (√κ − 1)/(√κ + 1) with κ = L/μ, for β* = ((√κ − 1)/(√�
 
 from __future__ import annotations
 
-from typing import Optional
+import math
+from typing import Mapping, Optional
 
 import numpy as np
 
@@ -91,3 +92,44 @@ def of_problem(problem) -> Optional[np.ndarray]:
     momentum = problem.optimizer.momentum
     return spectral_radius(problem.optimizer.name, problem.per_point(problem.optimizer.lr),
                            None if momentum is None else problem.per_point(momentum), curvatures)
+
+
+def stability(rule: str, lr: np.ndarray, others: Mapping[str, np.ndarray], rate: np.ndarray,
+              largest_curvature: np.ndarray, momentum: Optional[np.ndarray]) -> dict[str, np.ndarray]:
+    """Measured against theory, for a batch whose points vary lr (and the keys of `others`): for
+    each setting of the other keys, the largest lr whose measured rate is below 1, theory's
+    largest stable lr there (`largest_stable_lr`), and the lr grid's step. Every array has one
+    value per point; the result one per setting. Empty where the rule has no linear theory or no
+    rate was measured.
+
+    >>> lr = np.array([0.5, 0.9, 1.1])
+    >>> s = stability("sgd", lr, {}, np.abs(1 - 2 * lr), np.full(3, 2.0), None)
+    >>> s["largest_stable_lr"].tolist(), s["largest_stable_lr_theory"].tolist(), within_one_step(s).tolist()
+    ([0.9], [1.0], [True])
+    """
+    if rule not in LINEAR or np.isnan(rate).all():
+        return {}
+    names = list(others)
+    settings = np.stack([others[k] for k in names], axis=1) if names else np.zeros((len(lr), 0))
+    unique, group = np.unique(settings, axis=0, return_inverse=True)
+    group = group.reshape(-1)
+    out: dict[str, list] = {**{k: [] for k in names}, "largest_stable_lr": [], "largest_stable_lr_theory": [],
+                            "lr_step": []}
+    steps = np.diff(np.unique(lr))
+    for g, values in enumerate(unique):
+        mine = np.flatnonzero(group == g)
+        stable = mine[rate[mine] < 1]
+        first = mine[0]
+        for k, v in zip(names, values):
+            out[k].append(v)
+        out["largest_stable_lr"].append(float(lr[stable].max()) if stable.size else math.nan)
+        out["largest_stable_lr_theory"].append(float(largest_stable_lr(
+            rule, largest_curvature[first], None if momentum is None else momentum[first])))
+        out["lr_step"].append(float(steps.max()) if steps.size else math.nan)
+    return {k: np.array(v, dtype=np.float64) for k, v in out.items()}
+
+
+def within_one_step(stability_table: Mapping[str, np.ndarray]) -> np.ndarray:
+    """For each setting of `stability`: is the measured largest stable lr within one lr step of theory's?"""
+    measured, bound = stability_table["largest_stable_lr"], stability_table["largest_stable_lr_theory"]
+    return np.abs(measured - bound) <= stability_table["lr_step"] * (1 + 1e-9)

@@ -185,16 +185,30 @@ class Store:
         for record in self._search(f"tags.mlflow.parentRunId = '{parent_id}' and attributes.status = 'RUNNING'"):
             self.end(record.run_id, "KILLED")
 
-    def end_job_runs(self, parent_id: str, job_tags: Mapping[str, str], error: str) -> None:
-        """The sweep's run of a job its cluster ended (the newest tagged `job_tags`: a requeued
-        job's earlier attempts ended on their own): ended KILLED if still RUNNING, and `error` (why
-        the cluster ended it) where it has no error of its own."""
-        match = " and ".join(f"tags.{key} = '{value}'" for key, value in job_tags.items())
-        for record in self._search(f"tags.mlflow.parentRunId = '{parent_id}' and {match}")[-1:]:
-            if "error" not in record.tags:
-                self.client.set_tag(record.run_id, "error", error)
-            if record.status == "RUNNING":
-                self.end(record.run_id, "KILLED")
+    def end_lost(self, record: RunRecord, error: str) -> None:
+        """The run of a job that was lost (its process died, its cluster ended it): `error` (why)
+        where it has no error of its own, and ended KILLED if still RUNNING."""
+        if "error" not in record.tags:
+            self.client.set_tag(record.run_id, "error", error)
+        if record.status == "RUNNING":
+            self.end(record.run_id, "KILLED")
+
+    def stop_job(self, parent_id: str, number: int, error: str) -> Optional[float]:
+        """For job `number` of a sweep, stopped before it returned: its value (final loss; of a
+        batch, the best) when its newest run FINISHED, else None, that run (if any) `end_lost`."""
+        from runner.job import NUMBER_TAG
+
+        found = self._search(f"tags.mlflow.parentRunId = '{parent_id}' and tags.{NUMBER_TAG} = '{number}'")
+        if not found:
+            return None
+        if found[-1].status == "FINISHED":
+            metrics = found[-1].metrics
+            return float(metrics.get("final_loss", metrics.get("best_final_loss", float("nan"))))
+        self.end_lost(found[-1], error)
+        return None
+
+    def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
+        self.client.log_text(run_id, text, artifact_file)
 
     def _search(self, filter_string: str) -> list[RunRecord]:
         runs = self.client.search_runs([self.experiment_id], filter_string=filter_string,

@@ -10,7 +10,7 @@ from hydra import compose, initialize_config_dir
 
 from runner import descent, theory
 from runner.app import CONF_DIR
-from runner.problem import build
+from runner.problem import from_config
 
 # Sampled points of each batch: the first, the last, and some between.
 SAMPLES = (0, 7, 23, -1)
@@ -24,13 +24,13 @@ def composed(*overrides: str):
 def batch(*overrides: str, sweeps: list[str]):
     """The descent of a batch job, composed as the sweeper composes a group."""
     cfg = composed(*overrides, "batch.sweep=[" + ",".join(f'"{s}"' for s in sweeps) + "]")
-    problem, engine, grid = build(cfg)
+    problem, engine, grid = from_config(cfg)
     return descent.descend(problem, engine), grid, problem
 
 
 def alone(*overrides: str):
     """The descent of one ordinary run."""
-    problem, engine, grid = build(composed(*overrides))
+    problem, engine, grid = from_config(composed(*overrides))
     assert grid is None
     return descent.descend(problem, engine)
 

@@ -103,23 +103,75 @@ def test_a_full_traceback_only_with_hydra_full_error(tmp_path, store_uri):
 # --- 2. a failing job does not sink the sweep ---------------------------------------------------
 
 def test_a_failing_job_does_not_sink_the_sweep(tmp_path, store_uri):
-    result = run_cli(TEST_BACKENDS, "backend=failing", "lr=0.1,0.2,0.3", "epochs=5", cwd=tmp_path,
+    """lr=0.2 raises once its run exists, lr=0.4 before it has made its run: both are runs of the
+    sweep, FAILED with their reason; the jobs after them ran and logged normally."""
+    result = run_cli(TEST_BACKENDS, "backend=failing", "lr=0.1,0.2,0.3,0.4", "epochs=5", cwd=tmp_path,
                      store_uri=store_uri, env=TEST_ENGINES)
     assert result.returncode != 0
-    assert "1 of 3 jobs failed (the others ran and are recorded):" in result.stderr
+    assert "2 of 4 jobs failed (the others ran and are recorded):" in result.stderr
     assert "#1 backend=failing lr=0.2 epochs=5: RuntimeError: injected failure at lr=0.2" in result.stderr
+    assert "#3 backend=failing lr=0.4 epochs=5: RuntimeError: injected failure before the run" in result.stderr
+    assert "Traceback" not in result.stderr
 
     client = MlflowClient(store_uri)
     runs = {r.data.params["lr"]: r for r in runs_of(store_uri)}
-    assert {lr: r.info.status for lr, r in runs.items()} == {"0.1": "FINISHED", "0.2": "FAILED", "0.3": "FINISHED"}
+    assert {lr: r.info.status for lr, r in runs.items()} == {
+        "0.1": "FINISHED", "0.2": "FAILED", "0.3": "FINISHED", "0.4": "FAILED"}
     failed = runs["0.2"]
     assert failed.data.tags["error"] == "RuntimeError: injected failure at lr=0.2"
     assert "error.txt" in {a.path for a in client.list_artifacts(failed.info.run_id)}
+    # the run the sweeper made for the job that failed first: what the job's run would have been
+    (parent,) = runs_of(store_uri, sweeps=True)
+    before = runs["0.4"]
+    assert before.info.run_name == "failing-sgd-square-lr0.4"
+    assert before.data.tags["error"] == "RuntimeError: injected failure before the run at lr=0.4"
+    assert before.data.tags["mlflow.parentRunId"] == parent.info.run_id and before.data.tags["job_num"] == "3"
+    assert before.data.tags["config_hash"] and before.data.params["epochs"] == "5"
+    assert "hydra/config.yaml" in {a.path for a in client.list_artifacts(before.info.run_id, "hydra")}
     # the job after the failed one, in the same process, ran and logged normally
     assert len(client.get_metric_history(runs["0.3"].info.run_id, "x")) == 6
+    assert parent.info.status == "FAILED" and parent.data.metrics["jobs_failed"] == 2
+    assert "Sweep report: 4 runs (0 reused), 2 failed" in result.stdout + result.stderr
+
+
+def test_a_job_whose_process_dies_does_not_sink_the_sweep(tmp_path, store_uri, capsys, monkeypatch):
+    """Two joblib workers; the job at lr=0.2 kills its own process (SIGKILL, as the OOM killer)
+    before it has made its run, the one at lr=0.4 once its run exists. joblib stops every worker
+    when one dies: the sweep still runs every job, and records each dead job's run KILLED with the
+    reason. `reproduce` of the sweep re-runs them too."""
+    result = run_cli(TEST_BACKENDS, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "backend=dying",
+                     "lr=0.1,0.2,0.4", "epochs=5", cwd=tmp_path, store_uri=store_uri, env=TEST_ENGINES)
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr and "TerminatedWorkerError" not in result.stderr
+    assert "2 of 3 jobs failed (the others ran and are recorded):" in result.stderr
+    for number, lr in ((1, 0.2), (2, 0.4)):
+        assert (f"#{number} backend=dying lr={lr} epochs=5: job #{number}'s worker process died (SIGKILL(-9)) "
+                f"before the job returned") in result.stderr
+
+    runs = runs_of(store_uri)
     (parent,) = runs_of(store_uri, sweeps=True)
-    assert parent.info.status == "FAILED" and parent.data.metrics["jobs_failed"] == 1
-    assert "Sweep report: 3 runs (0 reused), 1 failed" in result.stdout + result.stderr
+    assert parent.info.status == "FAILED"
+    newest = {r.data.params["lr"]: r for r in runs}  # oldest first: a job run again has its newest last
+    assert newest["0.1"].info.status == "FINISHED"
+    assert [r.info.status for r in runs if r.data.params["lr"] == "0.1"][-1] == "FINISHED"
+    for lr, number in (("0.2", "1"), ("0.4", "2")):
+        dead = newest[lr]
+        assert dead.info.status == "KILLED" and dead.data.tags["job_num"] == number
+        assert dead.data.tags["error"] == f"job #{number}'s worker process died (SIGKILL(-9)) before the job returned"
+        assert dead.info.run_name == f"dying-sgd-square-lr{lr}"
+    # any job stopped with a dead worker and run again left its first attempt KILLED, saying so
+    for run in runs:
+        if run.info.status == "KILLED" and run is not newest[run.data.params["lr"]]:
+            assert run.data.tags["error"].startswith("stopped when a joblib worker process of the sweep died")
+
+    from runner import reproduce as command
+
+    monkeypatch.syspath_prepend(str(FIXTURES))  # the test engine, re-run here: in this process it dies not
+    assert command.main([parent.info.run_id, "--launcher", "basic", "--tracking-uri", store_uri]) == 0
+    out = capsys.readouterr().out
+    assert "1 of 1 runs identical" in out and "that had not finished re-run" in out
+    assert "it ended KILLED (job #1's worker process died (SIGKILL(-9)) before the job returned); re-run now: " \
+           "not_converged, final loss" in out
 
 
 # --- 3. interrupts ------------------------------------------------------------------------------

@@ -106,25 +106,56 @@ def test_a_sweep_of_eight_jobs_lands_whole(tmp_path, server, slurm, postgres_uri
     assert "8 runs through submitit_slurm" in checked.stdout and "8 of 8 runs identical" in checked.stdout
 
 
-def test_a_cancelled_job_and_a_job_at_its_time_limit_end_their_runs(tmp_path, server, slurm):
-    """Two sweeps at once (three jobs, on four CPUs): in one, the test scancels a running job;
-    in the other, a job's one-minute limit comes. In both the other jobs land, the job's run ends
-    with the reason, and the sweep fails naming the job."""
+def held_jobs(slurm: dict) -> list[str]:
+    """The ids of jobs held in the queue (sbatch --hold), as squeue lists them ('12_0')."""
+    listed = subprocess.run(["squeue", "--noheader", "--array", "--states=PENDING", "--format=%i|%r"], env=slurm,
+                            capture_output=True, text=True)
+    return sorted(line.split("|")[0] for line in listed.stdout.split() if line.endswith("|JobHeldUser"))
+
+
+def assert_ended_at_time_limit(run, job_id: str, output: str) -> None:
+    """A job at its time limit, whenever Slurm's signals came: Slurm sends SIGUSR2
+    `signal_delay_s` (120 s) before the limit at one of its time checks (every 30 s), and the
+    job, not requeued, ends FAILED saying so, whether its run existed then or not; where that
+    signal does not come before the limit (seen here both ways), Slurm's SIGTERM at the limit
+    ends the run KILLED, and the sweep hears TIMEOUT from Slurm."""
+    error = run.data.tags.get("error", "")
+    if run.info.status == "FAILED":
+        assert error.startswith(f"TimeLimit: SLURM job {job_id} was warned of its time limit"), error
+        assert "not requeued" in error
+    else:
+        assert run.info.status == "KILLED" and error.startswith(f"SLURM job {job_id} ended TIMEOUT"), error
+    assert error.split(":", 1)[-1].strip()[:60] in output
+
+
+def test_cancelled_jobs_and_jobs_at_their_time_limit_are_runs_with_their_reason(tmp_path, server, slurm):
+    """Three sweeps at once, on four CPUs, every job a run of its sweep whatever the timing:
+    - the test scancels a running job: KILLED with Slurm's word for it, the other job lands;
+    - a one-minute limit comes for a job that has made its run and for one still before it;
+    - the test scancels a job still queued (held), then lets the other go: the cancelled job,
+      which never ran, is a run KILLED with the reason, made by the sweeper.
+    Each sweep fails, naming its job."""
     cancelled = start_sweep("backend=numpy,hanging", "lr=0.1", "epochs=5", "mlflow.experiment_name=slurm-cancel",
                             cwd=tmp_path / "cancel", url=server, slurm=slurm)
-    limited = start_sweep("backend=hanging", "lr=0.1", "hydra.launcher.timeout_min=1",
+    limited = start_sweep("backend=hanging", "lr=0.05,0.1", "hydra.launcher.timeout_min=1",
                           "mlflow.experiment_name=slurm-limit", cwd=tmp_path / "limit", url=server, slurm=slurm)
+    pending = start_sweep("backend=numpy", "lr=0.1,0.2", "epochs=5", "+hydra.launcher.additional_parameters.hold=true",
+                          "mlflow.experiment_name=slurm-pending", cwd=tmp_path / "pending", url=server, slurm=slurm)
     try:
+        first, second = wait_for(lambda: len(held := held_jobs(slurm)) == 2 and held, "two held jobs")
+        subprocess.run(["scancel", second], env=slurm, check=True)
+        subprocess.run(["scontrol", "release", first], env=slurm, check=True)
+
         def running_hanging_job():
             return [r for r in runs_of(server, "slurm-cancel")
                     if r.info.run_name == "hanging-sgd-square-lr0.1" and r.info.status == "RUNNING"]
         (victim,) = wait_for(running_hanging_job, "running job to cancel")
         job_id = f"{victim.data.tags['slurm_array_job_id']}_{victim.data.tags['slurm_array_task_id']}"
         subprocess.run(["scancel", job_id], env=slurm, check=True)
-        cancel_output, limit_output = finish(cancelled), finish(limited)
+        cancel_output, limit_output, pending_output = finish(cancelled), finish(limited), finish(pending)
     finally:
-        cancelled.kill()
-        limited.kill()
+        for process in (cancelled, limited, pending):
+            process.kill()
 
     # scancel: the job's run ends KILLED with Slurm's word for it; the numpy job lands; the sweep
     # fails, its report and its error naming the job.
@@ -140,22 +171,28 @@ def test_a_cancelled_job_and_a_job_at_its_time_limit_end_their_runs(tmp_path, se
     report = next(tmp_path.glob("cancel/outputs/multirun/*/*/report/runs.csv")).read_text()
     assert f"KILLED,{killed.info.run_id},SLURM job {job_id} ended CANCELLED" in report
 
-    # The time limit. Slurm sends SIGUSR2 `signal_delay_s` (120 s) before the limit, at one of its
-    # time checks (every 30 s): the job, not requeued, ends FAILED saying so. Where the signal
-    # does not come before the limit (seen here both ways), Slurm's SIGTERM at the limit ends the
-    # run KILLED and the sweep hears TIMEOUT from Slurm.
+    # The time limit, for a job with its run (lr=0.1) and one without (lr=0.05): both are runs.
     assert limited.returncode == 1, limit_output[-3000:]
-    (run,) = runs_of(server, "slurm-limit")
+    runs = {r.data.params["lr"]: r for r in runs_of(server, "slurm-limit")}
     (parent,) = runs_of(server, "slurm-limit", sweeps=True)
-    job = run.data.tags["slurm_job_id"]  # a sweep of one job is not an array
-    assert parent.info.status == "FAILED"
-    error = run.data.tags.get("error", "")
-    if run.info.status == "FAILED":
-        assert error.startswith(f"TimeLimit: SLURM job {job} was warned of its time limit"), error
-        assert "not requeued" in error and "not requeued" in limit_output
-    else:
-        assert run.info.status == "KILLED" and error.startswith(f"SLURM job {job} ended TIMEOUT"), error
-        assert error in limit_output
+    assert parent.info.status == "FAILED" and sorted(runs) == ["0.05", "0.1"]
+    assert "2 of 2 jobs failed" in limit_output
+    for run in runs.values():
+        tags = run.data.tags
+        assert tags["mlflow.parentRunId"] == parent.info.run_id and tags["config_hash"]
+        assert_ended_at_time_limit(run, f"{tags['slurm_array_job_id']}_{tags['slurm_array_task_id']}", limit_output)
+    assert runs["0.05"].data.tags["job_num"] == "0" and runs["0.05"].info.run_name == "hanging-sgd-square-lr0.05"
+
+    # The job cancelled while queued never ran: the sweeper made its run, with the job's ids.
+    assert pending.returncode == 1, pending_output[-3000:]
+    runs = {r.data.params["lr"]: r for r in runs_of(server, "slurm-pending")}
+    assert runs["0.1"].info.status == "FINISHED"
+    never = runs["0.2"]
+    array, task = second.split("_")
+    assert never.info.status == "KILLED" and never.info.run_name == "numpy-sgd-square-lr0.2"
+    assert never.data.tags["error"].startswith(f"SLURM job {second} ended CANCELLED"), never.data.tags["error"]
+    assert (never.data.tags["slurm_array_job_id"], never.data.tags["slurm_array_task_id"]) == (array, task)
+    assert never.data.tags["error"] in pending_output
 
 
 def test_ctrl_c_with_jobs_in_the_queue_cancels_them_all(tmp_path, server, slurm):

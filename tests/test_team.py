@@ -5,6 +5,7 @@ of its own (`make ray-env`), starting Ray and joining a cluster."""
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -12,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import REPO, free_port, missing_service, run_cli, runs_of
+from conftest import REPO, TEST_BACKENDS, TEST_ENGINES, free_port, missing_service, run_cli, runs_of
 from mlflow import MlflowClient
 
 pytestmark = pytest.mark.slow
@@ -22,18 +23,26 @@ EPOCHS = 20
 
 def test_a_submitit_local_sweep(tmp_path, store_uri):
     """Each job a submitit process of its own, its output in the sweep's .submitit folder (the
-    SLURM path, with the server on PostgreSQL, is tests/test_slurm.py's)."""
-    result = run_cli("hydra/launcher=submitit_local", "backend=numpy", "lr=0.1,0.3", f"epochs={EPOCHS}",
-                     cwd=tmp_path, store_uri=store_uri)
-    assert result.returncode == 0, result.stderr[-3000:]
+    SLURM path, with the server on PostgreSQL, is tests/test_slurm.py's). The job at lr=0.2 kills
+    its own process before it has made its run: the other job lands, and the sweep makes the dead
+    job's run, KILLED with the reason."""
+    result = run_cli(TEST_BACKENDS, "hydra/launcher=submitit_local", "backend=dying", "lr=0.1,0.2", f"epochs={EPOCHS}",
+                     cwd=tmp_path, store_uri=store_uri, env=TEST_ENGINES)
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "1 of 2 jobs failed" in result.stderr and "Traceback" not in result.stderr
     client = MlflowClient(store_uri)
-    runs = runs_of(store_uri)
+    runs = {r.data.params["lr"]: r for r in runs_of(store_uri)}
     (parent,) = runs_of(store_uri, sweeps=True)
-    assert sorted(r.info.run_name for r in runs) == ["numpy-sgd-square-lr0.1", "numpy-sgd-square-lr0.3"]
-    assert parent.info.status == "FINISHED"
-    for run in runs:
-        assert run.info.status == "FINISHED" and run.data.tags["mlflow.parentRunId"] == parent.info.run_id
-        assert len(client.get_metric_history(run.info.run_id, "x")) == EPOCHS + 1
+    assert sorted(r.info.run_name for r in runs.values()) == ["dying-sgd-square-lr0.1", "dying-sgd-square-lr0.2"]
+    assert parent.info.status == "FAILED"
+    assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in runs.values())
+    assert runs["0.1"].info.status == "FINISHED"
+    assert len(client.get_metric_history(runs["0.1"].info.run_id, "x")) == EPOCHS + 1
+    dead = runs["0.2"]
+    assert dead.info.status == "KILLED" and dead.data.tags["job_num"] == "1"
+    assert re.fullmatch(r"submitit job \d+ ended without a result \(its process died\)",
+                        dead.data.tags["error"]), dead.data.tags["error"]
+    assert dead.data.tags["error"] in result.stderr
     logs = list((tmp_path / "outputs" / "multirun").rglob(".submitit/*/*_0_log.out"))
     assert len(logs) == 2
 

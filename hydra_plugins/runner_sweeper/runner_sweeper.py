@@ -109,19 +109,26 @@ class RunnerSweeper(BasicSweeper):
         with sweeps.parent_run(self.config, configs) as (parent, to_launch):
             size = self.max_batch_size or len(to_launch) or 1
             for start in range(0, len(to_launch), size):
-                batch = [jobs[i] for i in to_launch[start : start + size]]
-                results.extend(self._launch(parent, batch, start))
+                chosen = to_launch[start : start + size]
+                results.extend(self._launch(parent, [jobs[i] for i in chosen], [configs[i] for i in chosen], start))
         return results
 
-    def _launch(self, parent: Any, jobs: List[List[str]], initial_job_idx: int) -> List[Any]:
-        """The launcher's jobs; on SLURM through `runner.cluster`, which waits for every job and
-        cancels them all on Ctrl-C (Hydra's own launch does neither)."""
-        from runner import cluster
+    def _launch(self, parent: Any, jobs: List[List[str]], configs: List[Any], initial_job_idx: int) -> List[Any]:
+        """The launcher's jobs, then a run for each job that did not make its own
+        (`runner.sweeps.record_lost_jobs`). On submitit and joblib the runner launches them itself
+        (`runner.cluster`, `runner.workers`): Hydra's launchers stop at the first job that ends
+        without a result, and leave a SLURM sweep's jobs queued on Ctrl-C."""
+        from runner import cluster, sweeps, workers
 
-        if cluster.is_slurm(self.launcher):
-            return cluster.launch(self.launcher, jobs, initial_job_idx, on_ended=lambda ended: parent.store.end_job_runs(
-                parent.run_id, ended.run_tags(), str(ended)))
-        return list(self.launcher.launch(jobs, initial_job_idx=initial_job_idx))
+        if cluster.is_submitit(self.launcher):
+            results = cluster.launch(self.launcher, jobs, initial_job_idx)
+        elif workers.is_joblib(self.launcher):
+            results = workers.launch(self.launcher, jobs, initial_job_idx, on_stopped=lambda number, why: (
+                parent.store.stop_job(parent.run_id, number, why)))
+        else:
+            results = list(self.launcher.launch(jobs, initial_job_idx=initial_job_idx))
+        sweeps.record_lost_jobs(parent, list(zip(range(initial_job_idx, initial_job_idx + len(jobs)), configs)), results)
+        return results
 
     def _search(self, parser: OverridesParser, arguments: List[str], sweep_dir: Path) -> List[Any]:
         from runner import search, sweeps
@@ -157,7 +164,7 @@ class RunnerSweeper(BasicSweeper):
                 if launch:
                     _reuse_composed(self.launcher, self.hydra_context, [jobs[i] for i in launch],
                                     [configs[i] for i in launch])
-                    returns = self._launch(parent, [jobs[i] for i in launch], told)
+                    returns = self._launch(parent, [jobs[i] for i in launch], [configs[i] for i in launch], told)
                     for i, job_return in zip(launch, returns):
                         value = search.objective(job_return)
                         study.tell(trials[i], value, state=None if value is not None else search.FAILED)

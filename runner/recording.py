@@ -1,0 +1,107 @@
+"""What a job records, one way for a single run and a batch: the descent, timed, then its records.
+
+`descend_and_record` is the skeleton every job goes through: a label, the timed descent (with a
+progress bar where the job has the terminal to itself), the job's output turned into `Records`,
+those logged to the run, the terminal's lines, and the files uploaded once the log is complete
+(the job's `.hydra/` config went up when its run began).
+A job's output is one of two functions of the descent: `trajectory_records` for a single run
+(every epoch of its one point: per-step metrics, trajectory.csv and the article's figure), and
+`runner.batch.point_records` for a batch (a row per point: points.csv, its summary, figures).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+from omegaconf import DictConfig
+
+from runner import descent, engines, job, plots, tables, theory
+from runner.expressions import NUMPY_OPS
+
+log = logging.getLogger("runner")
+
+
+@dataclass
+class Records:
+    """A job's records, before they go to its run."""
+
+    value: float  # what a sweeper minimises: the final loss; of a batch, the best final loss
+    metrics: dict[str, float]  # single values
+    tags: dict[str, Any]
+    lines: list[str]  # for the terminal, each under the job's label
+    files: list[Path]  # artifacts, at the run's root
+    trajectory: Optional[descent.Trajectory] = None  # every series of it, per step (metrics' steps)
+    series: dict[str, np.ndarray] = field(default_factory=dict)  # metric histories: one value a step
+    tables: dict[str, dict] = field(default_factory=dict)  # artifact file -> columns, as the UI shows tables
+
+
+Outputs = Callable[[DictConfig, engines.Problem, Any, descent.Descent, float, Any], Records]
+
+
+def descend_and_record(store: Any, run_id: str, cfg: DictConfig, problem: engines.Problem, engine: Any,
+                       grid: Any, hydra_cfg: Any, outputs: Outputs) -> float:
+    """Run the descent of the job and record it in its run (`outputs` makes its records); the
+    value a sweeper minimises."""
+    what = grid.name() if grid else f"lr={cfg.lr}"
+    label = f"[{job.position(hydra_cfg)}{cfg.backend.name} {problem.optimizer.name} {what}]"
+    result, wall_time = descent.timed(problem, engine, None if job.shares_terminal(hydra_cfg) else label)
+    log.debug("descent: %d rows of %d point(s) in %.3f s", len(result.loss), problem.points, wall_time)
+    records = outputs(cfg, problem, grid, result, wall_time, hydra_cfg)
+    if records.trajectory is not None:
+        store.log_trajectory(run_id, records.trajectory, cfg.mlflow.max_logged_steps)
+    store.log_metrics(run_id, {**records.metrics, "wall_time_s": wall_time})
+    store.set_tags(run_id, records.tags)
+    for name, values in records.series.items():
+        store.log_series(run_id, name, values)
+    for name, columns in records.tables.items():
+        store.log_table(run_id, columns, name)
+    for line in records.lines:
+        log.info("%s %s", label, line)
+    log.info("%s MLflow: %s", label, store.describe(run_id))
+    for handler in logging.getLogger().handlers:  # the log file goes up next: make it complete
+        handler.flush()
+    out_dir = Path(hydra_cfg.runtime.output_dir)
+    store.log_artifacts(run_id, files=[*records.files, out_dir / f"{hydra_cfg.job.name}.log"], folders={})
+    return records.value
+
+
+def trajectory_records(cfg: DictConfig, problem: engines.Problem, grid: None, result: descent.Descent,
+                       wall_time: float, hydra_cfg: Any) -> Records:
+    """A single run's records: every epoch's x, loss and gradient, its summary, trajectory.csv and
+    the article's figure (a path per coordinate for a vector)."""
+    trajectory, summary = result.trajectory(0), result.summary
+    out_dir = Path(hydra_cfg.runtime.output_dir)
+    csv_path = tables.write_series(out_dir / "trajectory.csv", trajectory.columns())
+    png_path = out_dir / "gradient_descent.png"
+    if trajectory.x.ndim == 1:
+        figure = plots.article_figure(problem.loss.objective(NUMPY_OPS, ()), trajectory)
+    else:
+        figure = plots.path_figure(trajectory)
+    figure.savefig(png_path)
+    radius = theory.of_problem(problem)
+    return Records(
+        value=float(trajectory.loss[-1]),
+        metrics={**summary.values(0), **({} if radius is None else {"spectral_radius": float(radius[0])})},
+        tags={"device": trajectory.device, "outcome": summary.outcome[0]},
+        lines=_lines(problem, trajectory, summary),
+        files=[png_path, csv_path],
+        trajectory=trajectory,
+    )
+
+
+def _lines(problem: engines.Problem, trajectory: descent.Trajectory, summary: Any) -> list[str]:
+    """The terminal's account of a run: the article's line, how it ended."""
+    if trajectory.x.ndim == 1:
+        # The article's line; a long run shows its first and last 8 epochs.
+        path = np.array2string(np.around(trajectory.x, 2), max_line_width=sys.maxsize, threshold=20, edgeitems=8)
+    else:
+        path = f"x: {problem.x_start[0].tolist()} -> {np.around(trajectory.x[-1], 4).tolist()}"
+    steps = int(summary.steps_to_tolerance[0])
+    within = "" if steps < 0 else f" (within tolerance at epoch {steps})"
+    return [path, f"{summary.outcome[0]} after {len(trajectory.x) - 1} epochs, final loss "
+                  f"{trajectory.loss[-1]:.6g}{within}"]
