@@ -214,8 +214,9 @@ def record_lost_jobs(sweep: ParentRun, launched: Sequence[tuple[int, DictConfig]
     in the same order. A failed job with no run of its number (its process died, its cluster
     ended it, or it failed before it made its run) gets the run it would have made, ended FAILED
     (it raised) or KILLED (it was lost) with the reason as its `error`, its config as
-    `hydra/config.yaml` (so that `runner.reproduce` can run it again); a lost job whose newest
-    run is still RUNNING has that run ended KILLED with the reason.
+    `hydra/config.yaml` (so that `runner.reproduce` can run it again); a lost job's newest run,
+    and any earlier attempt of it still RUNNING (a launcher's retries), gets the reason and ends
+    KILLED if it was still RUNNING.
     """
     from hydra.core.utils import JobStatus
 
@@ -225,7 +226,8 @@ def record_lost_jobs(sweep: ParentRun, launched: Sequence[tuple[int, DictConfig]
               if result.status == JobStatus.FAILED]
     if not failed:
         return
-    newest = {record.tags.get(job.NUMBER_TAG): record for record in sweep.store.children(sweep.run_id)}
+    children = sweep.store.children(sweep.run_id)  # oldest first: a job's newest run is its last
+    newest = {record.tags.get(job.NUMBER_TAG): record for record in children}
     for number, cfg, error in failed:
         reason = one_line(error)
         lost = isinstance(error, JobLost)
@@ -235,6 +237,8 @@ def record_lost_jobs(sweep: ParentRun, launched: Sequence[tuple[int, DictConfig]
 
             tags = error.run_tags() if hasattr(error, "run_tags") else {}  # where the job ran (a SLURM job's ids)
             app.record_lost(sweep.store, sweep.run_id, cfg, number, "KILLED" if lost else "FAILED", reason, tags)
-        elif lost:
-            sweep.store.end_lost(record, reason)
+        elif lost:  # its runs: the newest, and any earlier attempt left RUNNING (a launcher's retries)
+            for attempt in children:
+                if attempt.tags.get(job.NUMBER_TAG) == str(number) and (attempt is record or attempt.status == "RUNNING"):
+                    sweep.store.end_lost(attempt, reason)
 

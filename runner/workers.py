@@ -1,5 +1,11 @@
-"""joblib: a sweep's jobs in worker processes, any of which may die (the kernel's OOM killer, a
-crash in a framework's C code) without taking the others with it.
+"""joblib and Ray: a sweep's jobs in worker processes, any of which may die (the kernel's OOM
+killer, a crash in a framework's C code) without taking the others with it.
+
+Ray (`launch_ray`): Hydra's Ray launcher waits for its jobs' results in turn, and the first job
+whose worker died (after Ray's own retries, `hydra.launcher.ray.remote.max_retries`) raises out
+of the sweep, abandoning the others' results. The runner submits the jobs as Hydra's launcher
+does and takes each job's result on its own: a job whose worker died is a lost job
+(`WorkerDied`), the others are recorded as they ran.
 
 Hydra's joblib launcher runs every job in one `joblib.Parallel` call. When a worker process dies,
 joblib's loky executor stops all of its workers and raises `TerminatedWorkerError` for the whole
@@ -38,6 +44,52 @@ class WorkerDied(JobLost):
 
 def is_joblib(launcher: Any) -> bool:
     return type(launcher).__name__ == "JoblibLauncher"
+
+
+def is_ray(launcher: Any) -> bool:
+    return type(launcher).__name__ == "RayLauncher"
+
+
+def launch_ray(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[Any]:
+    """Hydra's `RayLauncher.launch`, each job's result taken on its own: a JobReturn per job,
+    FAILED with a `WorkerDied` (or, for another of Ray's errors, a `JobLost` saying it) for a job
+    whose worker did not return."""
+    # Ray and its launcher live in an environment of their own (`make ray-env`): imported here.
+    import ray
+    from hydra.core.singleton import Singleton
+    from hydra.core.utils import configure_log, filter_overrides, setup_globals
+    from hydra_plugins.hydra_ray_launcher._launcher_util import launch_job_on_ray, start_ray
+    from omegaconf import open_dict
+
+    setup_globals()
+    configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)
+    sweep_dir = Path(str(launcher.config.hydra.sweep.dir))
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    log.info("Ray Launcher is launching %d jobs, sweep output dir: %s", len(job_overrides), sweep_dir)
+    # As Hydra's launcher: too little object store memory fails on small machines (ray#11966)
+    launcher.ray_cfg.init.setdefault("object_store_memory", 78643200)
+    start_ray(launcher.ray_cfg.init)
+    running = []
+    for number, overrides in enumerate(job_overrides, start=initial_job_idx):
+        log.info("\t#%d : %s", number, " ".join(filter_overrides(overrides)))
+        sweep_config = launcher.hydra_context.config_loader.load_sweep_config(launcher.config, list(overrides))
+        with open_dict(sweep_config):
+            sweep_config.hydra.job.id = f"job_id_for_{number}"
+            sweep_config.hydra.job.num = number
+        running.append(launch_job_on_ray(launcher.hydra_context, launcher.ray_cfg.remote, sweep_config,
+                                         launcher.task_function, Singleton.get_state()))
+    returns = []
+    for number, (overrides, result) in enumerate(zip(job_overrides, running), start=initial_job_idx):
+        try:
+            returns.append(ray.get(result))
+        except ray.exceptions.WorkerCrashedError:
+            returns.append(job_return(overrides, number, error=WorkerDied(
+                f"job #{number}'s Ray worker process died before the job returned")))
+        except ray.exceptions.RayError as error:  # its node died, its task was cancelled, ...
+            first = (str(error).strip().splitlines() or [""])[0]
+            returns.append(job_return(overrides, number, error=JobLost(
+                f"job #{number} ended without a result on Ray: {type(error).__name__}: {first}")))
+    return returns
 
 
 def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int,

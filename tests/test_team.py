@@ -71,11 +71,30 @@ def ray_home():
 
 @pytest.mark.xdist_group("ray")  # one Ray at a time on this machine
 def test_a_sweep_through_the_ray_launcher_starting_ray(tmp_path, store_uri, ray_python, ray_home):
-    """Ray starts a local instance for the sweep, as on a laptop."""
-    result = run_cli(*RAY_SWEEP, cwd=tmp_path, store_uri=store_uri, python=ray_python, env=ray_home)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "Started a local Ray instance" in result.stdout + result.stderr
-    assert_two_ray_jobs_landed(store_uri)
+    """Ray starts a local instance for the sweep, as on a laptop. The job at lr=0.2 kills its
+    worker (SIGKILL) before it has made its run, the one at lr=0.4 once its run exists, each
+    time Ray retries it (once here): the sweep goes on, the job at lr=0.1 lands, and each dead
+    job's attempts are runs KILLED with the reason, the first one's made by the sweeper."""
+    result = run_cli(TEST_BACKENDS, "hydra/launcher=ray", "backend=dying", "lr=0.1,0.2,0.4", f"epochs={EPOCHS}",
+                     "+hydra.launcher.ray.remote.max_retries=1", cwd=tmp_path, store_uri=store_uri, python=ray_python,
+                     env={**ray_home, **TEST_ENGINES})
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output[-3000:]
+    assert "Started a local Ray instance" in output and "Traceback" not in output
+    assert "2 of 3 jobs failed" in output
+    (parent,) = runs_of(store_uri, sweeps=True)
+    runs = runs_of(store_uri)
+    assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in runs)
+    (landed,) = [r for r in runs if r.data.params["lr"] == "0.1"]
+    assert landed.info.status == "FINISHED"
+    assert len(MlflowClient(store_uri).get_metric_history(landed.info.run_id, "x")) == EPOCHS + 1
+    (before,) = [r for r in runs if r.data.params["lr"] == "0.2"]  # it never made a run: the sweeper did
+    in_run = [r for r in runs if r.data.params["lr"] == "0.4"]  # a run for each attempt
+    assert len(in_run) == 2
+    for number, run in [(1, before), *((2, r) for r in in_run)]:
+        assert run.info.status == "KILLED" and run.data.tags["job_num"] == str(number)
+        assert run.data.tags["error"] == f"job #{number}'s Ray worker process died before the job returned"
+        assert run.data.tags["error"] in output
 
 
 @pytest.mark.xdist_group("ray")

@@ -115,9 +115,9 @@ class RunnerSweeper(BasicSweeper):
 
     def _launch(self, parent: Any, jobs: List[List[str]], configs: List[Any], initial_job_idx: int) -> List[Any]:
         """The launcher's jobs, then a run for each job that did not make its own
-        (`runner.sweeps.record_lost_jobs`). On submitit and joblib the runner launches them itself
-        (`runner.cluster`, `runner.workers`): Hydra's launchers stop at the first job that ends
-        without a result, and leave a SLURM sweep's jobs queued on Ctrl-C."""
+        (`runner.sweeps.record_lost_jobs`). On submitit, joblib and Ray the runner launches them
+        itself (`runner.cluster`, `runner.workers`): Hydra's launchers stop at the first job that
+        ends without a result, and leave a SLURM sweep's jobs queued on Ctrl-C."""
         from runner import cluster, sweeps, workers
 
         if cluster.is_submitit(self.launcher):
@@ -125,6 +125,8 @@ class RunnerSweeper(BasicSweeper):
         elif workers.is_joblib(self.launcher):
             results = workers.launch(self.launcher, jobs, initial_job_idx, on_stopped=lambda number, why: (
                 parent.store.stop_job(parent.run_id, number, why)))
+        elif workers.is_ray(self.launcher):
+            results = workers.launch_ray(self.launcher, jobs, initial_job_idx)
         else:
             results = list(self.launcher.launch(jobs, initial_job_idx=initial_job_idx))
         sweeps.record_lost_jobs(parent, list(zip(range(initial_job_idx, initial_job_idx + len(jobs)), configs)), results)
