@@ -201,22 +201,24 @@ def test_an_interrupted_sweep_ends_its_runs_killed(tmp_path, store_uri, sig, cod
 
 # --- 4. parallel writers ------------------------------------------------------------------------
 
-def test_forty_jobs_four_workers_one_fresh_sqlite_store(tmp_path):
+def test_twelve_jobs_four_workers_one_fresh_sqlite_store(tmp_path):
+    """Four worker processes write to a store that none of them found: each of the four starts
+    at once on a store the sweep has just created, then keeps writing beside the others."""
     uri = f"sqlite:///{tmp_path / 'fresh.db'}"  # created by the sweep itself, not a template
-    result = run_cli("hydra/launcher=joblib", "hydra.launcher.n_jobs=4", "lr=range(0.01,0.41,0.01)",
+    result = run_cli("hydra/launcher=joblib", "hydra.launcher.n_jobs=4", "lr=" + ",".join(f"0.{i:02d}" for i in range(1, 13)),
                      cwd=tmp_path, store_uri=uri)
     assert result.returncode == 0, result.stderr[-3000:]
     client = MlflowClient(uri)
     runs = runs_of(uri)
-    assert len(runs) == 40 and all(r.info.status == "FINISHED" for r in runs)
-    assert len({r.info.run_id for r in runs}) == 40
+    assert len(runs) == 12 and all(r.info.status == "FINISHED" for r in runs)
+    assert len({r.info.run_id for r in runs}) == 12
     for run in runs:
         for name in ("x", "loss", "grad"):
             assert sorted(m.step for m in client.get_metric_history(run.info.run_id, name)) == list(range(16))
     # The report is built from what the workers recorded: every job is in it.
     (parent,) = runs_of(uri, sweeps=True)
-    assert parent.info.status == "FINISHED" and parent.data.metrics["jobs"] == 40
-    assert "Sweep report: 40 runs (0 reused), 0 failed" in result.stdout + result.stderr
+    assert parent.info.status == "FINISHED" and parent.data.metrics["jobs"] == 12
+    assert "Sweep report: 12 runs (0 reused), 0 failed" in result.stdout + result.stderr
 
 
 # --- 5. a remote tracking server ----------------------------------------------------------------
