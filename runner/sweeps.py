@@ -174,8 +174,8 @@ def sweep_name(overrides: Sequence[str], limit: int = 100) -> str:
 class ComposedOnce:
     """A config loader that hands each job the config `check_jobs` already composed for it.
 
-    Hydra composes every job's config again when launching it (about 0.15 s a job here, more
-    than the job's own work); for an in-process launcher this halves that. Each config is handed
+    Hydra composes every job's config again when launching it, which costs more than a short
+    job's own work; for an in-process launcher this halves that. Each config is handed
     out once, as a fresh composition would be; anything else goes to the real loader.
     """
 

@@ -279,7 +279,8 @@ def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
 def connect(uri: str, experiment_name: str) -> Store:
     """Open the store (creating or upgrading a SQLite file) and find or create the experiment.
 
-    Cached per process: opening a SQLite store costs 2-3 s, a sweep's later jobs reuse it.
+    Cached per process: opening a store imports MLflow's SQL store and may run its migrations,
+    seconds that a sweep's later jobs need not pay again.
     """
     check_reachable(uri)
     client = MlflowClient(tracking_uri=uri)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from pathlib import Path
 
 import pytest
 from conftest import BACKENDS
@@ -114,3 +116,48 @@ def test_sweep_syntax_becomes_a_multirun(argv, multirun):
 ])
 def test_explicit_modes_and_bad_syntax_are_left_to_hydra(argv):
     assert hydra_argv(argv) == argv
+
+
+# Every preset of conf/experiment/, and how many jobs (or batch points) it makes.
+PRESETS = {"article": 3, "lr_sweep": 3 * 15, "optimizers": 3 * 4, "lr_dense": 3 * 1199, "momentum_map": 2 * 200 * 200,
+           "search_lr": 30}
+
+
+def sweep_values(text: str) -> list:
+    """A sweeper param's values as Hydra parses them: a choice's or a range's every value, an
+    interval's two ends (a search samples between them)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import IntervalSweep
+
+    override = OverridesParser.create().parse_override(f"key={text}")
+    if override.is_interval_sweep():
+        interval = override.value()
+        assert isinstance(interval, IntervalSweep)
+        return [interval.start, interval.end]
+    return list(override.sweep_iterator()) if override.is_sweep_override() else [override.value()]
+
+
+def test_the_presets_are_these():
+    found = sorted(path.stem for path in (Path(CONF_DIR) / "experiment").glob("*.yaml"))
+    assert found == sorted(PRESETS)
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_every_preset_composes_and_its_corner_jobs_are_valid(preset):
+    """Each preset composes, makes as many jobs (or points) as its comment says, and its first
+    and last value of every swept key, in every combination, is a job the runner accepts."""
+    import itertools
+
+    from runner.problem import from_config
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        sweep = compose(config_name="config", overrides=[f"experiment={preset}"], return_hydra_config=True)
+        params = {key: sweep_values(str(text)) for key, text in sweep.hydra.sweeper.params.items()}
+        search = sweep.hydra.sweeper.get("search") or {}
+        count = search.get("n_trials") or math.prod(len(values) for values in params.values())
+        assert count == PRESETS[preset]
+        for corner in itertools.product(*([values[0], values[-1]] for values in params.values())):
+            job = compose(config_name="config", overrides=[f"experiment={preset}",
+                                                          *(f"{k}={v}" for k, v in zip(params, corner))])
+            problem, engine, grid = from_config(job)
+            assert grid is None and problem.points == 1

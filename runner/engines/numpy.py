@@ -1,9 +1,8 @@
 """The NumPy engine: the gradient is the loss's hand-written derivative, as the article's `dfunc`.
 
 A batch steps arrays of shape (points, *shape); a single run of a scalar parameter steps NumPy
-scalars of the dtype instead, because a NumPy operation on a one-element array costs about
-0.25 µs against 0.05 µs on a scalar (this machine): about 1.6 µs a step against 0.4 µs for
-SGD. Both give the same bits: every operation is the same ufunc, `**` included (`OPS["pow"]`,
+scalars of the dtype instead, because a NumPy operation on a one-element array costs several
+times one on a scalar (array dispatch and allocation), and a step is a handful of operations. Both give the same bits: every operation is the same ufunc, `**` included (`OPS["pow"]`,
 `runner.expressions.numpy_power`).
 """
 

@@ -1,8 +1,8 @@
 """The TensorFlow engine: `tf.GradientTape` on x of shape (points, *shape), the whole loop in one
 `tf.function` compiled by XLA.
 
-The article creates a new `tf.Variable` and runs eagerly at every step (about 1.3 ms a step
-here); one traced loop costs microseconds a step. The update rules are `runner.optimizers`'
+The article creates a new `tf.Variable` and runs eagerly at every step, which costs hundreds
+of times more a step than one traced loop (bench/run.py measures both). The update rules are `runner.optimizers`'
 written in tensor operations (Keras optimizers take one learning rate, not one per point; the
 tests hold the rules to `keras.optimizers.SGD` and `Adam` on single points); x and the rule's
 state are the loop's variables.
