@@ -56,7 +56,7 @@ def main(folder: Path, device: str = "cuda") -> int:
                 x0 = np.broadcast_to(np.array(start, float), (loss.dim,) if loss.dim else ()).copy()
                 for o in OPTIMIZERS:
                     if loss.dim:
-                        o = Optimizer(o.name, o.lr / 20, o.momentum, o.beta1, o.beta2, o.eps)
+                        o = Optimizer(o.name, **{**o.hyperparameters(), "lr": o.lr / 20})
                     cpu = descend(single(loss, x0, 300, o, dtype, engine.resolve_device("cpu")), engine).trajectory(0)
                     started = time.perf_counter()
                     on_gpu = descend(single(loss, x0, 300, o, dtype, gpu), engine).trajectory(0)

@@ -12,36 +12,78 @@ learning rate per parameter and not one per point, are the reference the tests c
 State is a tuple of arrays of fixed structure from the first step on (a momentum buffer starts
 at zero: m * 0 + g = g, PyTorch's first step), as a compiled loop (`tf.while_loop`,
 `lax.scan`) requires.
+
+`HYPERPARAMETERS` is the one list of hyperparameters: their config keys, the values each may
+take, and so the schema's fields (`runner.schema.OptimizerConfig`), its range checks, the keys a
+batch may vary (`runner.points.BATCHABLE`) and what a job's Optimizer is built from
+(`runner.problem`). A new rule with a new hyperparameter is a function here, its entry in
+`RULES`, its hyperparameter in `HYPERPARAMETERS`, and `conf/optimizer/NAME.yaml`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Optional
+
+import numpy as np
 
 Init = Callable[[Any], tuple]
 Update = Callable[[Any, tuple, Any], tuple[Any, tuple]]
 
 
-@dataclass(frozen=True)
-class Optimizer:
-    """A rule and its hyperparameters: numbers, or arrays of one number per point."""
+def _positive(values: np.ndarray) -> np.ndarray:
+    return np.isfinite(values) & (values > 0)
 
-    name: str
-    lr: Any
-    momentum: Any = None
-    beta1: Any = None
-    beta2: Any = None
-    eps: Any = None
+
+def _fraction(values: np.ndarray) -> np.ndarray:
+    return (values >= 0) & (values < 1)
+
+
+@dataclass(frozen=True)
+class Hyperparameter:
+    """A hyperparameter some rule reads: where the config holds it, and what it may be."""
+
+    key: str  # "lr" at the top of the config (every rule has one), the others under `optimizer.`
+    allowed: Callable[[np.ndarray], np.ndarray]  # True for each value it may take
+    says: str  # what it may be, as an error says it: "optimizer.momentum must be in [0, 1)"
+
+
+HYPERPARAMETERS = {
+    "lr": Hyperparameter("lr", _positive, "a finite number > 0"),
+    "momentum": Hyperparameter("optimizer.momentum", _fraction, "in [0, 1)"),
+    "beta1": Hyperparameter("optimizer.beta1", _fraction, "in [0, 1)"),
+    "beta2": Hyperparameter("optimizer.beta2", _fraction, "in [0, 1)"),
+    "eps": Hyperparameter("optimizer.eps", _positive, "a finite number > 0"),
+}
+
+
+class Optimizer:
+    """A rule and its hyperparameters: numbers, or arrays of one number per point. Each name of
+    `HYPERPARAMETERS` reads as an attribute, None where not set.
+
+    >>> o = Optimizer("momentum", 0.1, momentum=0.9)
+    >>> o.hyperparameters(), o.lr, o.beta1
+    ({'lr': 0.1, 'momentum': 0.9}, 0.1, None)
+    """
+
+    def __init__(self, name: str, lr: Any, **others: Any) -> None:
+        unknown = sorted(set(others) - set(HYPERPARAMETERS))
+        if unknown:
+            raise TypeError(f"Optimizer has no hyperparameter {', '.join(unknown)}; it has {', '.join(HYPERPARAMETERS)}")
+        self.name = name
+        self._values = {"lr": lr, **{key: value for key, value in others.items() if value is not None}}
+
+    def __getattr__(self, name: str) -> Any:
+        if name in HYPERPARAMETERS:
+            return self.__dict__["_values"].get(name)
+        raise AttributeError(f"'Optimizer' object has no attribute {name!r}")
 
     def hyperparameters(self) -> dict[str, Any]:
-        """The rule's hyperparameters that are set, by name.
+        """The rule's hyperparameters that are set, by name."""
+        return dict(self._values)
 
-        >>> Optimizer("momentum", 0.1, momentum=0.9).hyperparameters()
-        {'lr': 0.1, 'momentum': 0.9}
-        """
-        return {f.name: getattr(self, f.name) for f in fields(self)
-                if f.name != "name" and getattr(self, f.name) is not None}
+    def __repr__(self) -> str:
+        return f"Optimizer({self.name!r}, {', '.join(f'{k}={v!r}' for k, v in self._values.items())})"
 
 
 def sgd(h: Mapping[str, Any], ops: Mapping[str, Callable]) -> tuple[Init, Update]:
@@ -100,18 +142,19 @@ def adam(h: Mapping[str, Any], ops: Mapping[str, Callable]) -> tuple[Init, Updat
     return (lambda x: (x * 0, x * 0, b1 * 0)), update
 
 
-RULES: dict[str, Callable[[Mapping[str, Any], Mapping[str, Callable]], tuple[Init, Update]]] = {
-    "sgd": sgd, "momentum": momentum, "nesterov": nesterov, "adam": adam,
+# Each rule, and the hyperparameters it reads (a batch may give them one value per point).
+RULES: dict[str, tuple[Callable[[Mapping[str, Any], Mapping[str, Callable]], tuple[Init, Update]], tuple[str, ...]]] = {
+    "sgd": (sgd, ("lr",)),
+    "momentum": (momentum, ("lr", "momentum")),
+    "nesterov": (nesterov, ("lr", "momentum")),
+    "adam": (adam, ("lr", "beta1", "beta2", "eps")),
 }
-
-# The hyperparameters each rule reads: a batch may give them one value per point.
-HYPERPARAMETERS = {"sgd": ("lr",), "momentum": ("lr", "momentum"), "nesterov": ("lr", "momentum"),
-                   "adam": ("lr", "beta1", "beta2", "eps")}
 
 
 def rule(optimizer: Optimizer, ops: Mapping[str, Callable], convert: Optional[Callable] = None
          ) -> tuple[Init, Update]:
     """`init` and `update` of the optimizer's rule, each hyperparameter passed through `convert`
     (an engine's: a per-point array -> its own array shaped to broadcast against x)."""
-    values = {name: getattr(optimizer, name) for name in HYPERPARAMETERS[optimizer.name]}
-    return RULES[optimizer.name]({k: convert(v) if convert else v for k, v in values.items()}, ops)
+    function, reads = RULES[optimizer.name]
+    values = {name: getattr(optimizer, name) for name in reads}
+    return function({k: convert(v) if convert else v for k, v in values.items()}, ops)

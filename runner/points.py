@@ -18,9 +18,10 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from runner.errors import ConfigError
+from runner.optimizers import HYPERPARAMETERS
 
 # Keys whose values a batch may vary, beside any constant of the loss (`loss.params.NAME`).
-BATCHABLE = ("lr", "optimizer.momentum", "optimizer.beta1", "optimizer.beta2", "optimizer.eps", "x_start")
+BATCHABLE = (*(h.key for h in HYPERPARAMETERS.values()), "x_start")
 LOSS_CONSTANT = "loss.params."
 
 

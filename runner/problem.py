@@ -43,8 +43,8 @@ def from_config(cfg: DictConfig) -> tuple[engines.Problem, ModuleType, Optional[
     o = cfg.optimizer
     if o.name not in optimizers.RULES:
         raise ConfigError(f"optimizer={o.name} has no update rule; runner.optimizers has {', '.join(optimizers.RULES)}")
-    optimizer = optimizers.Optimizer(o.name, *(values[key] if key in values else OmegaConf.select(cfg, key) for key in
-                                               ("lr", "optimizer.momentum", "optimizer.beta1", "optimizer.beta2", "optimizer.eps")))
+    optimizer = optimizers.Optimizer(o.name, **{name: values[h.key] if h.key in values else OmegaConf.select(cfg, h.key)
+                                                for name, h in optimizers.HYPERPARAMETERS.items()})
     device = engine.resolve_device(cfg.device.value)
     problem = engines.Problem(loss, x_start, cfg.epochs, optimizer, cfg.dtype.value, device,
                               cfg.stop.diverge_above, cfg.seed, cfg.stop.tolerance, keep_bytes=keep_bytes)

@@ -12,7 +12,7 @@ run's values or for arrays of a batch's values (one per point) alike.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, make_dataclass
 from enum import Enum
 from typing import Any, Callable, Dict, List, Mapping, Optional
 
@@ -22,6 +22,7 @@ from hydra.errors import CompactHydraException
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 from runner.errors import ConfigError
+from runner.optimizers import HYPERPARAMETERS
 
 
 class Refused(CompactHydraException):
@@ -77,15 +78,10 @@ class LossConfig:
     expr: Optional[str] = None  # loss=expr: the expression typed on the command line
 
 
-@dataclass
-class OptimizerConfig:
-    """The update rule (see `runner.optimizers`); a rule reads only its own hyperparameters."""
-
-    name: str = MISSING
-    momentum: Optional[float] = None  # momentum, nesterov
-    beta1: Optional[float] = None  # adam
-    beta2: Optional[float] = None  # adam
-    eps: Optional[float] = None  # adam
+# The update rule (see `runner.optimizers`): its name, and a field per hyperparameter under
+# `optimizer.` (lr is the config's own); a rule reads only its own.
+OptimizerConfig = make_dataclass("OptimizerConfig", [("name", str, MISSING), *(
+    (name, Optional[float], None) for name, h in HYPERPARAMETERS.items() if h.key == f"optimizer.{name}")])
 
 
 @dataclass
@@ -163,7 +159,8 @@ def check_ranges(cfg: DictConfig, points: Optional[Mapping[str, np.ndarray]] = N
     if cfg.epochs < 0:
         raise ConfigError(f"epochs={cfg.epochs} is not allowed: epochs must be an integer >= 0")
     positive = (lambda v: np.isfinite(v) & (v > 0))
-    check("lr", positive, "lr must be a finite number > 0")
+    for h in HYPERPARAMETERS.values():
+        check(h.key, h.allowed, f"{h.key} must be {h.says}")
     if cfg.dim is not None and cfg.dim < 1:
         raise ConfigError(f"dim={cfg.dim} is not allowed: dim must be an integer >= 1, or null")
     if cfg.mlflow.max_logged_steps is not None and cfg.mlflow.max_logged_steps < 2:
@@ -177,9 +174,6 @@ def check_ranges(cfg: DictConfig, points: Optional[Mapping[str, np.ndarray]] = N
           "x_start must be a finite number or a list of finite numbers")
     check("x_start", lambda v: np.all(np.abs(v) <= cfg.stop.diverge_above, axis=1),
           f"|x_start| must not exceed stop.diverge_above={cfg.stop.diverge_above}")
-    for key in ("momentum", "beta1", "beta2"):
-        check(f"optimizer.{key}", lambda v: (v >= 0) & (v < 1), f"optimizer.{key} must be in [0, 1)")
-    check("optimizer.eps", positive, "optimizer.eps must be a finite number > 0")
 
 
 def _shown(value: np.ndarray) -> str:

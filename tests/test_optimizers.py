@@ -36,8 +36,7 @@ def load_loss(name):
 def descend(backend, loss_name, optimizer, dtype, epochs=300):
     loss = load_loss(loss_name)
     if loss.dim:  # Rosenbrock's valley is steep: a smaller step keeps every rule stable
-        optimizer = Optimizer(optimizer.name, optimizer.lr / 20, optimizer.momentum, optimizer.beta1,
-                              optimizer.beta2, optimizer.eps)
+        optimizer = Optimizer(optimizer.name, **{**optimizer.hyperparameters(), "lr": optimizer.lr / 20})
     start = np.broadcast_to(np.array(STARTS[loss_name], float), (loss.dim,) if loss.dim else ()).copy()
     engine = engines.load(backend)
     return run(single(loss, start, epochs, optimizer, dtype, engine.resolve_device("cpu")), engine).trajectory(0)
@@ -60,7 +59,7 @@ def test_framework_optimizers_trace_the_numpy_path(backend, optimizer, loss_name
 
 
 def step(name, grads, x0=1.0, **hyper):
-    init, update = RULES[name]({"lr": 0.0, **hyper}, OPS)
+    init, update = RULES[name][0]({"lr": 0.0, **hyper}, OPS)
     x, xs = x0, []
     state = init(x)
     for g in grads:
@@ -153,7 +152,7 @@ def test_the_rules_trace_the_frameworks_own_optimizers(backend, name):
 def test_a_rule_takes_one_hyperparameter_per_point():
     """Three points with three learning rates and momenta: each steps as it would alone."""
     lr, m = np.array([0.1, 0.2, 0.3]), np.array([0.0, 0.5, 0.9])
-    init, update = RULES["momentum"]({"lr": lr, "momentum": m}, OPS)
+    init, update = RULES["momentum"][0]({"lr": lr, "momentum": m}, OPS)
     x, g = np.ones(3), np.array([1.0, 2.0, 3.0])
     x, state = update(g, init(x), x)
     x, _ = update(g, state, x)

@@ -11,7 +11,6 @@ divergence are dropped by `runner.descent`, as for the other engines.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import operator
 import os
@@ -73,7 +72,7 @@ def start(problem: Problem) -> Stepper:
     def descent(values):
         loss = problem.loss.with_constants(values["loss"])
         value = loss.objective(OPS, shape, lambda v: v)
-        rule = dataclasses.replace(problem.optimizer, **values["rule"])
+        rule = optimizers.Optimizer(problem.optimizer.name, **values["rule"])
         init, update = optimizers.rule(rule, OPS, lambda v: jnp.reshape(v, broadcast_shape(problem)))
         ones = jnp.ones(problem.points, dtype)
 
