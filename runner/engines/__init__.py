@@ -29,7 +29,7 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Callable, Optional, Protocol
+from typing import Any, Callable, Optional, Protocol
 
 import numpy as np
 
@@ -159,15 +159,17 @@ def record(x, y, grad, head: Optional[int], norm: Callable) -> tuple:
     return x[..., :head], y, grad[..., :head], norm(x), norm(grad)
 
 
-def alive(x: np.ndarray, loss: np.ndarray, bound: float) -> np.ndarray:
-    """For rows (..., points, *recorded): True where the loss is finite and |x| <= bound.
+def alive(x: Any, loss: Any, bound: float, xp: Any = np) -> Any:
+    """For rows (..., points, *recorded): True where the loss is finite and |x| <= bound: the one
+    definition of a point that has not diverged. `runner.descent` asks it of every row, and the
+    engines that stop early ask it whether any point is left, TensorFlow's inside its compiled
+    loop (`xp` is then `tf.experimental.numpy`).
 
     >>> alive(np.array([1.0, -8.0, np.inf]), np.array([1.0, 64.0, np.inf]), 5.0).tolist()
     [True, False, False]
     """
     with np.errstate(invalid="ignore"):
-        if x.ndim == loss.ndim:  # a scalar parameter
-            ok = np.abs(x) <= bound  # NaN fails `<=`
-            ok &= np.isfinite(loss)
-            return ok
-        return np.isfinite(loss) & np.all(np.abs(x.reshape(*loss.shape, -1)) <= bound, axis=-1)
+        finite = xp.isfinite(loss)
+        if len(x.shape) == len(loss.shape):  # a scalar parameter
+            return finite & (xp.abs(x) <= bound)  # NaN fails `<=`
+        return finite & xp.all(xp.abs(xp.reshape(x, (*loss.shape, -1))) <= bound, axis=-1)

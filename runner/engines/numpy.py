@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from runner import optimizers
-from runner.engines import CHECK_EVERY, Problem, Rows, Stepper, broadcast_shape, no_gpu, record
+from runner.engines import CHECK_EVERY, Problem, Rows, Stepper, alive, broadcast_shape, no_gpu, record
 from runner.expressions import NUMPY_OPS
 
 FRAMEWORK = "numpy"
@@ -79,7 +79,7 @@ def start(problem: Problem) -> Stepper:
                         xs[k], ys[k], grads[k], x_norm, grad_norm = record(x, value(x), grad, head, _norm)
                         norms[k, :, 0], norms[k, :, 1] = x_norm, grad_norm
                     x, state = update(grad, state, x)  # the update after the last row is discarded
-                if not np.any(np.all(np.abs(xs[k].reshape(points, -1)) <= problem.diverge_above, axis=1)):
+                if not alive(xs[k], ys[k] if head is not None else value(xs[k]), problem.diverge_above).any():
                     done = k + 1  # every point has diverged
                     break
             if head is None:  # the loss of every row at once: it is not needed to step

@@ -22,9 +22,10 @@ from runner import chatter  # noqa: E402
 
 with chatter.held_back(chatter.TENSORFLOW_IMPORT):
     import tensorflow as tf  # noqa: E402
+    import tensorflow.experimental.numpy as tnp  # noqa: E402
 
 from runner import optimizers  # noqa: E402
-from runner.engines import Problem, Rows, Stepper, broadcast_shape, no_gpu, record  # noqa: E402
+from runner.engines import Problem, Rows, Stepper, alive, broadcast_shape, no_gpu, record  # noqa: E402
 
 
 class _NoRetracingWarning(logging.Filter):
@@ -62,7 +63,7 @@ def start(problem: Problem) -> Stepper:
     once every point has diverged."""
     tf.random.set_seed(problem.seed)
     dt = tf.as_dtype(problem.dtype)
-    points, head = problem.points, problem.recorded
+    head = problem.recorded
     with tf.device(problem.device):
         def convert(values):
             return tf.constant(values, dt)
@@ -87,8 +88,7 @@ def start(problem: Problem) -> Stepper:
                 grad = tape.gradient(y, x)  # of the sum over points: each point's own gradient
                 row = record(x, y, grad, head, lambda v: tf.norm(v, axis=-1))
                 rows = [r.write(k, v) for r, v in zip(rows, row)]
-                within = tf.reduce_all(tf.reshape(tf.abs(x) <= bound, [points, -1]), axis=1)
-                if not tf.reduce_any(tf.math.is_finite(y) & within):  # NaN fails `<=` too
+                if not tf.reduce_any(alive(x, y, bound, tnp)):
                     done = k + 1
                     break
                 x, state = update(grad, state, x)  # the update after the last row is discarded
