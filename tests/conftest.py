@@ -67,6 +67,15 @@ def run_cli(*args: str, cwd: Path, store_uri: str | None = None, env: dict | Non
                           env=full_env, capture_output=True, text=True, timeout=600)
 
 
+@pytest.fixture
+def here(tmp_path, store_uri, monkeypatch) -> Path:
+    """For the Python API in this process (`runner.run`, `runner.sweep`), as a notebook uses it:
+    the test's folder is the current directory, and its store the default one there."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store_uri)
+    return tmp_path
+
+
 @pytest.fixture(scope="session")
 def ray_python() -> str:
     """The Python of the Ray launcher's environment of its own (`make ray-env`: it pins

@@ -23,14 +23,6 @@ VOLATILE_TAGS = {"mlflow.user", "mlflow.source.name", "mlflow.source.type", "mlf
 VOLATILE_METRICS = {"wall_time_s"}
 
 
-@pytest.fixture
-def here(tmp_path, store_uri, monkeypatch):
-    """A notebook's folder: the current directory, its store the default one there."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", store_uri)
-    return tmp_path
-
-
 def recorded(uri: str, run_id: str) -> dict:
     """Everything a run recorded that two recordings of it must share."""
     client = MlflowClient(uri)

@@ -7,6 +7,7 @@ import pytest
 from conftest import run_cli, runs_of
 from mlflow import MlflowClient
 
+import runner
 from runner import reproduce
 
 pytestmark = pytest.mark.slow
@@ -51,14 +52,19 @@ def test_the_search_preset_finds_the_deep_well_and_records_every_trial(tmp_path,
     assert artifacts == {"search/trials.csv"}
 
 
-def test_the_same_seed_gives_the_same_trials(tmp_path, store_uri, migrated_store):
+def test_the_same_seed_gives_the_same_trials(here, store_uri, migrated_store, monkeypatch):
+    """(In this process, through the Python API, which runs the command line's sweeper.)"""
     import shutil
 
-    other = tmp_path / "other"
+    other = here / "other"
     other.mkdir()
     shutil.copy(migrated_store, other / "mlflow.db")
-    first = search(tmp_path, store_uri, "hydra.sweeper.search.n_trials=5")[1]
-    second = search(other, f"sqlite:///{other / 'mlflow.db'}", "hydra.sweeper.search.n_trials=5")[1]
+    runner.sweep("experiment=search_lr", "hydra.sweeper.search.n_trials=5")
+    first = runs_of(store_uri, "search_lr")
+    monkeypatch.chdir(other)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{other / 'mlflow.db'}")
+    runner.sweep("experiment=search_lr", "hydra.sweeper.search.n_trials=5")
+    second = runs_of(f"sqlite:///{other / 'mlflow.db'}", "search_lr")
     chosen = [[(t.data.params["lr"], t.data.params["optimizer.momentum"]) for t in runs] for runs in (first, second)]
     assert chosen[0] == chosen[1] and len(set(chosen[0])) == 5
 
@@ -112,15 +118,16 @@ def test_a_search_typed_on_the_command_line_and_an_interval_without_one(tmp_path
     assert len(runs_of(store_uri)) == 4 and len(runs_of(store_uri, sweeps=True)) == 1
 
 
-def test_an_interrupted_search_goes_on_with_skip_done(tmp_path, store_uri):
+def test_an_interrupted_search_goes_on_with_skip_done(here, store_uri):
     """With the same seed Optuna asks for the same trials; those already recorded are told their
-    recorded loss instead of running again."""
-    first = search(tmp_path, store_uri, "hydra.sweeper.search.n_trials=4")[1]
-    result, trials, parents = search(tmp_path, store_uri, "hydra.sweeper.search.n_trials=6", "skip_done=true")
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert len(trials) == 6  # 4 from the first search, 2 new
+    recorded loss instead of running again. (In this process, through the Python API.)"""
+    runner.sweep("experiment=search_lr", "hydra.sweeper.search.n_trials=4")
+    first = runs_of(store_uri, "search_lr")
+    again = runner.sweep("experiment=search_lr", "hydra.sweeper.search.n_trials=6", "skip_done=true")
+    trials, parents = runs_of(store_uri, "search_lr"), runs_of(store_uri, "search_lr", sweeps=True)
+    assert again.status == "FINISHED" and len(trials) == 6  # 4 from the first search, 2 new
     assert [t.info.run_id for t in trials[:4]] == [t.info.run_id for t in first]
     newest = parents[-1]
     assert [t.data.tags["mlflow.parentRunId"] for t in trials[4:]] == [newest.info.run_id] * 2
-    assert "Sweep report: 6 runs (4 reused)" in result.stdout + result.stderr
+    assert len(again.table) == 6 and sorted(again.table["run_id"]) == sorted(t.info.run_id for t in trials)
     assert newest.data.metrics["best_final_loss"] == min(t.data.metrics["final_loss"] for t in trials)

@@ -13,6 +13,8 @@ import pytest
 from conftest import BACKENDS, REPO, run_cli, runs_of
 from mlflow import MlflowClient
 
+import runner
+
 pytestmark = pytest.mark.slow
 
 
@@ -59,10 +61,12 @@ def test_lr_sweep_preset_and_its_report(tmp_path, store_uri):
     assert "Parity (largest relative difference from the other backends): numpy" in output
 
 
-def test_a_vector_loss_logs_coordinates_and_the_gradient_norm(tmp_path, store_uri):
-    result = run_cli("loss=rosenbrock", "x_start=[-1.5,2]", "lr=0.0005", "epochs=50",
-                     "optimizer=adam", "backend=numpy,torch", cwd=tmp_path, store_uri=store_uri)
-    assert result.returncode == 0, result.stderr[-3000:]
+# The tests below run in this process through the Python API (`here`), which records what the
+# command line records (tests/test_api.py): what a process of its own adds is checked above.
+
+def test_a_vector_loss_logs_coordinates_and_the_gradient_norm(here, store_uri):
+    runner.sweep("loss=rosenbrock", "x_start=[-1.5,2]", "lr=0.0005", "epochs=50", "optimizer=adam",
+                 "backend=numpy,torch")
     client = MlflowClient(store_uri)
     runs = runs_of(store_uri)
     histories = []
@@ -75,10 +79,9 @@ def test_a_vector_loss_logs_coordinates_and_the_gradient_norm(tmp_path, store_ur
     assert histories[0][0] == 2.0 and len(histories[0]) == 51
 
 
-def test_a_user_expression_on_every_backend(tmp_path, store_uri):
-    result = run_cli("loss=expr", "loss.expr='x**4 - 3*x**2 + x'", f"backend={','.join(BACKENDS)}",
-                     "x_start=2", "lr=0.01", "epochs=300", "dtype=float64", cwd=tmp_path, store_uri=store_uri)
-    assert result.returncode == 0, result.stderr[-3000:]
+def test_a_user_expression_on_every_backend(here, store_uri):
+    runner.sweep("loss=expr", "loss.expr='x**4 - 3*x**2 + x'", f"backend={','.join(BACKENDS)}", "x_start=2",
+                 "lr=0.01", "epochs=300", "dtype=float64")
     runs = runs_of(store_uri)
     finals = [run.data.metrics["final_loss"] for run in runs]
     assert len(finals) == len(BACKENDS) and np.ptp(finals) < 1e-10
@@ -87,16 +90,14 @@ def test_a_user_expression_on_every_backend(tmp_path, store_uri):
     assert all(run.data.tags["outcome"] == "converged" for run in runs)
 
 
-def test_a_malformed_expression_is_a_config_error(tmp_path, store_uri):
-    result = run_cli("loss=expr", "loss.expr='x**4 - import(os)'", cwd=tmp_path, store_uri=store_uri)
-    assert result.returncode != 0
-    assert "loss.expr='x**4 - import(os)' is not an expression" in result.stderr
-    assert "Traceback" not in result.stderr and runs_of(store_uri) == []
+def test_a_malformed_expression_is_a_config_error(here, store_uri):
+    with pytest.raises(runner.ConfigError, match=r"loss.expr='x\*\*4 - import\(os\)' is not an expression"):
+        runner.run("loss=expr", "loss.expr='x**4 - import(os)'")
+    assert runs_of(store_uri) == []
 
 
-def test_a_diverging_job_is_an_ordinary_result(tmp_path, store_uri):
-    result = run_cli("lr=0.3,1.5", "epochs=1000", cwd=tmp_path, store_uri=store_uri)
-    assert result.returncode == 0, result.stderr[-3000:]
+def test_a_diverging_job_is_an_ordinary_result(here, store_uri):
+    runner.sweep("lr=0.3,1.5", "epochs=1000")  # it would raise SweepFailed were a job to fail
     outcomes = {run.data.params["lr"]: run for run in runs_of(store_uri)}
     assert outcomes["1.5"].data.tags["outcome"] == "diverged"
     assert outcomes["1.5"].data.metrics["epochs_run"] == 18 and outcomes["1.5"].info.status == "FINISHED"
