@@ -28,7 +28,7 @@ from runner.problem import from_config
 log = logging.getLogger("runner")
 
 schema.register()
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+CONF_DIR = str(schema.CONF_DIR)
 
 
 class Recorded(NamedTuple):

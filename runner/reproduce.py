@@ -78,7 +78,7 @@ def check(uri: str, run_id: str) -> tuple[int, list[str]]:
             path = store.download(run_id, "hydra/config.yaml", Path(tmp))
             if path is None:
                 raise ConfigError(f"run {run_id} has no hydra/config.yaml artifact to re-run")
-            cfg = OmegaConf.merge(OmegaConf.structured(schema.RunnerConfig), OmegaConf.load(path))
+            cfg = OmegaConf.merge(schema.defaults(), OmegaConf.load(path))
             problem, engine, grid = from_config(cfg)
         except Exception as error:  # one line, whatever went wrong
             return CANNOT, [f"cannot re-run {run_id}: {error}"]

@@ -12,6 +12,7 @@ run's values or for arrays of a batch's values (one per point) alike.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from dataclasses import dataclass, field, make_dataclass
 from enum import Enum
 from typing import Any, Callable, Dict, List, Mapping, Optional
@@ -84,30 +85,26 @@ OptimizerConfig = make_dataclass("OptimizerConfig", [("name", str, MISSING), *(
     (name, Optional[float], None) for name, h in HYPERPARAMETERS.items() if h.key == f"optimizer.{name}")])
 
 
+# The run's settings: their types here, their values (and what each means) in conf/config.yaml,
+# the one place that sets a default; `defaults()` reads them back for a config that lacks a key.
+
 @dataclass
 class StopConfig:
-    tolerance: float = 1e-4  # converged: the gradient's norm is at most this at the last epoch
-    diverge_above: float = 1e6  # diverged: |x| beyond this (or a non-finite value); the run stops
+    tolerance: float = MISSING
+    diverge_above: float = MISSING
 
 
 @dataclass
 class MlflowConfig:
-    # null: $MLFLOW_TRACKING_URI if set, else sqlite:///mlflow.db in the launch folder
-    tracking_uri: Optional[str] = None
-    experiment_name: str = "runner"
-    # Metrics keep every step up to this many; a longer run logs this many evenly spaced steps,
-    # the first and the last among them (trajectory.csv always keeps every epoch). null: all.
-    max_logged_steps: Optional[int] = 10000
+    tracking_uri: Optional[str] = MISSING
+    experiment_name: str = MISSING
+    max_logged_steps: Optional[int] = MISSING
 
 
 @dataclass
 class BatchConfig:
-    # Set by the runner's sweeper (hydra.sweeper.batch=true): the sweeps of the keys this job
-    # runs as one batch, e.g. ["lr=range(0.001,1.2,0.001)"]; empty: one run.
-    sweep: List[str] = field(default_factory=list)
-    # Whole trajectories a batch keeps, in MB (every point's summary is always kept): past it,
-    # those of an evenly spaced subset of points.
-    trajectory_mb: int = 64
+    sweep: List[str] = MISSING  # set by the runner's sweeper (hydra.sweeper.batch=true)
+    trajectory_mb: int = MISSING
 
 
 @dataclass
@@ -115,17 +112,30 @@ class RunnerConfig:
     backend: BackendConfig = MISSING
     loss: LossConfig = MISSING
     optimizer: OptimizerConfig = MISSING
-    x_start: Any = 5.0  # a number, or a list: one number per coordinate
-    dim: Optional[int] = None  # the number of coordinates of x (null: as x_start or the loss says)
-    epochs: int = 15
-    lr: float = 0.3
-    device: Device = Device.cpu
-    dtype: DType = DType.float32
+    x_start: Any = MISSING  # a number, or a list: one number per coordinate
+    dim: Optional[int] = MISSING
+    epochs: int = MISSING
+    lr: float = MISSING
+    device: Device = MISSING
+    dtype: DType = MISSING
     stop: StopConfig = field(default_factory=StopConfig)
-    seed: int = 0  # seeds every framework's random generator; recorded with the run
-    skip_done: bool = False  # skip a job whose config already has a FINISHED run in the experiment
+    seed: int = MISSING
+    skip_done: bool = MISSING
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     batch: BatchConfig = field(default_factory=BatchConfig)
+
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"  # Hydra's config_path: the project's conf/
+
+
+def defaults() -> DictConfig:
+    """The run's settings as conf/config.yaml sets them, typed (its defaults list, Hydra's own
+    settings and the groups left out): what a config recorded before a key existed is
+    completed with (`runner.reproduce`)."""
+    values = OmegaConf.load(CONF_DIR / "config.yaml")
+    for key in ("defaults", "hydra"):
+        values.pop(key, None)
+    return OmegaConf.merge(OmegaConf.structured(RunnerConfig), values)
 
 
 def register() -> None:

@@ -161,3 +161,18 @@ def test_every_preset_composes_and_its_corner_jobs_are_valid(preset):
                                                           *(f"{k}={v}" for k, v in zip(params, corner))])
             problem, engine, grid = from_config(job)
             assert grid is None and problem.points == 1
+
+
+def test_conf_config_yaml_is_the_one_place_of_the_defaults():
+    """The schema types the settings and sets none of them; conf/config.yaml sets them all, and a
+    config recorded before a key existed (re-run months later) is completed from it."""
+    from omegaconf import OmegaConf
+
+    from runner.schema import RunnerConfig, defaults
+
+    unset = OmegaConf.missing_keys(OmegaConf.structured(RunnerConfig))
+    assert {"epochs", "lr", "x_start", "stop.tolerance", "batch.trajectory_mb", "mlflow.experiment_name"} <= unset
+    recorded = OmegaConf.to_container(composed("lr=0.1"))
+    del recorded["batch"], recorded["stop"]["diverge_above"]
+    completed = OmegaConf.merge(defaults(), recorded)
+    assert completed == composed("lr=0.1") and completed.lr == 0.1 and completed.batch.trajectory_mb == 64
