@@ -8,11 +8,14 @@ batch and sweep modules all ask it, and it asks none of them.
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from hydra.core.utils import JobReturn, JobStatus
 from hydra.types import RunMode
+from omegaconf import OmegaConf, open_dict, read_write
 
 PARENT_FILE = "mlflow_parent_run.json"
 NUMBER_TAG = "job_num"  # a sweep's job runs carry their Hydra job number: the sweeper finds them by it
@@ -58,9 +61,6 @@ def job_return(overrides: Sequence[str], number: int, value: Any = None, error: 
                ) -> Any:
     """The JobReturn of a job whose own was lost: COMPLETED with `value` (its run had finished),
     or FAILED with `error` as what it raised (its process died, its cluster ended it)."""
-    from hydra.core.utils import JobReturn, JobStatus
-    from omegaconf import OmegaConf
-
     return JobReturn(overrides=list(overrides), hydra_cfg=OmegaConf.create({"hydra": {"job": {"num": number}}}),
                      status=JobStatus.FAILED if error is not None else JobStatus.COMPLETED,
                      _return_value=error if error is not None else value)
@@ -69,10 +69,6 @@ def job_return(overrides: Sequence[str], number: int, value: Any = None, error: 
 def task_config(cfg: Any) -> Any:
     """A job's composed config as its task function gets it: Hydra's own node removed (as
     Hydra's `run_job` does), so that it hashes and flattens as the job's does."""
-    import copy
-
-    from omegaconf import open_dict, read_write
-
     task = copy.deepcopy(cfg)
     with read_write(task), open_dict(task):
         task.pop("hydra", None)
@@ -81,6 +77,4 @@ def task_config(cfg: Any) -> Any:
 
 def config_yaml(cfg: Any) -> str:
     """A job's config as its `.hydra/config.yaml` holds it."""
-    from omegaconf import OmegaConf
-
     return OmegaConf.to_yaml(task_config(cfg))

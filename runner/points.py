@@ -16,7 +16,9 @@ from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
 import numpy as np
+from hydra.core.override_parser.overrides_parser import OverridesParser
 
+from runner.descent import PIECE_BYTES
 from runner.errors import ConfigError
 from runner.optimizers import HYPERPARAMETERS
 
@@ -101,8 +103,6 @@ def _text(value: Any) -> str:
 def parse(sweeps: Sequence[str]) -> Points:
     """The points of `batch.sweep`, each value checked to be a number (a list of numbers for
     x_start); a ConfigError names the key and the value otherwise."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     parser = OverridesParser.create()
     keys, axes = [], []
     for text in sweeps:
@@ -187,8 +187,6 @@ def memory_needed(points: int, coordinates: int, itemsize: int, keep_bytes: Opti
     rule's state and the temporaries of a step (10 arrays), per point its start and summary (12
     numbers, its x_start and final x, float64), three pieces of rows in flight, and the
     trajectories kept."""
-    from runner.descent import PIECE_BYTES
-
     per_point = 10 * coordinates * itemsize + (12 + 2 * coordinates) * 8
     return points * per_point + 3 * PIECE_BYTES + (keep_bytes or 0)
 

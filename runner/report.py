@@ -20,9 +20,12 @@ settings, over the epochs both ran, relative to max(1, |x|).
 
 from __future__ import annotations
 
+import argparse
 import csv
+import io
 import logging
 import math
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -192,10 +195,6 @@ def _stability_bound(jobs: list[Job]) -> Optional[float]:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    import argparse
-    import io
-    import sys
-
     parser = argparse.ArgumentParser(prog="python -m runner.report",
                                      description="Print the table of runs of a sweep, or the points of a batch.")
     parser.add_argument("--experiment", default="runner", help="the MLflow experiment (default: runner)")
@@ -209,7 +208,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here")
     args = parser.parse_args(argv)
 
-    from runner import tracking
+    from runner import tracking  # MLflow, imported once the arguments are good (--help needs none)
 
     uri = tracking.tracking_uri(args.tracking_uri, Path.cwd())
     try:

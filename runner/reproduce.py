@@ -31,6 +31,12 @@ from typing import Any, Optional
 import numpy as np
 from omegaconf import OmegaConf
 
+from runner import batch, cluster, provenance, schema, tables
+from runner.descent import descend
+from runner.errors import ConfigError
+from runner.outcomes import QUANTITIES
+from runner.problem import from_config
+
 LAUNCHERS = ("basic", "joblib", "submitit_local", "submitit_slurm")
 # Hydra's launcher classes, as a sweep's runs record them (hydra.launcher._target_)
 LAUNCHER_OF = {"BasicLauncher": "basic", "JoblibLauncher": "joblib", "LocalLauncher": "submitit_local",
@@ -66,10 +72,7 @@ def main(argv: list[str] | None = None) -> int:
 def check(uri: str, run_id: str) -> tuple[int, list[str]]:
     """Re-run one logged run (or batch) and compare: IDENTICAL, DIFFERS or CANNOT, and what to
     print. A plain function of plain values, so that any launcher's worker can run it."""
-    from runner import provenance, schema, tracking
-    from runner.descent import descend
-    from runner.errors import ConfigError
-    from runner.problem import from_config
+    from runner import tracking  # MLflow: imported where a run is read, as everywhere outside tracking
 
     schema.register()
     with tempfile.TemporaryDirectory() as tmp:
@@ -160,7 +163,6 @@ def _launch(launcher: str, options: dict, uri: str, run_ids: list[str]) -> list[
         jobs = executor.map_array(check, [uri] * len(run_ids), run_ids)
         if launcher == "submitit_local":
             return [job.result() for job in jobs]
-        from runner import cluster  # waits for every job, without Slurm accounting too; Ctrl-C cancels them
 
         try:
             ended = cluster.wait(jobs)
@@ -174,7 +176,6 @@ def _launch(launcher: str, options: dict, uri: str, run_ids: list[str]) -> list[
 def _compare_run(store, record, cfg, result, lines: list[str]) -> bool:
     """Every logged series, the summary and the outcome of a run against the re-run's."""
     from runner import tracking
-    from runner.outcomes import QUANTITIES
 
     trajectory, summary = result.trajectory(0), result.summary.values(0)
     steps = tracking.logged_steps(len(trajectory.x), cfg.mlflow.max_logged_steps)
@@ -201,8 +202,6 @@ def _compare_run(store, record, cfg, result, lines: list[str]) -> bool:
 
 def _compare_batch(store, record, grid, result, tmp: Path, lines: list[str]) -> bool:
     """Every point's summary in points.csv, and every kept trajectory, against the re-run's."""
-    from runner import batch, tables
-
     stored_path = store.download(record.run_id, "points.csv", tmp / "stored")
     if stored_path is None:
         lines.append("  points.csv: not in the run")

@@ -11,9 +11,10 @@ run's values or for arrays of a batch's values (one per point) alike.
 
 from __future__ import annotations
 
+import functools
 import math
-from pathlib import Path
 from dataclasses import dataclass, field, make_dataclass
+from pathlib import Path
 from enum import Enum
 from typing import Any, Callable, Dict, List, Mapping, Optional
 
@@ -32,8 +33,6 @@ class Refused(CompactHydraException):
 
 def reported(function: Callable) -> Callable:
     """`function`, with any ConfigError it raises turned into one Hydra prints as one line."""
-    import functools
-
     @functools.wraps(function)
     def wrapper(*args, **kwargs):
         try:

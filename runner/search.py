@@ -27,6 +27,7 @@ from typing import Any, Mapping, Optional, Sequence
 import optuna
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Override, RangeSweep
+from hydra.core.utils import JobStatus
 
 from runner.errors import ConfigError
 
@@ -136,8 +137,6 @@ def create_study(sampler: str, seed: int) -> optuna.Study:
 def objective(job_return: Any) -> Optional[float]:
     """What Optuna is told of a finished job: its final loss; +inf for a run that diverged to a
     non-finite loss (a poor trial, not a failed one); None when the job failed."""
-    from hydra.core.utils import JobStatus
-
     if job_return.status != JobStatus.COMPLETED:
         return None
     return _finite_or_inf(float(job_return.return_value))

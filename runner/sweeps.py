@@ -26,10 +26,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
+from hydra.core.utils import JobStatus
 from hydra.errors import CompactHydraException
 from omegaconf import DictConfig
 
-from runner import job
+from runner import app, batch_report, job, points, provenance, report
+from runner.errors import ConfigError, JobLost, one_line
+from runner.problem import from_config
 
 log = logging.getLogger("runner")
 
@@ -48,8 +51,6 @@ class ParentRun:
     def reuse_finished(self, job_configs: Sequence[DictConfig]) -> list[Optional[str]]:
         """For each job: with skip_done=true, a FINISHED run of the experiment with the same
         config, which then stands in for the job (in `reused`, and so in the report); else None."""
-        from runner import provenance
-
         found = [self.store.finished_run(provenance.config_hash(cfg)) if cfg.skip_done else None
                  for cfg in job_configs]
         self.reused.extend(run_id for run_id in found if run_id)
@@ -59,8 +60,6 @@ class ParentRun:
 def check_grid(overrides: Sequence[Any]) -> None:
     """A grid cannot run an interval (Hydra's basic sweeper would fail with a traceback): say
     how to search it instead."""
-    from runner.errors import ConfigError
-
     for override in overrides:
         if override.is_sweep_override() and override.is_interval_sweep():
             raise ConfigError(f"{override.input_line}: an interval is searched, not swept: add "
@@ -71,8 +70,6 @@ def batch_jobs(overrides: Sequence[Any], setting: Any, split_arguments: Any) -> 
     """The jobs of a batched grid, and a label for each: one job per group of the keys that
     change the program, running every point of the batched keys (`runner.points.split`).
     No batched key: the ordinary grid."""
-    from runner import points
-
     grouped, batched = points.split(overrides, setting)
     groups = [job for chunk in split_arguments(grouped, None) for job in chunk]
     if not batched:
@@ -91,8 +88,6 @@ def check_jobs(config_loader: Any, sweep_config: DictConfig, jobs: Sequence[Sequ
     An unreachable tracking server is reported first, before any framework is imported.
     """
     from runner import tracking
-    from runner.errors import ConfigError
-    from runner.problem import from_config
 
     tracking.check_reachable(tracking.tracking_uri(sweep_config.mlflow.tracking_uri, Path.cwd()))
     configs = []
@@ -114,7 +109,7 @@ def parent_run(sweep_config: DictConfig, job_configs: Sequence[DictConfig], jobs
 
     `jobs`: how many jobs will run, where `job_configs` cannot tell (a search's trials).
     """
-    from runner import provenance, tracking
+    from runner import tracking
 
     folder = Path(sweep_config.hydra.sweep.dir)
     folder.mkdir(parents=True, exist_ok=True)
@@ -153,8 +148,6 @@ def parent_run(sweep_config: DictConfig, job_configs: Sequence[DictConfig], jobs
 def build_report(sweep: ParentRun) -> bool:
     """The sweep's report, from what its jobs recorded (a batched sweep's, where they are
     batches); True when every run FINISHED."""
-    from runner import batch_report, report
-
     records = [*(sweep.store.record(run_id) for run_id in sweep.reused), *sweep.store.children(sweep.run_id)]
     batched = any(record.tags.get("kind") == "batch" for record in records)
     write = batch_report.report_batches if batched else report.report_grid
@@ -193,10 +186,6 @@ class ComposedOnce:
 
 def failures_error(results: Sequence[Any]) -> Optional[JobsFailed]:
     """One error listing every failed job and why, or None when all succeeded."""
-    from hydra.core.utils import JobStatus
-
-    from runner.errors import one_line
-
     failed = [r for r in results if r.status == JobStatus.FAILED]
     if not failed:
         return None
@@ -218,10 +207,6 @@ def record_lost_jobs(sweep: ParentRun, launched: Sequence[tuple[int, DictConfig]
     and any earlier attempt of it still RUNNING (a launcher's retries), gets the reason and ends
     KILLED if it was still RUNNING.
     """
-    from hydra.core.utils import JobStatus
-
-    from runner.errors import JobLost, one_line
-
     failed = [(number, cfg, result._return_value) for (number, cfg), result in zip(launched, results)
               if result.status == JobStatus.FAILED]
     if not failed:
@@ -233,8 +218,6 @@ def record_lost_jobs(sweep: ParentRun, launched: Sequence[tuple[int, DictConfig]
         lost = isinstance(error, JobLost)
         record = newest.get(str(number))
         if record is None:
-            from runner import app
-
             tags = error.run_tags() if hasattr(error, "run_tags") else {}  # where the job ran (a SLURM job's ids)
             app.record_lost(sweep.store, sweep.run_id, cfg, number, "KILLED" if lost else "FAILED", reason, tags)
         elif lost:  # its runs: the newest, and any earlier attempt left RUNNING (a launcher's retries)

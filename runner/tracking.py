@@ -34,6 +34,7 @@ from mlflow.exceptions import MlflowException  # noqa: E402
 from runner import chatter  # noqa: E402
 from runner.descent import Trajectory  # noqa: E402
 from runner.errors import ConfigError  # noqa: E402
+from runner.job import NUMBER_TAG  # noqa: E402
 
 chatter.quiet_loggers("mlflow.store.db.utils")  # "Creating initial MLflow database tables...", on a new store
 
@@ -196,8 +197,6 @@ class Store:
     def stop_job(self, parent_id: str, number: int, error: str) -> Optional[float]:
         """For job `number` of a sweep, stopped before it returned: its value (final loss; of a
         batch, the best) when its newest run FINISHED, else None, that run (if any) `end_lost`."""
-        from runner.job import NUMBER_TAG
-
         found = self._search(f"tags.mlflow.parentRunId = '{parent_id}' and tags.{NUMBER_TAG} = '{number}'")
         if not found:
             return None
