@@ -11,7 +11,6 @@ import pytest
 from conftest import BACKENDS, FRAMEWORK_OF, run_cli, runs_of, snapshot
 from mlflow import MlflowClient
 
-import runner
 from runner import report, reproduce, theory
 
 pytestmark = pytest.mark.slow
@@ -57,11 +56,9 @@ def test_a_dense_lr_sweep_on_every_backend_and_its_points_run_alone(tmp_path, st
     assert "Sweep report: %d batch runs (%d points), 0 failed" % (len(INSTALLED), 1199 * len(INSTALLED)) in (
         result.stdout + result.stderr)
 
-    # The sampled points alone, in this process through the Python API (as the command line records them)
-    with pytest.MonkeyPatch.context() as here:
-        here.chdir(tmp_path)
-        here.setenv("MLFLOW_TRACKING_URI", store_uri)
-        runner.sweep(f"backend={','.join(INSTALLED)}", f"lr={','.join(map(str, samples))}")
+    alone = run_cli(f"backend={','.join(INSTALLED)}", f"lr={','.join(map(str, samples))}", cwd=tmp_path,
+                    store_uri=store_uri)
+    assert alone.returncode == 0, alone.stderr[-3000:]
     singles = [r for r in runs_of(store_uri) if r.data.tags.get("kind") != "batch"]
     assert len(singles) == len(INSTALLED) * len(samples)
     for run in singles:
