@@ -86,7 +86,8 @@ def launch_ray(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_jo
             returns.append(job_return(overrides, number, error=WorkerDied(
                 f"job #{number}'s Ray worker process died before the job returned")))
         except ray.exceptions.RayError as error:  # its node died, its task was cancelled, ...
-            first = (str(error).strip().splitlines() or [""])[0]
+            # Ray's messages run on with advice and ids: the first sentence says what happened
+            first = (str(error).strip().splitlines() or [""])[0].split(". ")[0]
             returns.append(job_return(overrides, number, error=JobLost(
                 f"job #{number} ended without a result on Ray: {type(error).__name__}: {first}")))
     return returns

