@@ -11,7 +11,6 @@ the job makes it or, for a job lost before it could, the sweeper (`record_lost`)
 from __future__ import annotations
 
 import logging
-import math
 import time
 from pathlib import Path
 from typing import Any, NamedTuple, Optional
@@ -60,8 +59,7 @@ def record(cfg: DictConfig) -> Recorded:
     name, params, tags = identity(cfg, problem, engine, grid)
     if cfg.skip_done and (done := store.finished_run(tags["config_hash"])):
         log.info("[%s] skipped: run %s already has this config (skip_done=true)", name, done)
-        return Recorded(done, float(store.record(done).metrics.get("final_loss" if grid is None else "best_final_loss",
-                                                                     math.nan)))
+        return Recorded(done, store.record(done).value)
     tags.update(cluster.job_tags())
     if (parent := job.parent_run_id(hydra_cfg)) is not None:
         tags.update({"mlflow.parentRunId": parent, job.NUMBER_TAG: job.number(hydra_cfg)})

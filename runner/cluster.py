@@ -124,13 +124,18 @@ def is_submitit(launcher: Any) -> bool:
 
 
 class JobEnded(JobLost):
-    """A job that ended without a result: its id ('12_3'), state and reason."""
+    """A job that ended without a result: its id ('12_3'), the state its cluster gave it (none
+    where it cannot say: a local process) and the reason.
+
+    >>> str(JobEnded("4_2", "CANCELLED", "None")), str(JobEnded("12", "", "its process died", kind="submitit"))
+    ('SLURM job 4_2 ended CANCELLED without a result', 'submitit job 12 ended without a result (its process died)')
+    """
 
     def __init__(self, job_id: str, state: str, reason: str, kind: str = "SLURM") -> None:
         self.job_id, self.state, self.reason, self.kind = job_id, state, reason, kind
         why = "" if reason in ("", "None") else f" ({reason})"
-        super().__init__(f"{kind} job {job_id} ended {state}{why}" + ("" if state == "without a result" else
-                                                                       " without a result"))
+        super().__init__(f"{kind} job {job_id} ended {state}{why} without a result" if state else
+                         f"{kind} job {job_id} ended without a result{why}")
 
     def run_tags(self) -> dict[str, str]:
         """The tags a SLURM job's run has (`job_tags`) that a run made for it needs too."""
@@ -226,7 +231,7 @@ def wait_local(jobs: Sequence[Any], poll_s: float = 0.5) -> dict[str, JobEnded]:
     ended = {}
     for job in jobs:
         if not job.paths.result_pickle.exists():  # its process was killed (submitit's controller cannot say how)
-            ended[job.job_id] = JobEnded(job.job_id, "without a result", "its process died", kind="submitit")
+            ended[job.job_id] = JobEnded(job.job_id, "", "its process died", kind="submitit")
     return ended
 
 
@@ -237,10 +242,15 @@ def wait(jobs: Sequence[Any], poll_s: float = 1.0) -> dict[str, JobEnded]:
     waiting = {job.job_id: job for job in jobs}
     ended: dict[str, JobEnded] = {}
     without_result_since: dict[str, float] = {}
-    last_seen: dict[str, str] = {}
+    # sbatch leaves every job PENDING: one gone from the queue before it was ever seen otherwise
+    # (cancelled at once, before the first look) never ran.
+    last_seen: dict[str, str] = {job.job_id: "PENDING" for job in jobs}
     started = time.monotonic()
     while waiting:
         states = squeue({_array_id(job_id) for job_id in waiting})
+        if states is None:  # Slurm did not answer (a busy controller): nothing learnt, look again
+            time.sleep(poll_s)
+            continue
         for job_id, job in list(waiting.items()):
             if job.paths.result_pickle.exists():
                 del waiting[job_id]
@@ -273,19 +283,24 @@ def cancel(jobs: Sequence[Any], patience_s: float = 300.0) -> None:
     subprocess.run(["scancel", *arrays], check=False, capture_output=True, text=True)
     deadline = time.monotonic() + patience_s
     while time.monotonic() < deadline:
-        if all(state in ENDED for state, _ in squeue(set(arrays)).values()):
+        states = squeue(set(arrays))
+        if states is not None and all(state in ENDED for state, _ in states.values()):
             return
         time.sleep(0.5)
     log.error("Sweep: SLURM jobs of %s still in the queue after %.0f s", ", ".join(arrays), patience_s)
 
 
-def squeue(arrays: set[str]) -> dict[str, tuple[str, str]]:
+def squeue(arrays: set[str]) -> Optional[dict[str, tuple[str, str]]]:
     """State and reason of each job of the job arrays, by id ('12_3'), ended ones included for as
-    long as Slurm keeps them (MinJobAge); a job Slurm no longer knows is missing."""
+    long as Slurm keeps them (MinJobAge); a job Slurm no longer knows is missing. None when Slurm
+    did not answer (its controller busy or down): that says nothing of the jobs."""
     found: dict[str, tuple[str, str]] = {}
     for array in arrays:  # squeue refuses a whole list when one id in it is unknown
         listed = subprocess.run(["squeue", "--noheader", "--array", "--states=all", "--jobs", array,
                                  "--format=%i|%T|%r"], capture_output=True, text=True)
+        if listed.returncode != 0 and "Invalid job id" not in listed.stderr:  # an unknown array has no jobs
+            log.debug("squeue did not answer: %s", listed.stderr.strip())
+            return None
         for line in listed.stdout.splitlines():
             job_id, state, reason = (line.split("|") + ["", ""])[:3]
             found[job_id.strip()] = (state.strip(), reason.strip())

@@ -36,8 +36,6 @@ class JobLost(RuntimeError):
     cluster ended it. Its run ends KILLED with this as its `error`; `run_tags` are tags that
     identify the job where it ran (a SLURM job's ids)."""
 
-    status = "KILLED"
-
     def run_tags(self) -> dict[str, str]:
         return {}
 

@@ -70,6 +70,11 @@ class RunRecord:
     tags: dict[str, str]
     metrics: dict[str, float]
 
+    @property
+    def value(self) -> float:
+        """What a sweeper minimises: the final loss; of a batch, the best final loss (NaN: none)."""
+        return float(self.metrics.get("final_loss", self.metrics.get("best_final_loss", float("nan"))))
+
 
 def _record(run) -> RunRecord:
     return RunRecord(run.info.run_id, run.info.run_name, run.info.status, dict(run.data.params),
@@ -201,8 +206,7 @@ class Store:
         if not found:
             return None
         if found[-1].status == "FINISHED":
-            metrics = found[-1].metrics
-            return float(metrics.get("final_loss", metrics.get("best_final_loss", float("nan"))))
+            return found[-1].value
         self.end_lost(found[-1], error)
         return None
 

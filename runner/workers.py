@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import re
+import shutil
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
@@ -160,6 +161,7 @@ def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
                         len([i for i in unfinished if i not in began and i not in returns]))
             alone += began
             waiting = [i for i in unfinished if i not in began and i not in returns]
+    shutil.rmtree(started, ignore_errors=True)  # the markers served this launch only
     return [returns[i] for i in range(len(job_overrides))]
 
 

@@ -161,6 +161,7 @@ def test_a_job_whose_process_dies_does_not_sink_the_sweep(tmp_path, store_uri, c
     assert result.returncode == 1, result.stderr[-3000:]
     assert "Traceback" not in result.stderr and "TerminatedWorkerError" not in result.stderr
     assert "2 of 3 jobs failed (the others ran and are recorded):" in result.stderr
+    assert not list(tmp_path.rglob(".started"))  # the launch's markers of started jobs are gone
     for number, lr in ((1, 0.2), (2, 0.4)):
         assert (f"#{number} backend=dying lr={lr} epochs=5: job #{number}'s worker process died (SIGKILL(-9)) "
                 f"before the job returned") in result.stderr

@@ -215,3 +215,28 @@ def test_ctrl_c_with_jobs_in_the_queue_cancels_them_all(tmp_path, server, slurm)
     assert len(runs) == 4 and {r.info.status for r in runs} == {"KILLED"}
     assert MlflowClient(server).get_run(parent.info.run_id).info.status == "KILLED"
     assert f"cancelling SLURM job array {array}" in output
+
+
+def test_the_wait_reads_slurm_s_silence_and_a_job_gone_before_it_ran(monkeypatch, tmp_path):
+    """Without a cluster: a job gone from the queue before it was ever seen running (cancelled
+    at once, while pending) ended CANCELLED, at once; a poll that Slurm did not answer (a busy
+    controller) is no news, not the end of every job."""
+    from types import SimpleNamespace
+
+    from runner import cluster
+
+    def job(job_id):
+        return SimpleNamespace(job_id=job_id, paths=SimpleNamespace(result_pickle=tmp_path / f"{job_id}.pkl"))
+
+    answers = iter([None, {"7_0": ("RUNNING", "None")}, {"7_0": ("RUNNING", "None")}])
+
+    def fake_squeue(arrays):
+        found = next(answers, {"7_0": ("COMPLETED", "None")})
+        if found and found.get("7_0", ("",))[0] == "COMPLETED":
+            (tmp_path / "7_0.pkl").touch()  # the running job writes its result
+        return found
+
+    monkeypatch.setattr(cluster, "squeue", fake_squeue)
+    ended = cluster.wait([job("7_0"), job("7_1")], poll_s=0)
+    assert list(ended) == ["7_1"]
+    assert str(ended["7_1"]) == "SLURM job 7_1 ended CANCELLED (gone from the queue while PENDING) without a result"
