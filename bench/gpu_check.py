@@ -21,11 +21,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from omegaconf import OmegaConf  # noqa: E402
 
-from runner import engines, losses, tracking  # noqa: E402
-from runner.descent import descend  # noqa: E402
+from runner import engines, losses, schema, tracking  # noqa: E402
+from runner.descent import Loop, descend  # noqa: E402
 from runner.engines import Problem, single  # noqa: E402
 from runner.optimizers import Optimizer  # noqa: E402
 from runner.schema import LossConfig  # noqa: E402
+
+DEFAULTS = schema.defaults()  # conf/config.yaml's: the settings a run takes unless told
+SETTINGS = (DEFAULTS.stop.diverge_above, DEFAULTS.seed)  # of a Problem, after its dtype and device
 
 REPO = Path(__file__).resolve().parent.parent
 OPTIMIZERS = [Optimizer("sgd", 0.01), Optimizer("momentum", 0.01, momentum=0.9),
@@ -57,9 +60,11 @@ def main(folder: Path, device: str = "cuda") -> int:
                 for o in OPTIMIZERS:
                     if loss.dim:
                         o = Optimizer(o.name, **{**o.hyperparameters(), "lr": o.lr / 20})
-                    cpu = descend(single(loss, x0, 300, o, dtype, engine.resolve_device("cpu")), engine).trajectory(0)
+                    loop = Loop(300, DEFAULTS.stop.tolerance)
+                    cpu = descend(single(loss, x0, o, dtype, engine.resolve_device("cpu"), *SETTINGS), engine,
+                                  loop).trajectory(0)
                     started = time.perf_counter()
-                    on_gpu = descend(single(loss, x0, 300, o, dtype, gpu), engine).trajectory(0)
+                    on_gpu = descend(single(loss, x0, o, dtype, gpu, *SETTINGS), engine, loop).trajectory(0)
                     step_us.append((time.perf_counter() - started) / 301 * 1e6)
                     used.add(on_gpu.device)
                     scale = np.maximum(1.0, np.abs(cpu.x.astype(np.float64)))
@@ -90,10 +95,10 @@ def batch_of_a_million(device: str) -> bool:
 
     def batch(backend, on):
         engine = engines.load(backend)
-        problem = Problem(square, np.full(MILLION, 5.0), SWEEP_EPOCHS, Optimizer("sgd", lr), "float32",
-                          engine.resolve_device(on), keep_bytes=16 * 2**20)
+        problem = Problem(square, np.full(MILLION, 5.0), Optimizer("sgd", lr), "float32", engine.resolve_device(on),
+                          *SETTINGS)
         started = time.perf_counter()
-        result = descend(problem, engine)
+        result = descend(problem, engine, Loop(SWEEP_EPOCHS, DEFAULTS.stop.tolerance, keep_bytes=16 * 2**20))
         return result, time.perf_counter() - started
 
     reference, cpu_seconds = batch("numpy", "cpu")
@@ -174,12 +179,12 @@ def dimension_sweep(device: str = "cuda") -> None:
             epochs = 1000  # E steps must outweigh the noise of moving x to the GPU (400 MB at 10^8)
 
             def run(n):  # best of three: one slow start must not make t(2E) - t(E) negative
-                problem = single(square, np.full(dim, 5.0), n, Optimizer("sgd", 1e-4), "float32",
-                                 engine.resolve_device(device))
+                problem = single(square, np.full(dim, 5.0), Optimizer("sgd", 1e-4), "float32",
+                                 engine.resolve_device(device), *SETTINGS)
                 times = []
                 for _ in range(3):
                     started = time.perf_counter()
-                    descend(problem, engine)
+                    descend(problem, engine, Loop(n, DEFAULTS.stop.tolerance))
                     times.append(time.perf_counter() - started)
                 return min(times)
 

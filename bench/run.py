@@ -100,29 +100,31 @@ def bare_torch(epochs):
 
 def engine_runner(backend):
     from runner import engines
-    from runner.descent import descend
-    from runner.engines import single
 
     engine = engines.load(backend)
 
     def run(epochs):
-        return descend(single(SQUARE(), 5.0, epochs, Optimizer()("sgd", LR), "float32", engine.resolve_device("cpu")),
-                       engine)
+        return descend_square(engine, [5.0], epochs, LR)
     return run
 
 
-def SQUARE():  # noqa: N802 - the loss, built where the runner is importable
+def descend_square(engine, x_start, epochs, lr):
+    """The runner's descent of y = x^2 by SGD in float32 on the CPU, its other settings as
+    conf/config.yaml sets them; x_start has a row per point (lr a number, or one per point)."""
+    import numpy as np
+
+    from runner import engines, schema
+    from runner.descent import Loop, descend
     from runner.expressions import parse_expression
     from runner.losses import Loss
+    from runner.optimizers import Optimizer
 
-    return Loss("square", parse_expression("loss.value", "x**2"), (parse_expression("loss.grad", "2*x"),),
-                minimiser=(parse_expression("loss.minimiser", "0"),))
-
-
-def Optimizer():  # noqa: N802
-    from runner.optimizers import Optimizer as rule
-
-    return rule
+    square = Loss("square", parse_expression("loss.value", "x**2"), (parse_expression("loss.grad", "2*x"),),
+                  minimiser=(parse_expression("loss.minimiser", "0"),))
+    defaults = schema.defaults()
+    problem = engines.Problem(square, np.asarray(x_start, dtype=np.float64), Optimizer("sgd", lr), "float32",
+                              engine.resolve_device("cpu"), defaults.stop.diverge_above, defaults.seed)
+    return descend(problem, engine, Loop(epochs, defaults.stop.tolerance))
 
 
 ARTICLE = {"numpy": article_numpy, "tf": article_tf, "torch": article_torch}
@@ -147,16 +149,13 @@ def dim_step(backend, dim, repeats):
     import numpy as np
 
     from runner import engines
-    from runner.descent import descend
-    from runner.engines import single
 
     engine = engines.load(backend)
     epochs = int(max(10, min(2000, 2e8 // dim)))
 
     def run(n):
-        problem = single(SQUARE(), np.full(dim, 5.0), n, Optimizer()("sgd", LR), "float32", engine.resolve_device("cpu"))
         started = time.perf_counter()
-        descend(problem, engine)
+        descend_square(engine, np.full((1, dim), 5.0), n, LR)
         return time.perf_counter() - started
 
     run(epochs)  # warm-up
@@ -190,16 +189,13 @@ def point_step(backend, repeats, epochs=1000):
     import numpy as np
 
     from runner import engines
-    from runner.descent import descend
 
     engine = engines.load(backend)
     lr = np.linspace(1e-4, 1.0, BATCH_POINTS)
 
     def run(epochs):
-        problem = engines.Problem(SQUARE(), np.full(BATCH_POINTS, 5.0), epochs, Optimizer()("sgd", lr), "float32",
-                                  engine.resolve_device("cpu"))
         started = time.perf_counter()
-        descend(problem, engine)
+        descend_square(engine, np.full(BATCH_POINTS, 5.0), epochs, lr)
         return time.perf_counter() - started
 
     run(epochs)  # warm-up

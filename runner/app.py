@@ -50,7 +50,7 @@ def record(cfg: DictConfig) -> Recorded:
     uri = tracking.tracking_uri(cfg.mlflow.tracking_uri, Path(hydra_cfg.runtime.cwd))
     tracking.check_reachable(uri)  # an unreachable server is said at once, before any work
     # Everything that can reject the input happens before the store is touched.
-    problem, engine, grid = from_config(cfg)
+    problem, loop, engine, grid = from_config(cfg)
     log.debug("engine %s (%s %s) on %s, %s, %d point(s) of shape %s", engine.__name__, engine.FRAMEWORK,
               engine.VERSION, problem.device, problem.dtype, problem.points, problem.shape)
     started = time.perf_counter()
@@ -69,7 +69,7 @@ def record(cfg: DictConfig) -> Recorded:
         out_dir = Path(hydra_cfg.runtime.output_dir)
         store.log_artifacts(run_id, files=[], folders={"hydra": out_dir / hydra_cfg.output_subdir}
                             if hydra_cfg.output_subdir else {})
-        value = recording.descend_and_record(store, run_id, cfg, problem, engine, grid, hydra_cfg,
+        value = recording.descend_and_record(store, run_id, cfg, problem, loop, engine, grid, hydra_cfg,
                                              batch.point_records if grid else recording.trajectory_records)
     return Recorded(run_id, value)
 
@@ -96,7 +96,7 @@ def record_lost(store: Any, parent_id: str, cfg: DictConfig, number: int, status
     its cluster ended it, it failed first): named, with params and tags as the job would have made
     it, ended `status` with `error` as its reason, and its config stored so that it can be re-run."""
     cfg = job.task_config(cfg)
-    problem, engine, grid = from_config(cfg)  # the sweeper checked this config before launching the job
+    problem, _, engine, grid = from_config(cfg)  # the sweeper checked this config before launching the job
     name, params, identity_tags = identity(cfg, problem, engine, grid)
     run_id = store.create(name, {**identity_tags, **tags, "mlflow.parentRunId": parent_id, job.NUMBER_TAG: number,
                                  "error": error})

@@ -1,15 +1,15 @@
 """The one loop every engine shares: a problem's rows computed piece by piece, each point's
 summary tallied as they come, whole trajectories kept for as many points as memory allows.
 
-    descent = descend(problem, engine)    # engine: a module of runner.engines
+    descent = descend(problem, engine, Loop(epochs=15, tolerance=1e-4))   # engine: runner.engines.NAME
     descent.summary.outcome               # one label per point
     descent.trajectory(0)                 # the first kept point's rows, as a Trajectory
 
 An engine computes rows (`engine.start(problem)(count)`); everything else is here, written once
-over the point axis: the pieces (all rows at once when they fit `PIECE_BYTES`, ~100 pieces with a
+over the point axis, as the `Loop` says: the pieces (all rows at once when they fit `PIECE_BYTES`, ~100 pieces with a
 progress bar), divergence (each point stops on its own: its rows after the one where it
 diverged are not kept, and NaN in the kept arrays), the summaries (`runner.outcomes`), and the
-trajectories kept (every point's, or past `problem.keep_bytes` an evenly spaced subset).
+trajectories kept (every point's, or past `loop.keep_bytes` an evenly spaced subset).
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Mapping, Optional
+from typing import Callable, Mapping, Optional
 
 import numpy as np
 
@@ -30,6 +30,17 @@ from runner.outcomes import Summary, Tally
 # take 5 rows a piece, a single run all its rows at once.
 PIECE_BYTES = 64 * 2**20
 PROGRESS_PIECES = 100  # with a progress bar, a run is cut into about this many pieces
+
+
+@dataclass(frozen=True)
+class Loop:
+    """The loop's inputs, beside the engine's problem: how many epochs, when a point counts as
+    converged, how much of the trajectories to keep, and whom to tell how far it has come."""
+
+    epochs: int
+    tolerance: float  # converged: the gradient norm is at most this at the last row
+    keep_bytes: Optional[int] = None  # whole trajectories kept: at most this many bytes (None: all)
+    progress: Optional[Callable[[int], None]] = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -109,7 +120,7 @@ class Descent:
         return Trajectory(self.x[:rows, k], self.loss[:rows, k], self.grad[:rows, k], self.device, *norms)
 
 
-def descend(problem: Problem, engine: ModuleType) -> Descent:
+def descend(problem: Problem, engine: ModuleType, loop: Loop) -> Descent:
     """Run `problem` on `engine`, every point to its last epoch or to where it diverged.
 
     >>> from runner import engines
@@ -117,17 +128,18 @@ def descend(problem: Problem, engine: ModuleType) -> Descent:
     >>> from runner.losses import Loss
     >>> from runner.optimizers import Optimizer
     >>> square = Loss("square", p("loss.value", "x**2"), (p("loss.grad", "2*x"),), minimiser=(p("m", "0"),))
-    >>> problem = engines.Problem(square, np.array([5.0, 5.0]), 2, Optimizer("sgd", np.array([0.3, 0.75])), "float64")
-    >>> d = descend(problem, engines.load("numpy"))
+    >>> problem = engines.Problem(square, np.array([5.0, 5.0]), Optimizer("sgd", np.array([0.3, 0.75])), "float64",
+    ...                           "cpu", 1e6, 0)
+    >>> d = descend(problem, engines.load("numpy"), Loop(2, 1e-4))
     >>> d.trajectory(1).x.tolist(), d.summary.rate.tolist()
     ([5.0, -2.5, 1.25], [0.4, 0.5])
     """
     stepper = engine.start(problem)
-    tally = Tally(problem.points, problem.tolerance, problem.diverge_above, problem.dtype,
+    tally = Tally(problem.points, loop.tolerance, problem.diverge_above, problem.dtype,
                   _minimiser(problem), by_norm=problem.recorded is not None)
-    total = problem.epochs + 1
-    size = piece_rows(problem)
-    keep = kept_points(problem)
+    total = loop.epochs + 1
+    size = piece_rows(problem, loop)
+    keep = kept_points(problem, loop)
     every = len(keep) == problem.points  # then the rows are kept as they come, without a copy
     pieces = []
     done = 0
@@ -143,8 +155,8 @@ def descend(problem: Problem, engine: ModuleType) -> Descent:
         pieces.append(rows if every else Rows(rows.x[:, keep], rows.loss[:, keep], rows.grad[:, keep],
                                                 None if rows.norms is None else rows.norms[:, keep]))
         done += len(rows)
-        if problem.progress:
-            problem.progress(done)
+        if loop.progress:
+            loop.progress(done)
     summary = tally.summary()
     x, loss, grad, norms = (_stacked([getattr(p, name) for p in pieces]) for name in ("x", "loss", "grad", "norms"))
     for k in np.flatnonzero(summary.epochs_run[keep] < done - 1):  # rows past a point's last are not kept
@@ -154,15 +166,15 @@ def descend(problem: Problem, engine: ModuleType) -> Descent:
     return Descent(summary, keep, x, loss, grad, norms, stepper.device)
 
 
-def timed(problem: Problem, engine: ModuleType, bar_label: Optional[str]) -> tuple[Descent, float]:
+def timed(problem: Problem, engine: ModuleType, loop: Loop, bar_label: Optional[str]) -> tuple[Descent, float]:
     """`descend`, with a progress bar under `bar_label` on a terminal (None: no bar), and the
     seconds it took."""
     from runner import progress
 
-    bar = None if bar_label is None else progress.for_display(bar_label, problem.epochs + 1)
+    bar = None if bar_label is None else progress.for_display(bar_label, loop.epochs + 1)
     started = time.perf_counter()
     try:
-        result = descend(dataclasses.replace(problem, progress=bar), engine)
+        result = descend(problem, engine, dataclasses.replace(loop, progress=bar))
     finally:
         if bar:
             bar.close()
@@ -199,37 +211,38 @@ def row_values(problem: Problem) -> int:
     return 2 * size + 1 + (0 if head is None else 2)
 
 
-def piece_rows(problem: Problem) -> int:
+def piece_rows(problem: Problem, loop: Loop) -> int:
     """Rows per piece: all of them when they fit PIECE_BYTES; about PROGRESS_PIECES pieces of
     at least CHECK_EVERY rows with a progress bar. Every piece has this many (the last is cut).
 
     >>> from runner.losses import Loss
     >>> from runner.optimizers import Optimizer
-    >>> square = Loss("square", None, ())
-    >>> piece_rows(Problem(square, np.full(1, 5.0), 999, Optimizer("sgd", 0.1)))
+    >>> def points(count):
+    ...     return Problem(Loss("square", None, ()), np.full(count, 5.0), Optimizer("sgd", 0.1), "float32", "cpu", 1e6, 0)
+    >>> piece_rows(points(1), Loop(999, 1e-4))
     1000
-    >>> piece_rows(Problem(square, np.full(1, 5.0), 99_999, Optimizer("sgd", 0.1), progress=print))
+    >>> piece_rows(points(1), Loop(99_999, 1e-4, progress=print))
     1000
-    >>> piece_rows(Problem(square, np.full(10**6, 5.0), 200, Optimizer("sgd", 0.1)))
+    >>> piece_rows(points(10**6), Loop(200, 1e-4))
     5
-    >>> piece_rows(Problem(square, np.full(10**4, 5.0), 1200, Optimizer("sgd", 0.1)))  # not 559, 559, 83
+    >>> piece_rows(points(10**4), Loop(1200, 1e-4))  # not 559, 559, 83
     401
     """
-    rows = problem.epochs + 1
+    rows = loop.epochs + 1
     per_row = problem.points * row_values(problem) * np.dtype(problem.dtype).itemsize
     size = min(rows, max(1, PIECE_BYTES // per_row))
-    if problem.progress is not None:
+    if loop.progress is not None:
         size = min(size, max(CHECK_EVERY, math.ceil(rows / PROGRESS_PIECES)))
     return math.ceil(rows / math.ceil(rows / size))  # as many pieces, evened out: the last wastes little
 
 
-def kept_points(problem: Problem) -> np.ndarray:
-    """The points whose whole rows are kept: all, or past `problem.keep_bytes` an evenly
+def kept_points(problem: Problem, loop: Loop) -> np.ndarray:
+    """The points whose whole rows are kept: all, or past `loop.keep_bytes` an evenly
     spaced subset that includes the first and the last point."""
-    per_point = (problem.epochs + 1) * row_values(problem) * np.dtype(problem.dtype).itemsize
-    if problem.keep_bytes is None or problem.points * per_point <= problem.keep_bytes:
+    per_point = (loop.epochs + 1) * row_values(problem) * np.dtype(problem.dtype).itemsize
+    if loop.keep_bytes is None or problem.points * per_point <= loop.keep_bytes:
         return np.arange(problem.points)
-    return evenly_spaced(problem.points, max(1, problem.keep_bytes // per_point))
+    return evenly_spaced(problem.points, max(1, loop.keep_bytes // per_point))
 
 
 def evenly_spaced(total: int, count: int) -> np.ndarray:

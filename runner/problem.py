@@ -1,4 +1,5 @@
-"""A composed config, checked and turned into an engine's Problem: every ConfigError is raised here.
+"""A composed config, checked and turned into an engine's Problem and the loop around it: every
+ConfigError is raised here.
 
 One run is a batch of one point; a job with `batch.sweep` set (a batched sweep's group) is a
 batch of every point of those sweeps, each checked against the same rules as a single run's
@@ -13,12 +14,12 @@ from typing import Optional
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from runner import engines, losses, optimizers, points, schema
+from runner import descent, engines, losses, optimizers, points, schema
 from runner.errors import ConfigError
 
 
-def from_config(cfg: DictConfig) -> tuple[engines.Problem, ModuleType, Optional[points.Points]]:
-    """The problem of `cfg`, its engine, and its points when it is a batch (else None)."""
+def from_config(cfg: DictConfig) -> tuple[engines.Problem, descent.Loop, ModuleType, Optional[points.Points]]:
+    """The problem of `cfg`, its loop, its engine, and its points when it is a batch (else None)."""
     grid = points.parse(cfg.batch.sweep) if cfg.batch.sweep else None
     values = grid.all_values() if grid else {}
     try:
@@ -46,9 +47,8 @@ def from_config(cfg: DictConfig) -> tuple[engines.Problem, ModuleType, Optional[
     optimizer = optimizers.Optimizer(o.name, **{name: values[h.key] if h.key in values else OmegaConf.select(cfg, h.key)
                                                 for name, h in optimizers.HYPERPARAMETERS.items()})
     device = engine.resolve_device(cfg.device.value)
-    problem = engines.Problem(loss, x_start, cfg.epochs, optimizer, cfg.dtype.value, device,
-                              cfg.stop.diverge_above, cfg.seed, cfg.stop.tolerance, keep_bytes=keep_bytes)
-    return problem, engine, grid
+    problem = engines.Problem(loss, x_start, optimizer, cfg.dtype.value, device, cfg.stop.diverge_above, cfg.seed)
+    return problem, descent.Loop(cfg.epochs, cfg.stop.tolerance, keep_bytes), engine, grid
 
 
 def _shape(cfg: DictConfig, loss: losses.Loss, starts: np.ndarray) -> tuple[int, ...]:

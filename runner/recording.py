@@ -43,13 +43,13 @@ class Records:
 Outputs = Callable[[DictConfig, engines.Problem, Any, descent.Descent, float, Any], Records]
 
 
-def descend_and_record(store: Any, run_id: str, cfg: DictConfig, problem: engines.Problem, engine: Any,
-                       grid: Any, hydra_cfg: Any, outputs: Outputs) -> float:
+def descend_and_record(store: Any, run_id: str, cfg: DictConfig, problem: engines.Problem, loop: descent.Loop,
+                       engine: Any, grid: Any, hydra_cfg: Any, outputs: Outputs) -> float:
     """Run the descent of the job and record it in its run (`outputs` makes its records); the
     value a sweeper minimises."""
     what = grid.name() if grid else f"lr={cfg.lr}"
     label = f"[{job.position(hydra_cfg)}{cfg.backend.name} {problem.optimizer.name} {what}]"
-    result, wall_time = descent.timed(problem, engine, None if job.shares_terminal(hydra_cfg) else label)
+    result, wall_time = descent.timed(problem, engine, loop, None if job.shares_terminal(hydra_cfg) else label)
     log.debug("descent: %d rows of %d point(s) in %.3f s", len(result.loss), problem.points, wall_time)
     records = outputs(cfg, problem, grid, result, wall_time, hydra_cfg)
     if records.trajectory is not None:

@@ -82,7 +82,7 @@ def check(uri: str, run_id: str) -> tuple[int, list[str]]:
             if path is None:
                 raise ConfigError(f"run {run_id} has no hydra/config.yaml artifact to re-run")
             cfg = OmegaConf.merge(schema.defaults(), OmegaConf.load(path))
-            problem, engine, grid = from_config(cfg)
+            problem, loop, engine, grid = from_config(cfg)
         except Exception as error:  # one line, whatever went wrong
             return CANNOT, [f"cannot re-run {run_id}: {error}"]
 
@@ -92,7 +92,7 @@ def check(uri: str, run_id: str) -> tuple[int, list[str]]:
                **provenance.version_tags(*provenance.LIBRARIES)}
         lines += [f"  note: {key} was {record.tags[key]}, is {value} now"
                   for key, value in now.items() if key in record.tags and record.tags[key] != value]
-        result = descend(problem, engine)
+        result = descend(problem, engine, loop)
         if record.status != "FINISHED":
             summary = result.summary
             now = (f"{summary.outcome[0]}, final loss {summary.final_loss[0]:.6g}" if grid is None else

@@ -15,9 +15,12 @@ import time
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
 
 import pytest
+
+from runner import engines, schema
+from runner.descent import Loop
 
 REPO = Path(__file__).resolve().parent.parent
 BACKENDS = sorted(path.stem for path in (REPO / "conf" / "backend").glob("*.yaml"))
@@ -25,6 +28,20 @@ FRAMEWORK_OF = {"numpy": "numpy", "tf": "tensorflow", "torch": "torch", "jax": "
 FIXTURES = REPO / "tests" / "fixtures"
 TEST_BACKENDS = f"hydra.searchpath=[file://{FIXTURES / 'conf'}]"  # backend=failing, backend=hanging
 TEST_ENGINES = {"PYTHONPATH": f"{REPO}{os.pathsep}{FIXTURES}"}  # their engines' modules
+
+
+DEFAULTS = schema.defaults()  # conf/config.yaml's values: the one place the defaults live
+
+
+def one_point(loss, x_start, optimizer, dtype: str, engine, diverge_above: Optional[float] = None) -> engines.Problem:
+    """The problem of one run on `engine`'s CPU, its other settings the defaults."""
+    return engines.single(loss, x_start, optimizer, dtype, engine.resolve_device("cpu"),
+                          diverge_above or DEFAULTS.stop.diverge_above, DEFAULTS.seed)
+
+
+def loop(epochs: int, **settings) -> Loop:
+    """The loop of `epochs` epochs, at the default tolerance."""
+    return Loop(epochs, DEFAULTS.stop.tolerance, **settings)
 
 
 def backend_params(backends=BACKENDS):

@@ -24,15 +24,15 @@ def composed(*overrides: str):
 def batch(*overrides: str, sweeps: list[str]):
     """The descent of a batch job, composed as the sweeper composes a group."""
     cfg = composed(*overrides, "batch.sweep=[" + ",".join(f'"{s}"' for s in sweeps) + "]")
-    problem, engine, grid = from_config(cfg)
-    return descent.descend(problem, engine), grid, problem
+    problem, loop, engine, grid = from_config(cfg)
+    return descent.descend(problem, engine, loop), grid, problem
 
 
 def alone(*overrides: str):
     """The descent of one ordinary run."""
-    problem, engine, grid = from_config(composed(*overrides))
+    problem, loop, engine, grid = from_config(composed(*overrides))
     assert grid is None
-    return descent.descend(problem, engine)
+    return descent.descend(problem, engine, loop)
 
 
 CASES = {  # a batched key of each kind: hyperparameters, x_start (a vector), a loss's constants

@@ -159,7 +159,7 @@ def test_every_preset_composes_and_its_corner_jobs_are_valid(preset):
         for corner in itertools.product(*([values[0], values[-1]] for values in params.values())):
             job = compose(config_name="config", overrides=[f"experiment={preset}",
                                                           *(f"{k}={v}" for k, v in zip(params, corner))])
-            problem, engine, grid = from_config(job)
+            problem, _, engine, grid = from_config(job)
             assert grid is None and problem.points == 1
 
 

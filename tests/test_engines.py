@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import sys
 
 import numpy as np
 import pytest
-from conftest import backend_params
+from conftest import backend_params, loop, one_point
 
 from runner import engines
 from runner.descent import descend as run
-from runner.engines import single
 from runner.errors import ConfigError
 from runner.expressions import parse_expression
 from runner.losses import Loss
@@ -27,7 +25,7 @@ def descend(backend, lr=0.3, epochs=15, dtype="float32", x_start=5.0, loss=SQUAR
     """One run's trajectory: a batch of one point."""
     engine = engines.load(backend)
     optimizer = optimizer or Optimizer("sgd", lr)
-    return run(single(loss, x_start, epochs, optimizer, dtype, engine.resolve_device("cpu")), engine).trajectory(0)
+    return run(one_point(loss, x_start, optimizer, dtype, engine), engine, loop(epochs)).trajectory(0)
 
 
 @pytest.mark.parametrize("backend", backend_params())
@@ -100,8 +98,7 @@ def test_a_large_parameter_records_its_head_and_norms(backend):
     """dim = 1000: each step keeps x[:10], grad[:10] and the norms of the whole vectors."""
     engine = engines.load(backend)
     start = np.linspace(-5.0, 5.0, 1000)
-    trajectory = run(single(SQUARE, start, 20, Optimizer("sgd", 0.1), "float64", engine.resolve_device("cpu")),
-                     engine).trajectory(0)
+    trajectory = run(one_point(SQUARE, start, Optimizer("sgd", 0.1), "float64", engine), engine, loop(20)).trajectory(0)
     factor = 0.8 ** np.arange(21)[:, None]  # x_k = x_0 (1 - 2 lr)^k, coordinate by coordinate
     np.testing.assert_allclose(trajectory.x, start[:10] * factor, rtol=1e-12)
     np.testing.assert_allclose(trajectory.x_norm, np.linalg.norm(start) * factor[:, 0], rtol=1e-12)
@@ -120,10 +117,10 @@ def test_reporting_progress_changes_no_number(backend, x_start, epochs, lr):
     """With a progress bar the compiled engines run their loop in pieces: the same rows, bit for bit."""
     engine = engines.load(backend)
     optimizer = ADAM if lr < 1 else Optimizer("sgd", lr)
-    problem = single(SQUARE, x_start, epochs, optimizer, "float32", engine.resolve_device("cpu"))
+    problem = one_point(SQUARE, x_start, optimizer, "float32", engine)
     seen = []
-    plain = run(problem, engine).trajectory(0)
-    reported = run(dataclasses.replace(problem, progress=seen.append), engine).trajectory(0)
+    plain = run(problem, engine, loop(epochs)).trajectory(0)
+    reported = run(problem, engine, loop(epochs, progress=seen.append)).trajectory(0)
     for name in ("x", "loss", "grad"):
         np.testing.assert_array_equal(getattr(reported, name), getattr(plain, name))
     assert seen == sorted(seen) and len(seen) >= 5

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import BACKENDS, REPO, backend_params
+from conftest import BACKENDS, REPO, backend_params, loop, one_point
 from omegaconf import OmegaConf
 
 from runner import engines, losses
 from runner.descent import descend as run
-from runner.engines import single
 from runner.engines.numpy import OPS
 from runner.optimizers import RULES, Optimizer
 from runner.schema import LossConfig
@@ -39,7 +38,7 @@ def descend(backend, loss_name, optimizer, dtype, epochs=300):
         optimizer = Optimizer(optimizer.name, **{**optimizer.hyperparameters(), "lr": optimizer.lr / 20})
     start = np.broadcast_to(np.array(STARTS[loss_name], float), (loss.dim,) if loss.dim else ()).copy()
     engine = engines.load(backend)
-    return run(single(loss, start, epochs, optimizer, dtype, engine.resolve_device("cpu")), engine).trajectory(0)
+    return run(one_point(loss, start, optimizer, dtype, engine), engine, loop(epochs)).trajectory(0)
 
 
 def tolerance(backend, optimizer, dtype):

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import backend_params
+from conftest import DEFAULTS, backend_params, loop, one_point
 
 from runner import engines
 from runner.descent import descend
-from runner.engines import Problem, single
+from runner.engines import Problem
 from runner.expressions import parse_expression
 from runner.losses import Loss
 from runner.optimizers import Optimizer
@@ -18,12 +18,17 @@ ZERO = (parse_expression("loss.minimiser", "0"),)
 SQUARE = Loss("square", parse_expression("loss.value", "x**2"), (parse_expression("loss.grad", "2*x"),), minimiser=ZERO)
 
 
-def run(backend, lr, epochs, loss=SQUARE, x_start=5.0, bound=1e6, dtype="float32"):
+def run(backend, lr, epochs, loss=SQUARE, x_start=5.0, bound=None, dtype="float32"):
     """One run's trajectory and its summary."""
     engine = engines.load(backend)
-    result = descend(single(loss, x_start, epochs, Optimizer("sgd", lr), dtype, engine.resolve_device("cpu"), bound),
-                     engine)
+    result = descend(one_point(loss, x_start, Optimizer("sgd", lr), dtype, engine, bound), engine, loop(epochs))
     return result.trajectory(0), result.summary
+
+
+def batch_of(x_start, optimizer, dtype, engine):
+    """The problem of a batch of points on y = x^2 on `engine`'s CPU, its other settings the defaults."""
+    return Problem(SQUARE, x_start, optimizer, dtype, engine.resolve_device("cpu"), DEFAULTS.stop.diverge_above,
+                   DEFAULTS.seed)
 
 
 @pytest.mark.parametrize("backend", backend_params())
@@ -72,8 +77,7 @@ def test_each_point_of_a_batch_stops_on_its_own(backend):
     (NaN)."""
     engine = engines.load(backend)
     lr = np.array([0.3, 1.5, 1.05])
-    result = descend(Problem(SQUARE, np.full(3, 5.0), 300, Optimizer("sgd", lr), "float64",
-                             engine.resolve_device("cpu")), engine)
+    result = descend(batch_of(np.full(3, 5.0), Optimizer("sgd", lr), "float64", engine), engine, loop(300))
     s = result.summary
     assert s.outcome.tolist() == ["converged", "diverged", "diverged"]
     assert s.diverged_at.tolist() == [-1, 18, 129] and s.epochs_run.tolist() == [300, 18, 129]
@@ -89,8 +93,7 @@ def test_the_measured_rate_is_one_minus_two_lr_until_the_resolution(backend, dty
     the dtype's smallest numbers within the run (lr = 0.3: rows past it are not measured) or not."""
     lr = np.array([0.001, 0.1, 0.25, 0.3, 0.45, 0.499, 0.5, 0.501, 0.75, 0.999, 1.0, 1.001, 1.2])
     engine = engines.load(backend)
-    result = descend(Problem(SQUARE, np.full(len(lr), 5.0), 2000, Optimizer("sgd", lr), dtype,
-                             engine.resolve_device("cpu")), engine)
+    result = descend(batch_of(np.full(len(lr), 5.0), Optimizer("sgd", lr), dtype, engine), engine, loop(2000))
     theory = np.abs(1 - 2 * lr)
     measured = result.summary.rate
     assert measured[lr == 0.5] == 0.0  # x lands on 0 in one step
@@ -100,6 +103,7 @@ def test_the_measured_rate_is_one_minus_two_lr_until_the_resolution(backend, dty
 def test_a_row_exactly_at_the_minimiser_does_not_end_the_rate_when_momentum_carries_on():
     """lr 0.5 with momentum 0.5 on y = x^2: x_1 = 0 exactly, then the momentum carries x past;
     the rate is measured to the last row above the resolution: about the spectral radius, sqrt(1/2)."""
-    result = descend(single(SQUARE, 5.0, 200, Optimizer("momentum", 0.5, momentum=0.5), "float64"), engines.load("numpy"))
+    numpy = engines.load("numpy")
+    result = descend(one_point(SQUARE, 5.0, Optimizer("momentum", 0.5, momentum=0.5), "float64", numpy), numpy, loop(200))
     assert result.trajectory(0).x[1] == 0.0 and result.trajectory(0).x[2] == -2.5
     assert result.summary.rate[0] == pytest.approx(np.sqrt(0.5), rel=0.02)

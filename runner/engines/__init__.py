@@ -27,7 +27,7 @@ constant is a number or an array of one number per point. A single run is one po
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Callable, Optional, Protocol
 
@@ -52,19 +52,17 @@ CHECK_EVERY = 256
 
 @dataclass(frozen=True)
 class Problem:
-    """Gradient descent of a batch of points, as plain values."""
+    """What an engine computes: gradient descent of a batch of points, as plain values. Every
+    field is given (the defaults are conf/config.yaml's, the one place they live); how many
+    epochs, and what is kept of them, is the loop's (`runner.descent.Loop`)."""
 
     loss: Loss  # its constants: numbers, or arrays of one per point
     x_start: np.ndarray  # float64, shape (points, *shape): () for a scalar parameter
-    epochs: int
     optimizer: Optimizer  # its hyperparameters: numbers, or arrays of one per point
-    dtype: str = "float32"
-    device: str = "cpu"
-    diverge_above: float = 1e6  # |x| beyond this counts as diverged, and the point stops there
-    seed: int = 0  # for the framework's random generator (descent itself draws nothing)
-    tolerance: float = 1e-4  # converged: the gradient norm is at most this at the last row
-    keep_bytes: Optional[int] = None  # whole trajectories kept: at most this many bytes (None: all)
-    progress: Optional[Callable[[int], None]] = field(default=None, compare=False, repr=False)
+    dtype: str
+    device: str
+    diverge_above: float  # |x| beyond this counts as diverged, and the point stops there
+    seed: int  # for the framework's random generator (descent itself draws nothing)
 
     @property
     def points(self) -> int:
@@ -86,14 +84,13 @@ class Problem:
         return np.broadcast_to(np.asarray(value, dtype=np.float64), (self.points,))
 
 
-def single(loss: Loss, x_start: object, epochs: int, optimizer: Optimizer, *args, **kwargs) -> Problem:
+def single(loss: Loss, x_start: object, *args, **kwargs) -> Problem:
     """The problem of one run: x_start is one parameter (a number, or one per coordinate).
 
-    >>> single(Loss("square", None, ()), 5.0, 10, Optimizer("sgd", 0.1)).x_start
+    >>> single(Loss("square", None, ()), 5.0, Optimizer("sgd", 0.1), "float64", "cpu", 1e6, 0).x_start
     array([5.])
     """
-    start = np.asarray(x_start, dtype=np.float64)[None]
-    return Problem(loss, start, epochs, optimizer, *args, **kwargs)
+    return Problem(loss, np.asarray(x_start, dtype=np.float64)[None], *args, **kwargs)
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ def start(problem: Problem) -> Stepper:
     >>> from runner.expressions import parse_expression as p
     >>> from runner.losses import Loss
     >>> square = Loss("square", p("loss.value", "x**2"), (p("loss.grad", "2*x"),))
-    >>> step = start(single(square, 5.0, 2, optimizers.Optimizer("sgd", lr=0.3), "float64"))
+    >>> step = start(single(square, 5.0, optimizers.Optimizer("sgd", lr=0.3), "float64", "cpu", 1e6, 0))
     >>> step(3).x.tolist()
     [[5.0], [2.0], [0.8]]
     """
