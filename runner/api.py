@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Optional
 
 from hydra.types import RunMode
 
-from runner.errors import ConfigError
+from runner.errors import FINISHED, ConfigError
 
 if TYPE_CHECKING:
     import pandas
@@ -115,7 +115,7 @@ class Sweep:
 
     @property
     def failed(self) -> "pandas.DataFrame":
-        return self.table[self.table["status"] != "FINISHED"]
+        return self.table[self.table["status"] != FINISHED]
 
     def runs(self) -> list[Run]:
         """Every run of the sweep, read back (`load`)."""

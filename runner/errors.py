@@ -1,4 +1,4 @@
-"""The runner's error for input that is well formed but not allowed.
+"""The runner's error for input that is well formed but not allowed, and the other ways a job ends.
 
 It lives apart from Hydra and MLflow so that engines, losses and update rules can raise it
 without importing either; the Hydra entry points print it as one line (`runner.schema.reported`).
@@ -7,6 +7,10 @@ without importing either; the Hydra entry points print it as one line (`runner.s
 from __future__ import annotations
 
 from typing import Optional
+
+# How a run ends, in MLflow's words (`mlflow.entities.RunStatus`), spelt once, here, for the
+# modules that do not import MLflow: a job that raised is FAILED, one stopped or lost KILLED.
+RUNNING, FINISHED, FAILED, KILLED = "RUNNING", "FINISHED", "FAILED", "KILLED"
 
 
 class ConfigError(ValueError):

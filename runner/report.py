@@ -34,6 +34,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from runner import plots, tables, theory
+from runner.errors import FAILED, FINISHED
 from runner.outcomes import DIVERGED
 
 log = logging.getLogger("runner")
@@ -82,7 +83,7 @@ def finish(store, parent_id: str, out: Path, rows: list[dict], columns: Sequence
         writer = csv.DictWriter(file, fieldnames=[*columns, "status", "run_id", "error"], extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    failed = [r for r in rows if r["status"] != "FINISHED"]
+    failed = [r for r in rows if r["status"] != FINISHED]
     worst: dict[str, float] = {}
     for row in rows:
         if isinstance(row["parity"], float) and math.isfinite(row["parity"]):
@@ -155,7 +156,7 @@ def _row(job: Job, jobs: list[Job], varied: Sequence[str] = ()) -> dict:
         **{key: tables.number(r.params.get(key, "")) for key in varied},
         "final_x": "" if final_x is None else (final_x[0] if len(final_x) == 1 else final_x),
         "final_loss": r.metrics.get("final_loss", ""),
-        "outcome": r.tags.get("outcome", "failed" if r.status == "FAILED" else r.status.lower()),
+        "outcome": r.tags.get("outcome", "failed" if r.status == FAILED else r.status.lower()),
         "steps_to_tolerance": _int_or_blank(r.metrics.get("steps_to_tolerance")),
         "rate": r.metrics.get("rate", ""),
         "wall_time_s": r.metrics.get("wall_time_s", ""),

@@ -33,7 +33,7 @@ from omegaconf import OmegaConf
 
 from runner import batch, cluster, provenance, schema, tables
 from runner.descent import descend
-from runner.errors import ConfigError
+from runner.errors import FINISHED, ConfigError
 from runner.outcomes import QUANTITIES
 from runner.problem import from_config
 
@@ -93,7 +93,7 @@ def check(uri: str, run_id: str) -> tuple[int, list[str]]:
         lines += [f"  note: {key} was {record.tags[key]}, is {value} now"
                   for key, value in now.items() if key in record.tags and record.tags[key] != value]
         result = descend(problem, engine, loop)
-        if record.status != "FINISHED":
+        if record.status != FINISHED:
             summary = result.summary
             now = (f"{summary.outcome[0]}, final loss {summary.final_loss[0]:.6g}" if grid is None else
                    f"best final loss {np.nanmin(summary.final_loss):.6g} over {grid.count} points")
@@ -127,9 +127,9 @@ def _sweep(uri: str, store: Any, parent: Any, launcher: Optional[str]) -> int:
             differing.append(status)
         if status != IDENTICAL:  # what differs (after the line that says what was re-run), or why it cannot
             print("\n".join(f"    {line.strip()}" for line in (lines if status == CANNOT else lines[1:])))
-    finished = sum(child.status == "FINISHED" for child in runnable)
+    finished = sum(child.status == FINISHED for child in runnable)
     rerun = len(runnable) - finished
-    same = sum(child.status == "FINISHED" and status == IDENTICAL for child, (status, _) in zip(runnable, results))
+    same = sum(child.status == FINISHED and status == IDENTICAL for child, (status, _) in zip(runnable, results))
     print(f"{same} of {finished} runs identical"
           + (f"; {rerun} that had not finished re-run" if rerun else ""))
     return max(differing, default=IDENTICAL)

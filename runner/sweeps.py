@@ -31,7 +31,7 @@ from hydra.errors import CompactHydraException
 from omegaconf import DictConfig
 
 from runner import app, batch_report, job, points, provenance, report
-from runner.errors import ConfigError, JobLost, one_line
+from runner.errors import FAILED, FINISHED, KILLED, RUNNING, ConfigError, JobLost, one_line
 from runner.problem import from_config
 
 log = logging.getLogger("runner")
@@ -126,12 +126,12 @@ def parent_run(sweep_config: DictConfig, job_configs: Sequence[DictConfig], jobs
                  len(sweep.reused), len(job_configs), len(to_launch))
     job.write_parent(folder, uri, sweep.run_id, len(to_launch) if jobs is None else jobs)
 
-    status = "FAILED"
+    status = FAILED
     try:
         yield sweep, to_launch
-        status = "FINISHED"
+        status = FINISHED
     except (KeyboardInterrupt, SystemExit):
-        status = "KILLED"
+        status = KILLED
         raise
     finally:
         try:
@@ -139,8 +139,8 @@ def parent_run(sweep_config: DictConfig, job_configs: Sequence[DictConfig], jobs
             # process that died or was stopped with the sweep.
             store.kill_running_children(sweep.run_id)
             all_finished = build_report(sweep)
-            if status == "FINISHED" and not all_finished:
-                status = "FAILED"
+            if status == FINISHED and not all_finished:
+                status = FAILED
         finally:
             store.end(sweep.run_id, status)
 
@@ -219,9 +219,9 @@ def record_lost_jobs(sweep: ParentRun, launched: Sequence[tuple[int, DictConfig]
         record = newest.get(str(number))
         if record is None:
             tags = error.run_tags() if hasattr(error, "run_tags") else {}  # where the job ran (a SLURM job's ids)
-            app.record_lost(sweep.store, sweep.run_id, cfg, number, "KILLED" if lost else "FAILED", reason, tags)
+            app.record_lost(sweep.store, sweep.run_id, cfg, number, KILLED if lost else FAILED, reason, tags)
         elif lost:  # its runs: the newest, and any earlier attempt left RUNNING (a launcher's retries)
             for attempt in children:
-                if attempt.tags.get(job.NUMBER_TAG) == str(number) and (attempt is record or attempt.status == "RUNNING"):
+                if attempt.tags.get(job.NUMBER_TAG) == str(number) and (attempt is record or attempt.status == RUNNING):
                     sweep.store.end_lost(attempt, reason)
 

@@ -33,7 +33,7 @@ from mlflow.exceptions import MlflowException  # noqa: E402
 
 from runner import chatter  # noqa: E402
 from runner.descent import Trajectory  # noqa: E402
-from runner.errors import ConfigError  # noqa: E402
+from runner.errors import FAILED, FINISHED, KILLED, RUNNING, ConfigError  # noqa: E402
 from runner.job import NUMBER_TAG  # noqa: E402
 
 chatter.quiet_loggers("mlflow.store.db.utils")  # "Creating initial MLflow database tables...", on a new store
@@ -97,13 +97,13 @@ class Store:
         try:
             yield run_id
         except (KeyboardInterrupt, SystemExit):
-            self.end(run_id, "KILLED")
+            self.end(run_id, KILLED)
             raise
         except Exception as error:
             self.attach_error(run_id, error)
-            self.end(run_id, "FAILED")
+            self.end(run_id, FAILED)
             raise
-        self.end(run_id, "FINISHED")
+        self.end(run_id, FINISHED)
 
     def create(self, name: str, tags: Mapping[str, str]) -> str:
         tags = {key: str(value) for key, value in tags.items()}  # a server accepts only strings
@@ -183,21 +183,21 @@ class Store:
 
     def finished_run(self, config_hash: str) -> Optional[str]:
         """A FINISHED run of this experiment whose config has this hash, if there is one."""
-        found = self._search(f"tags.config_hash = '{config_hash}' and attributes.status = 'FINISHED'")
+        found = self._search(f"tags.config_hash = '{config_hash}' and attributes.status = '{FINISHED}'")
         return found[0].run_id if found else None
 
     def kill_running_children(self, parent_id: str) -> None:
         """End as KILLED the sweep's runs still RUNNING: jobs of worker processes stopped with it."""
-        for record in self._search(f"tags.mlflow.parentRunId = '{parent_id}' and attributes.status = 'RUNNING'"):
-            self.end(record.run_id, "KILLED")
+        for record in self._search(f"tags.mlflow.parentRunId = '{parent_id}' and attributes.status = '{RUNNING}'"):
+            self.end(record.run_id, KILLED)
 
     def end_lost(self, record: RunRecord, error: str) -> None:
         """The run of a job that was lost (its process died, its cluster ended it): `error` (why)
         where it has no error of its own, and ended KILLED if still RUNNING."""
         if "error" not in record.tags:
             self.client.set_tag(record.run_id, "error", error)
-        if record.status == "RUNNING":
-            self.end(record.run_id, "KILLED")
+        if record.status == RUNNING:
+            self.end(record.run_id, KILLED)
 
     def stop_job(self, parent_id: str, number: int, error: str) -> Optional[float]:
         """For job `number` of a sweep, stopped before it returned: its value (final loss; of a
@@ -205,7 +205,7 @@ class Store:
         found = self._search(f"tags.mlflow.parentRunId = '{parent_id}' and tags.{NUMBER_TAG} = '{number}'")
         if not found:
             return None
-        if found[-1].status == "FINISHED":
+        if found[-1].status == FINISHED:
             return found[-1].value
         self.end_lost(found[-1], error)
         return None
