@@ -21,10 +21,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from omegaconf import OmegaConf  # noqa: E402
 
-from runner import engines, losses, schema, tracking  # noqa: E402
-from runner.descent import Loop, descend  # noqa: E402
+from runner import engines, schema  # noqa: E402
+from runner.descent.loop import Loop, descend  # noqa: E402
+from runner.descent.optimizers import Optimizer  # noqa: E402
 from runner.engines import Problem, single  # noqa: E402
-from runner.optimizers import Optimizer  # noqa: E402
+from runner.problems import losses  # noqa: E402
+from runner.records import tracking  # noqa: E402
 from runner.schema import LossConfig  # noqa: E402
 
 DEFAULTS = schema.defaults()  # conf/config.yaml's: the settings a run takes unless told

@@ -114,10 +114,10 @@ def descend_square(engine, x_start, epochs, lr):
     import numpy as np
 
     from runner import engines, schema
-    from runner.descent import Loop, descend
-    from runner.expressions import parse_expression
-    from runner.losses import Loss
-    from runner.optimizers import Optimizer
+    from runner.descent.loop import Loop, descend
+    from runner.descent.optimizers import Optimizer
+    from runner.problems.expressions import parse_expression
+    from runner.problems.losses import Loss
 
     square = Loss("square", parse_expression("loss.value", "x**2"), (parse_expression("loss.grad", "2*x"),),
                   minimiser=(parse_expression("loss.minimiser", "0"),))

@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
     from omegaconf import DictConfig
 
-    from runner.descent import Trajectory
+    from runner.descent.loop import Trajectory
 
 
 class SweepFailed(RuntimeError):
@@ -81,8 +81,9 @@ class Run:
     def figure(self) -> "Figure":
         """The article's figure for a scalar parameter (the loss curve and the path taken), the
         path of each coordinate for a vector; a batch: its figure as the run recorded it."""
-        from runner import losses, plots
-        from runner.expressions import NUMPY_OPS
+        from runner.problems import losses
+        from runner.problems.expressions import NUMPY_OPS
+        from runner.records import plots
 
         _figures_inline()
         if self.trajectory is None:
@@ -156,7 +157,7 @@ def run(*overrides: str) -> Run:
         arguments = [*overrides, *([] if mode else ["hydra.mode=RUN"])]
         job = hydra.run(config_name="config", task_function=task, overrides=arguments)
         job.return_value  # noqa: B018 - raises the job's exception, as the command line would
-    from runner import tracking
+    from runner.records import tracking
 
     cfg = job.cfg
     return load(recorded[0].run_id, tracking.tracking_uri(cfg.mlflow.tracking_uri, Path.cwd()))
@@ -166,7 +167,8 @@ def sweep(*overrides: str, batch: bool | list[str] = False) -> Sweep:
     """A sweep, as `python -m runner OVERRIDES` runs it (`hydra.sweeper.batch=...` with `batch`):
     every job checked first, a parent run, the jobs through the configured launcher, the report.
     Raises `SweepFailed` (with the sweep as `.result`) when a job failed."""
-    from runner import app, job, sweeps
+    from runner import app, job
+    from runner.sweeps.sweep import JobsFailed
 
     folder = Path("outputs", "multirun", *datetime.datetime.now().strftime("%Y-%m-%d %H-%M-%S-%f").split())
     arguments = [*overrides, f"hydra.sweep.dir={folder}"]
@@ -179,7 +181,7 @@ def sweep(*overrides: str, batch: bool | list[str] = False) -> Sweep:
         try:
             # app.main given a config runs it as the command line's jobs run (Hydra passes it through)
             hydra.multirun(config_name="config", task_function=app.main, overrides=arguments)
-        except sweeps.JobsFailed as error:
+        except JobsFailed as error:
             failure = error
     parent = folder / job.PARENT_FILE
     if not parent.exists():
@@ -197,8 +199,8 @@ def load(run_id: str, tracking_uri: Optional[str] = None) -> Run:
     finds it from here)."""
     from omegaconf import OmegaConf
 
-    from runner import tables, tracking
-    from runner.descent import Trajectory
+    from runner.descent.loop import Trajectory
+    from runner.records import tables, tracking
 
     uri = tracking.tracking_uri(tracking_uri, Path.cwd())
     store = tracking.open_run(uri, run_id)
@@ -225,7 +227,7 @@ def load_sweep(parent_run_id: str, tracking_uri: Optional[str] = None) -> Sweep:
     """A recorded sweep (grid, search or batched), from its parent run: its report table."""
     import pandas
 
-    from runner import tracking
+    from runner.records import tracking
 
     uri = tracking.tracking_uri(tracking_uri, Path.cwd())
     store = tracking.open_run(uri, parent_run_id)
@@ -243,7 +245,7 @@ def _figures_inline() -> None:
     """In Jupyter, a Matplotlib figure that is a cell's value shows as a picture. IPython does
     that once pyplot has been imported; the runner's figures are made without pyplot (no global
     state), so it says so itself."""
-    from runner.progress import in_jupyter
+    from runner.records.progress import in_jupyter
 
     if in_jupyter():
         import IPython
@@ -254,7 +256,7 @@ def _figures_inline() -> None:
 
 def _downloaded(uri: str, run_id: str, path: str) -> Path:
     """An artifact of a run, downloaded into a folder of its own that lives as long as the process."""
-    from runner import tracking
+    from runner.records import tracking
 
     found = tracking.open_run(uri, run_id).download(run_id, path, Path(tempfile.mkdtemp(prefix="runner-")))
     if found is None:

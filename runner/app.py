@@ -3,8 +3,8 @@
 `main` is the Hydra task function; `record` does the work on a composed config and returns the
 run's id and its final loss (of a batch: the best), the value a Hydra sweeper minimises
 (`run_job`). A job is one run, or with `batch.sweep` set (a group of a batched sweep) one batch
-of points; both are recorded by `runner.recording`, a run's output its trajectory, a batch's its
-point table (`runner.batch`). `identity` is what a job's run is called and tagged with, whether
+of points; both are recorded by `runner.records.recording`, a run's output its trajectory, a batch's its
+point table (`runner.records.batch`). `identity` is what a job's run is called and tagged with, whether
 the job makes it or, for a job lost before it could, the sweeper (`record_lost`).
 """
 
@@ -20,9 +20,11 @@ import numpy as np
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from runner import batch, cluster, engines, job, provenance, recording, schema
-from runner.points import Points
+from runner import engines, job, schema
 from runner.problem import from_config
+from runner.records import batch, provenance, recording
+from runner.sweeps import cluster
+from runner.sweeps.points import Points
 
 log = logging.getLogger("runner")
 
@@ -43,7 +45,7 @@ def run_job(cfg: DictConfig) -> float:
 def record(cfg: DictConfig) -> Recorded:
     """Run gradient descent as `cfg` says and record it as one MLflow run (with skip_done=true, a
     FINISHED run of the same config stands in for it): its id and final loss."""
-    from runner import tracking  # imported here: `--cfg` and `--help` need no MLflow
+    from runner.records import tracking  # imported here: `--cfg` and `--help` need no MLflow
 
     hydra_cfg = HydraConfig.get()
     cluster.handle_signals()

@@ -14,11 +14,15 @@ from typing import Optional
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from runner import descent, engines, losses, optimizers, points, schema
+from runner import engines, schema
+from runner.descent import optimizers
+from runner.descent.loop import Loop
 from runner.errors import ConfigError
+from runner.problems import losses
+from runner.sweeps import points
 
 
-def from_config(cfg: DictConfig) -> tuple[engines.Problem, descent.Loop, ModuleType, Optional[points.Points]]:
+def from_config(cfg: DictConfig) -> tuple[engines.Problem, Loop, ModuleType, Optional[points.Points]]:
     """The problem of `cfg`, its loop, its engine, and its points when it is a batch (else None)."""
     grid = points.parse(cfg.batch.sweep) if cfg.batch.sweep else None
     values = grid.all_values() if grid else {}
@@ -43,12 +47,13 @@ def from_config(cfg: DictConfig) -> tuple[engines.Problem, descent.Loop, ModuleT
     engine = engines.load(cfg.backend.name, cfg.backend.module)
     o = cfg.optimizer
     if o.name not in optimizers.RULES:
-        raise ConfigError(f"optimizer={o.name} has no update rule; runner.optimizers has {', '.join(optimizers.RULES)}")
+        raise ConfigError(f"optimizer={o.name} has no update rule; runner.descent.optimizers has "
+                          f"{', '.join(optimizers.RULES)}")
     optimizer = optimizers.Optimizer(o.name, **{name: values[h.key] if h.key in values else OmegaConf.select(cfg, h.key)
                                                 for name, h in optimizers.HYPERPARAMETERS.items()})
     device = engine.resolve_device(cfg.device.value)
     problem = engines.Problem(loss, x_start, optimizer, cfg.dtype.value, device, cfg.stop.diverge_above, cfg.seed)
-    return problem, descent.Loop(cfg.epochs, cfg.stop.tolerance, keep_bytes), engine, grid
+    return problem, Loop(cfg.epochs, cfg.stop.tolerance, keep_bytes), engine, grid
 
 
 def _shape(cfg: DictConfig, loss: losses.Loss, starts: np.ndarray) -> tuple[int, ...]:

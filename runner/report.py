@@ -8,7 +8,7 @@ Built by the sweeper at the end of every sweep (`report_grid`), and printed agai
 prints the table of the newest sweep of the experiment (default `runner`), or of the sweep
 whose parent run is RUN_ID, as the sweep recorded it (`report/runs.csv` of its parent run);
 with --batch, the points of a batch run (its `points.csv`). A batched sweep's report is
-`runner.batch_report`'s, which ends as this one does (`finish`) and measures parity alike (`parity`).
+`runner.records.batch_report`'s, which ends as this one does (`finish`) and measures parity alike (`parity`).
 
 One row per job (backend, optimizer, loss, lr, any other key the sweep varied, final x, final
 loss, outcome, steps to tolerance, wall time, parity), two figures, and a parity line per backend, all logged to the
@@ -33,9 +33,10 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-from runner import plots, tables, theory
+from runner.descent import theory
+from runner.descent.outcomes import DIVERGED
 from runner.errors import FAILED, FINISHED
-from runner.outcomes import DIVERGED
+from runner.records import plots, tables
 
 log = logging.getLogger("runner")
 
@@ -48,7 +49,7 @@ COLUMNS = SETTINGS + RESULTS
 class Job:
     """One child run and its trajectory (empty when the run failed before recording one)."""
 
-    record: object  # runner.tracking.RunRecord
+    record: object  # runner.records.tracking.RunRecord
     series: dict[str, np.ndarray]
 
     @property
@@ -209,7 +210,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here")
     args = parser.parse_args(argv)
 
-    from runner import tracking  # MLflow, imported once the arguments are good (--help needs none)
+    from runner.records import tracking  # MLflow, imported once the arguments are good (--help needs none)
 
     uri = tracking.tracking_uri(args.tracking_uri, Path.cwd())
     try:

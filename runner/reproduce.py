@@ -6,7 +6,7 @@ RUN_ID is a run, a batch run, or a sweep's parent run (a grid, a search or a bat
 whose every child is re-run: a run that did not finish (a job that failed, or was lost with its
 process or to its cluster) is re-run too, and said how it ends now. The config is each run's own `hydra/config.yaml` artifact, checked
 against today's schema. For a run, every metric series is compared value for value (bit for
-bit as float64; NaN equals NaN), and so are its summary (`runner.outcomes.QUANTITIES`) and
+bit as float64; NaN equals NaN), and so are its summary (`runner.descent.outcomes.QUANTITIES`) and
 outcome. For a batch run, every point's row of `points.csv` (its summary, final x and outcome,
 written in full precision) and every kept trajectory of `trajectories.npz`. A sweep's runs are
 re-run through `--launcher`, by default the one the sweep ran on (read from its runs' stored
@@ -31,11 +31,13 @@ from typing import Any, Optional
 import numpy as np
 from omegaconf import OmegaConf
 
-from runner import batch, cluster, provenance, schema, tables
-from runner.descent import descend
+from runner import schema
+from runner.descent.loop import descend
+from runner.descent.outcomes import QUANTITIES
 from runner.errors import FINISHED, ConfigError
-from runner.outcomes import QUANTITIES
 from runner.problem import from_config
+from runner.records import batch, provenance, tables
+from runner.sweeps import cluster
 
 LAUNCHERS = ("basic", "joblib", "submitit_local", "submitit_slurm")
 # Hydra's launcher classes, as a sweep's runs record them (hydra.launcher._target_)
@@ -53,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here")
     args = parser.parse_args(argv)
 
-    from runner import tracking
+    from runner.records import tracking
 
     uri = tracking.tracking_uri(args.tracking_uri, Path.cwd())
     try:
@@ -72,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
 def check(uri: str, run_id: str) -> tuple[int, list[str]]:
     """Re-run one logged run (or batch) and compare: IDENTICAL, DIFFERS or CANNOT, and what to
     print. A plain function of plain values, so that any launcher's worker can run it."""
-    from runner import tracking  # MLflow: imported where a run is read, as everywhere outside tracking
+    from runner.records import tracking  # MLflow: imported where a run is read, as everywhere outside tracking
 
     schema.register()
     with tempfile.TemporaryDirectory() as tmp:
@@ -175,7 +177,7 @@ def _launch(launcher: str, options: dict, uri: str, run_ids: list[str]) -> list[
 
 def _compare_run(store, record, cfg, result, lines: list[str]) -> bool:
     """Every logged series, the summary and the outcome of a run against the re-run's."""
-    from runner import tracking
+    from runner.records import tracking
 
     trajectory, summary = result.trajectory(0), result.summary.values(0)
     steps = tracking.logged_steps(len(trajectory.x), cfg.mlflow.max_logged_steps)

@@ -23,8 +23,8 @@ from hydra.core.config_store import ConfigStore
 from hydra.errors import CompactHydraException
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
+from runner.descent.optimizers import HYPERPARAMETERS
 from runner.errors import ConfigError
-from runner.optimizers import HYPERPARAMETERS
 
 
 class Refused(CompactHydraException):
@@ -64,7 +64,7 @@ class BackendConfig:
 
 @dataclass
 class LossConfig:
-    """A loss of the parameter `x`, written as expressions (see `runner.losses`)."""
+    """A loss of the parameter `x`, written as expressions (see `runner.problems.losses`)."""
 
     name: str = MISSING
     value: str = MISSING  # e.g. "x**2"
@@ -78,7 +78,7 @@ class LossConfig:
     expr: Optional[str] = None  # loss=expr: the expression typed on the command line
 
 
-# The update rule (see `runner.optimizers`): its name, and a field per hyperparameter under
+# The update rule (see `runner.descent.optimizers`): its name, and a field per hyperparameter under
 # `optimizer.` (lr is the config's own); a rule reads only its own.
 OptimizerConfig = make_dataclass("OptimizerConfig", [("name", str, MISSING), *(
     (name, Optional[float], None) for name, h in HYPERPARAMETERS.items() if h.key == f"optimizer.{name}")])

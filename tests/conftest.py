@@ -20,7 +20,7 @@ from typing import Iterator, Optional
 import pytest
 
 from runner import engines, schema
-from runner.descent import Loop
+from runner.descent.loop import Loop
 
 REPO = Path(__file__).resolve().parent.parent
 BACKENDS = sorted(path.stem for path in (REPO / "conf" / "backend").glob("*.yaml"))

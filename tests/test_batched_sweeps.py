@@ -11,7 +11,8 @@ import pytest
 from conftest import BACKENDS, FRAMEWORK_OF, run_cli, runs_of, snapshot
 from mlflow import MlflowClient
 
-from runner import report, reproduce, theory
+from runner import report, reproduce
+from runner.descent import theory
 
 pytestmark = pytest.mark.slow
 

@@ -8,8 +8,9 @@ import pytest
 from conftest import backend_params
 from hydra import compose, initialize_config_dir
 
-from runner import descent, theory
 from runner.app import CONF_DIR
+from runner.descent import theory
+from runner.descent.loop import descend
 from runner.problem import from_config
 
 # Sampled points of each batch: the first, the last, and some between.
@@ -25,14 +26,14 @@ def batch(*overrides: str, sweeps: list[str]):
     """The descent of a batch job, composed as the sweeper composes a group."""
     cfg = composed(*overrides, "batch.sweep=[" + ",".join(f'"{s}"' for s in sweeps) + "]")
     problem, loop, engine, grid = from_config(cfg)
-    return descent.descend(problem, engine, loop), grid, problem
+    return descend(problem, engine, loop), grid, problem
 
 
 def alone(*overrides: str):
     """The descent of one ordinary run."""
     problem, loop, engine, grid = from_config(composed(*overrides))
     assert grid is None
-    return descent.descend(problem, engine, loop)
+    return descend(problem, engine, loop)
 
 
 CASES = {  # a batched key of each kind: hyperparameters, x_start (a vector), a loss's constants
@@ -73,7 +74,7 @@ def test_a_point_of_a_batch_is_the_same_run_alone(backend, dtype, case):
 
 @pytest.mark.parametrize("rule", theory.LINEAR)
 def test_each_stability_bound_is_where_the_spectral_radius_reaches_one(rule):
-    """The bounds of runner.theory (Nesterov's derived for PyTorch's formulation) against the
+    """The bounds of runner.descent.theory (Nesterov's derived for PyTorch's formulation) against the
     eigenvalues of the iteration matrix itself, just inside and just outside."""
     for beta in ([None] if rule == "sgd" else [0.0, 0.3, 0.6, 0.9, 0.99]):
         bound = theory.largest_stable_lr(rule, 2.0, beta)

@@ -203,7 +203,7 @@ def test_parallel_jobs_on_a_terminal_show_no_bar(tmp_path, store_uri):
 def test_only_the_chatter_is_held_back(capfd):
     """What native code writes to stderr while a framework is imported: its known start-up lines
     are held back, a real warning is not."""
-    from runner import chatter
+    from runner.records import chatter
 
     with chatter.held_back(chatter.TENSORFLOW_IMPORT):
         os.write(2, b"I0000 port.cc:153] oneDNN custom operations are on. You may see ...\n")

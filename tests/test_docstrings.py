@@ -7,10 +7,11 @@ import importlib
 
 import pytest
 
-MODULES = ["runner.schema", "runner.errors", "runner.expressions", "runner.losses", "runner.engines", "runner.engines.numpy",
-           "runner.optimizers", "runner.outcomes", "runner.descent", "runner.theory", "runner.points", "runner.batch",
-           "runner.provenance",
-           "runner.app", "runner.__main__", "runner.tracking", "runner.search", "runner.report", "runner.sweeps", "runner.progress"]
+MODULES = ["runner.schema", "runner.errors", "runner.app", "runner.__main__", "runner.report",
+           "runner.problems.expressions", "runner.problems.losses", "runner.engines", "runner.engines.numpy",
+           "runner.descent.loop", "runner.descent.optimizers", "runner.descent.outcomes", "runner.descent.theory",
+           "runner.sweeps.points", "runner.sweeps.search", "runner.sweeps.sweep",
+           "runner.records.batch", "runner.records.provenance", "runner.records.tracking", "runner.records.progress"]
 
 
 @pytest.mark.parametrize("name", MODULES)

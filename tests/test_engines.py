@@ -10,11 +10,11 @@ import pytest
 from conftest import backend_params, loop, one_point
 
 from runner import engines
-from runner.descent import descend as run
+from runner.descent.loop import descend as run
+from runner.descent.optimizers import Optimizer
 from runner.errors import ConfigError
-from runner.expressions import parse_expression
-from runner.losses import Loss
-from runner.optimizers import Optimizer
+from runner.problems.expressions import parse_expression
+from runner.problems.losses import Loss
 
 SQUARE = Loss("square", parse_expression("loss.value", "x**2"), (parse_expression("loss.grad", "2*x"),))
 ARTICLE = "[5.   2.   0.8  0.32 0.13 0.05 0.02 0.01 0.   0.   0.   0.   0.   0.   0.   0.  ]"
@@ -133,7 +133,7 @@ def test_reporting_progress_changes_no_number(backend, x_start, epochs, lr):
 @pytest.mark.parametrize("shape, x_norm", [((), False), ((12,), False), ((12,), True)])
 def test_a_trajectory_is_the_columns_it_writes(shape, x_norm):
     """trajectory.csv's columns, read back (runner.load), give the same trajectory."""
-    from runner.descent import Trajectory
+    from runner.descent.loop import Trajectory
 
     rng = np.random.default_rng(0)
     x, grad = rng.normal(size=(5, *shape)), rng.normal(size=(5, *shape))

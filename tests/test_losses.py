@@ -1,4 +1,4 @@
-"""Loss expressions (runner.expressions) and loss files (runner.losses): parsed and checked,
+"""Loss expressions (runner.problems.expressions) and loss files (runner.problems.losses): parsed and checked,
 never evaluated as raw text, bounded in what they cost."""
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import pytest
 from conftest import REPO
 from omegaconf import OmegaConf
 
-from runner import expressions, losses
 from runner.engines.numpy import OPS
-from runner.expressions import parse_expression
+from runner.problems import expressions, losses
+from runner.problems.expressions import parse_expression
 from runner.schema import ConfigError, LossConfig
 
 

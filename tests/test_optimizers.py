@@ -8,10 +8,11 @@ import pytest
 from conftest import BACKENDS, REPO, backend_params, loop, one_point
 from omegaconf import OmegaConf
 
-from runner import engines, losses
-from runner.descent import descend as run
+from runner import engines
+from runner.descent.loop import descend as run
+from runner.descent.optimizers import RULES, Optimizer
 from runner.engines.numpy import OPS
-from runner.optimizers import RULES, Optimizer
+from runner.problems import losses
 from runner.schema import LossConfig
 
 OPTIMIZERS = {

@@ -8,11 +8,11 @@ import pytest
 from conftest import DEFAULTS, backend_params, loop, one_point
 
 from runner import engines
-from runner.descent import descend
+from runner.descent.loop import descend
+from runner.descent.optimizers import Optimizer
 from runner.engines import Problem
-from runner.expressions import parse_expression
-from runner.losses import Loss
-from runner.optimizers import Optimizer
+from runner.problems.expressions import parse_expression
+from runner.problems.losses import Loss
 
 ZERO = (parse_expression("loss.minimiser", "0"),)
 SQUARE = Loss("square", parse_expression("loss.value", "x**2"), (parse_expression("loss.grad", "2*x"),), minimiser=ZERO)

@@ -223,7 +223,7 @@ def test_the_wait_reads_slurm_s_silence_and_a_job_gone_before_it_ran(monkeypatch
     controller) is no news, not the end of every job."""
     from types import SimpleNamespace
 
-    from runner import cluster
+    from runner.sweeps import cluster
 
     def job(job_id):
         return SimpleNamespace(job_id=job_id, paths=SimpleNamespace(result_pickle=tmp_path / f"{job_id}.pkl"))

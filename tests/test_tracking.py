@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from runner import tracking
-from runner.descent import Trajectory
+from runner.descent.loop import Trajectory
+from runner.records import tracking
 
 
 @pytest.fixture

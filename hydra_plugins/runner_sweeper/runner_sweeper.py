@@ -1,6 +1,6 @@
 """The runner's sweeper. Hydra only instantiates sweepers found in the `hydra_plugins`
 namespace package, so the class lives here; what it does is in `runner.sweeps` and
-`runner.search`.
+`runner.sweeps.search`.
 
 - `hydra/sweeper=runner` (the default): Hydra's basic sweeper, made failure-resistant and
   reported. It expands the same sweep syntax and `hydra.sweeper.params`, then: checks every
@@ -9,7 +9,7 @@ namespace package, so the class lives here; what it does is in `runner.sweeps` a
   With `hydra.sweeper.search.n_trials` set, the same sweeper runs an Optuna search over
   `params` instead of a grid: each trial is a job, with the same checks, parent run and report.
   With `hydra.sweeper.batch=true` (or a list of keys), the grid's values of keys that do not
-  change the program (lr, momentum, ..., see `runner.points`) run as one batch job per group of
+  change the program (lr, momentum, ..., see `runner.sweeps.points`) run as one batch job per group of
   the other keys.
 """
 
@@ -50,10 +50,10 @@ ConfigStore.instance().store(group="hydra/sweeper", name="runner", node=RunnerSw
 
 def _reuse_composed(launcher: Launcher, hydra_context: HydraContext, jobs: List[List[str]], configs: List[Any]) -> None:
     """An in-process launcher gets the configs the check already composed."""
-    from runner import sweeps
+    from runner.sweeps import sweep
 
     if isinstance(launcher, BasicLauncher):
-        launcher.hydra_context = HydraContext(config_loader=sweeps.ComposedOnce(hydra_context.config_loader, jobs, configs),
+        launcher.hydra_context = HydraContext(config_loader=sweep.ComposedOnce(hydra_context.config_loader, jobs, configs),
                                               callbacks=hydra_context.callbacks)
 
 
@@ -70,8 +70,8 @@ class RunnerSweeper(BasicSweeper):
         return schema.reported(self._sweep)(arguments)
 
     def _sweep(self, arguments: List[str]) -> Any:
-        from runner import sweeps
         from runner.errors import ConfigError
+        from runner.sweeps import sweep
 
         # Resolve the sweep folder (its ${now:...}) before composing any job: each job config copies
         # the master's resolver cache, and so gets this same folder.
@@ -86,27 +86,27 @@ class RunnerSweeper(BasicSweeper):
             results = self._search(parser, arguments, sweep_dir)
         else:
             results = self._grid(parser, arguments, sweep_dir)
-        failures = sweeps.failures_error(results)
+        failures = sweep.failures_error(results)
         if failures:
             raise failures
         return [results]
 
     def _grid(self, parser: OverridesParser, arguments: List[str], sweep_dir: Path) -> List[Any]:
-        from runner import sweeps
+        from runner.sweeps import sweep
 
         overrides = parser.parse_overrides([*self._parse_config(), *arguments])
-        sweeps.check_grid(overrides)
+        sweep.check_grid(overrides)
         if self.batch:
-            jobs, labels = sweeps.batch_jobs(overrides, self.batch, self.split_arguments)
+            jobs, labels = sweep.batch_jobs(overrides, self.batch, self.split_arguments)
         else:
             jobs, labels = [job for chunk in self.split_arguments(overrides, None) for job in chunk], None
-        configs = sweeps.check_jobs(self.hydra_context.config_loader, self.config, jobs, labels)
+        configs = sweep.check_jobs(self.hydra_context.config_loader, self.config, jobs, labels)
         _reuse_composed(self.launcher, self.hydra_context, jobs, configs)
 
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         results: List[Any] = []
-        with sweeps.parent_run(self.config, configs) as (parent, to_launch):
+        with sweep.parent_run(self.config, configs) as (parent, to_launch):
             size = self.max_batch_size or len(to_launch) or 1
             for start in range(0, len(to_launch), size):
                 chosen = to_launch[start : start + size]
@@ -115,10 +115,11 @@ class RunnerSweeper(BasicSweeper):
 
     def _launch(self, parent: Any, jobs: List[List[str]], configs: List[Any], initial_job_idx: int) -> List[Any]:
         """The launcher's jobs, then a run for each job that did not make its own
-        (`runner.sweeps.record_lost_jobs`). On submitit, joblib and Ray the runner launches them
-        itself (`runner.cluster`, `runner.workers`): Hydra's launchers stop at the first job that
+        (`runner.sweeps.sweep.record_lost_jobs`). On submitit, joblib and Ray the runner launches them
+        itself (`runner.sweeps.cluster`, `runner.sweeps.workers`): Hydra's launchers stop at the first job that
         ends without a result, and leave a SLURM sweep's jobs queued on Ctrl-C."""
-        from runner import cluster, sweeps, workers
+        from runner.sweeps import cluster, workers
+        from runner.sweeps import sweep
 
         if cluster.is_submitit(self.launcher):
             results = cluster.launch(self.launcher, jobs, initial_job_idx)
@@ -129,11 +130,12 @@ class RunnerSweeper(BasicSweeper):
             results = workers.launch_ray(self.launcher, jobs, initial_job_idx)
         else:
             results = list(self.launcher.launch(jobs, initial_job_idx=initial_job_idx))
-        sweeps.record_lost_jobs(parent, list(zip(range(initial_job_idx, initial_job_idx + len(jobs)), configs)), results)
+        sweep.record_lost_jobs(parent, list(zip(range(initial_job_idx, initial_job_idx + len(jobs)), configs)), results)
         return results
 
     def _search(self, parser: OverridesParser, arguments: List[str], sweep_dir: Path) -> List[Any]:
-        from runner import search, sweeps
+        from runner.sweeps import search
+        from runner.sweeps import sweep
 
         n_trials, n_jobs = self.search.n_trials, self.search.n_jobs
         search.check_settings(n_trials, n_jobs, self.search.sampler)
@@ -143,19 +145,19 @@ class RunnerSweeper(BasicSweeper):
         # range: a misspelt key or a value the config refuses is one clear error, nothing recorded.
         first = study.ask(space)
         points = [first.params, *search.extremes(space, first.params)]
-        sweeps.check_jobs(self.hydra_context.config_loader, self.config, [[*fixed, *search.overrides(p)] for p in points])
+        sweep.check_jobs(self.hydra_context.config_loader, self.config, [[*fixed, *search.overrides(p)] for p in points])
 
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         results: List[Any] = []
-        with sweeps.parent_run(self.config, [], jobs=n_trials) as (parent, _):
+        with sweep.parent_run(self.config, [], jobs=n_trials) as (parent, _):
             pending, told = [first], 0
             while told < n_trials:
                 size = min(n_jobs, n_trials - told)
                 trials = pending + [study.ask(space) for _ in range(size - len(pending))]
                 pending = []
                 jobs = [[*fixed, *search.overrides(t.params)] for t in trials]
-                configs = sweeps.check_jobs(self.hydra_context.config_loader, self.config, jobs)
+                configs = sweep.check_jobs(self.hydra_context.config_loader, self.config, jobs)
                 # skip_done=true: a trial already recorded is told its recorded loss, not run
                 # again; with the same seed the search then goes on where it stopped.
                 done = parent.reuse_finished(configs)

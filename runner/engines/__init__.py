@@ -33,9 +33,9 @@ from typing import Any, Callable, Optional, Protocol
 
 import numpy as np
 
+from runner.descent.optimizers import Optimizer
 from runner.errors import ConfigError
-from runner.losses import Loss
-from runner.optimizers import Optimizer
+from runner.problems.losses import Loss
 
 # What to `pip install` when an engine's framework is missing, where the name differs.
 INSTALL_HINT = {"tensorflow": "tensorflow-cpu", "torch": "torch==2.13.0", "jax": "'jax[cpu]' optax"}

@@ -1,6 +1,6 @@
 """The JAX engine: `jax.vjp` of the loss of each point, the whole loop one `lax.scan` under `jax.jit`.
 
-The update rules are `runner.optimizers`' in `jax.numpy` (optax's rules take one learning rate;
+The update rules are `runner.descent.optimizers`' in `jax.numpy` (optax's rules take one learning rate;
 the tests hold ours to `optax.sgd` and `optax.adam` on single points). Per-point
 hyperparameters and constants are arguments of the compiled loop, not constants baked into it:
 a batch of a million points compiles as fast as one.
@@ -21,7 +21,7 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 import jax  # noqa: E402
 
-from runner import chatter  # noqa: E402
+from runner.records import chatter  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)  # float64 runs need it; float32 runs stay float32
 chatter.quiet_loggers("jax._src.xla_bridge")  # "Unable to initialize backend 'tpu'" on every start
@@ -29,7 +29,7 @@ chatter.quiet_loggers("jax._src.xla_bridge")  # "Unable to initialize backend 't
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from runner import optimizers  # noqa: E402
+from runner.descent import optimizers  # noqa: E402
 from runner.engines import Problem, Rows, Stepper, broadcast_shape, no_gpu, record  # noqa: E402
 
 FRAMEWORK = "jax"

@@ -3,16 +3,16 @@
 A batch steps arrays of shape (points, *shape); a single run of a scalar parameter steps NumPy
 scalars of the dtype instead, because a NumPy operation on a one-element array costs several
 times one on a scalar (array dispatch and allocation), and a step is a handful of operations. Both give the same bits: every operation is the same ufunc, `**` included (`OPS["pow"]`,
-`runner.expressions.numpy_power`).
+`runner.problems.expressions.numpy_power`).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from runner import optimizers
+from runner.descent import optimizers
 from runner.engines import CHECK_EVERY, Problem, Rows, Stepper, alive, broadcast_shape, no_gpu, record
-from runner.expressions import NUMPY_OPS
+from runner.problems.expressions import NUMPY_OPS
 
 FRAMEWORK = "numpy"
 VERSION = np.__version__
@@ -22,7 +22,7 @@ def _norm(v):
     return np.sqrt(np.vecdot(v, v))  # over the last axis, without the temporary of sum(v * v)
 
 
-OPS = NUMPY_OPS  # the expressions' own NumPy functions (runner.expressions): constants use them too
+OPS = NUMPY_OPS  # the expressions' own NumPy functions (runner.problems.expressions): constants use them too
 
 
 def resolve_device(requested: str) -> str:
@@ -35,8 +35,8 @@ def start(problem: Problem) -> Stepper:
     """Gradient descent with NumPy values of the problem's dtype.
 
     >>> from runner.engines import single
-    >>> from runner.expressions import parse_expression as p
-    >>> from runner.losses import Loss
+    >>> from runner.problems.expressions import parse_expression as p
+    >>> from runner.problems.losses import Loss
     >>> square = Loss("square", p("loss.value", "x**2"), (p("loss.grad", "2*x"),))
     >>> step = start(single(square, 5.0, optimizers.Optimizer("sgd", lr=0.3), "float64", "cpu", 1e6, 0))
     >>> step(3).x.tolist()

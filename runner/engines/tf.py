@@ -2,8 +2,8 @@
 `tf.function` compiled by XLA.
 
 The article creates a new `tf.Variable` and runs eagerly at every step, which costs hundreds
-of times more a step than one traced loop (bench/run.py measures both). The update rules are `runner.optimizers`'
-written in tensor operations (Keras optimizers take one learning rate, not one per point; the
+of times more a step than one traced loop (bench/run.py measures both). The update rules are
+`runner.descent.optimizers`' written in tensor operations (Keras optimizers take one learning rate, not one per point; the
 tests hold the rules to `keras.optimizers.SGD` and `Adam` on single points); x and the rule's
 state are the loop's variables.
 """
@@ -18,13 +18,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TF's C++ info and war
 
 import numpy as np  # noqa: E402
 
-from runner import chatter  # noqa: E402
+from runner.records import chatter  # noqa: E402
 
 with chatter.held_back(chatter.TENSORFLOW_IMPORT):
     import tensorflow as tf  # noqa: E402
     import tensorflow.experimental.numpy as tnp  # noqa: E402
 
-from runner import optimizers  # noqa: E402
+from runner.descent import optimizers  # noqa: E402
 from runner.engines import Problem, Rows, Stepper, alive, broadcast_shape, no_gpu, record  # noqa: E402
 
 

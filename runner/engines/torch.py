@@ -1,6 +1,6 @@
 """The PyTorch engine: autograd on a leaf tensor of shape (points, *shape), kept on its device.
 
-The update rules are `runner.optimizers`' written in tensor operations: `torch.optim` takes one
+The update rules are `runner.descent.optimizers`' written in tensor operations: `torch.optim` takes one
 learning rate per parameter, not one per point (the tests hold the rules to `torch.optim.SGD`
 and `torch.optim.Adam` on single points). Each step makes a new leaf from the update: on a
 scalar, within a few percent of a bare loop that keeps x alone (bench/run.py measures both).
@@ -13,7 +13,7 @@ import operator
 import numpy as np
 import torch
 
-from runner import optimizers
+from runner.descent import optimizers
 from runner.engines import CHECK_EVERY, Problem, Rows, Stepper, alive, broadcast_shape, no_gpu, record
 
 FRAMEWORK = "torch"

@@ -1,7 +1,7 @@
 """Losses written as expressions in their YAML file, so that adding a loss is one small file.
 
 A loss file under `conf/loss/` gives the value and the hand-written derivative of a function of
-`x`, as expressions (`runner.expressions`) over numbers, `x`, `+ - * / **`, a few functions, and
+`x`, as expressions (`runner.problems.expressions`) over numbers, `x`, `+ - * / **`, a few functions, and
 named constants:
 
     # conf/loss/quadratic.yaml
@@ -15,7 +15,7 @@ named constants:
 Without `dim`, the expression acts on each coordinate and the loss of a vector is the sum over
 coordinates. With `dim: N` the parameter is a vector of N coordinates written `x[0]`, `x[1]`, ...,
 and `grad` is a list of N partial derivatives. Without `grad`, the derivative is worked out
-symbolically (`runner.expressions.derivative`), which is what `loss=expr loss.expr='...'`
+symbolically (`runner.problems.expressions.derivative`), which is what `loss=expr loss.expr='...'`
 relies on.
 """
 
@@ -30,7 +30,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import numpy as np
 
 from runner.errors import ConfigError
-from runner.expressions import (FUNCTIONS, NUMPY_OPS, VARIABLE, Expression, coordinate_of, derivative,
+from runner.problems.expressions import (FUNCTIONS, NUMPY_OPS, VARIABLE, Expression, coordinate_of, derivative,
                                 parse_expression)
 
 @dataclass(frozen=True)

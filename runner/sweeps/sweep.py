@@ -30,9 +30,11 @@ from hydra.core.utils import JobStatus
 from hydra.errors import CompactHydraException
 from omegaconf import DictConfig
 
-from runner import app, batch_report, job, points, provenance, report
+from runner import app, job, report
 from runner.errors import FAILED, FINISHED, KILLED, RUNNING, ConfigError, JobLost, one_line
 from runner.problem import from_config
+from runner.records import batch_report, provenance
+from runner.sweeps import points
 
 log = logging.getLogger("runner")
 
@@ -43,7 +45,7 @@ class JobsFailed(CompactHydraException):
 
 @dataclass
 class ParentRun:
-    store: Any  # runner.tracking.Store
+    store: Any  # runner.records.tracking.Store
     run_id: str
     folder: Path
     reused: list[str] = field(default_factory=list)  # FINISHED runs standing in for skipped jobs
@@ -68,7 +70,7 @@ def check_grid(overrides: Sequence[Any]) -> None:
 
 def batch_jobs(overrides: Sequence[Any], setting: Any, split_arguments: Any) -> tuple[list[list[str]], list[str]]:
     """The jobs of a batched grid, and a label for each: one job per group of the keys that
-    change the program, running every point of the batched keys (`runner.points.split`).
+    change the program, running every point of the batched keys (`runner.sweeps.points.split`).
     No batched key: the ordinary grid."""
     grouped, batched = points.split(overrides, setting)
     groups = [job for chunk in split_arguments(grouped, None) for job in chunk]
@@ -87,7 +89,7 @@ def check_jobs(config_loader: Any, sweep_config: DictConfig, jobs: Sequence[Sequ
 
     An unreachable tracking server is reported first, before any framework is imported.
     """
-    from runner import tracking
+    from runner.records import tracking
 
     tracking.check_reachable(tracking.tracking_uri(sweep_config.mlflow.tracking_uri, Path.cwd()))
     configs = []
@@ -109,7 +111,7 @@ def parent_run(sweep_config: DictConfig, job_configs: Sequence[DictConfig], jobs
 
     `jobs`: how many jobs will run, where `job_configs` cannot tell (a search's trials).
     """
-    from runner import tracking
+    from runner.records import tracking
 
     folder = Path(sweep_config.hydra.sweep.dir)
     folder.mkdir(parents=True, exist_ok=True)

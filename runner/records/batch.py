@@ -1,5 +1,5 @@
 """A batch: one job that runs every point of a batched sweep's group as one descent, and what it
-records in its one MLflow run (`point_records`, the batch's output for `runner.recording`).
+records in its one MLflow run (`point_records`, the batch's output for `runner.records.recording`).
 
 - params: the group's config, each batched key as its sweep (`lr=range(0.001,1.2,0.001)`) with
   its count, min and max (`lr.count`, `lr.min`, `lr.max`);
@@ -28,15 +28,18 @@ from typing import Any, Optional
 import numpy as np
 from omegaconf import DictConfig
 
-from runner import descent, engines, outcomes, plots, tables, theory
-from runner.points import Points
-from runner.recording import Records
+from runner import engines
+from runner.descent import outcomes, theory
+from runner.descent.loop import Descent, evenly_spaced
+from runner.records import plots, tables
+from runner.records.recording import Records
+from runner.sweeps.points import Points
 
 # points.json, the table MLflow's UI shows, holds at most this many points (evenly spaced);
 # points.csv holds them all.
 TABLE_ROWS = 100_000
 
-# A point's summary: what a run records as metrics (runner.outcomes), with its final x, its
+# A point's summary: what a run records as metrics (runner.descent.outcomes), with its final x, its
 # outcome and theory's rate; runner.reproduce compares them all but the last.
 SUMMARY_COLUMNS = ("final_x", "outcome", *outcomes.QUANTITIES, "spectral_radius")
 
@@ -44,7 +47,7 @@ SUMMARY_COLUMNS = ("final_x", "outcome", *outcomes.QUANTITIES, "spectral_radius"
 def params(flat: dict[str, Any], grid: Points) -> dict[str, Any]:
     """The run's params: the config's, each batched key as its sweep, count, min and max.
 
-    >>> from runner.points import parse
+    >>> from runner.sweeps.points import parse
     >>> params({"lr": 0.001, "epochs": 200}, parse(["lr=range(0.001,1.2,0.001)"]))
     {'lr': 'range(0.001,1.2,0.001)', 'epochs': 200, 'lr.count': 1199, 'lr.min': 0.001, 'lr.max': 1.199}
     """
@@ -56,7 +59,7 @@ def params(flat: dict[str, Any], grid: Points) -> dict[str, Any]:
     return out
 
 
-def point_records(cfg: DictConfig, problem: engines.Problem, grid: Points, result: descent.Descent,
+def point_records(cfg: DictConfig, problem: engines.Problem, grid: Points, result: Descent,
                   wall_time: float, hydra_cfg: Any) -> Records:
     """A batch's records: a row per point (points.csv, and points.json for the UI), the kept
     trajectories, figures, the summary and, where lr is batched on a loss of known curvature, the
@@ -72,7 +75,7 @@ def point_records(cfg: DictConfig, problem: engines.Problem, grid: Points, resul
         files.append(tables.write_table(out_dir / "stability.csv", stability))
     summary = summary_metrics(grid, table, stability)
     kept = len(result.kept)
-    shown = descent.evenly_spaced(grid.count, TABLE_ROWS)
+    shown = evenly_spaced(grid.count, TABLE_ROWS)
     return Records(
         value=float(summary.get("best_final_loss", math.nan)),
         metrics=summary,
@@ -84,7 +87,7 @@ def point_records(cfg: DictConfig, problem: engines.Problem, grid: Points, resul
     )
 
 
-def point_table(grid: Points, result: descent.Descent, radius: Optional[np.ndarray],
+def point_table(grid: Points, result: Descent, radius: Optional[np.ndarray],
                 overrides: list[str]) -> dict[str, Any]:
     """A column per name, a row per point: the batched keys, the summary, where its rows are
     kept, and the command-line overrides that rerun the point alone."""
@@ -130,7 +133,7 @@ def rerun_overrides(hydra_cfg: Any, grid: Points) -> list[str]:
     return kept
 
 
-def write_trajectories(path: Path, grid: Points, result: descent.Descent) -> Path:
+def write_trajectories(path: Path, grid: Points, result: Descent) -> Path:
     """The kept rows in one compressed file: `points` (their indices), `x`, `loss`, `grad`
     ((rows, kept, ...): column k is the k-th kept point, NaN after its last row), `norms` past
     RECORDED coordinates, and each batched key's values at those points (`lr`, ...)."""

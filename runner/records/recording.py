@@ -6,7 +6,7 @@ those logged to the run, the terminal's lines, and the files uploaded once the l
 (the job's `.hydra/` config went up when its run began).
 A job's output is one of two functions of the descent: `trajectory_records` for a single run
 (every epoch of its one point: per-step metrics, trajectory.csv and the article's figure), and
-`runner.batch.point_records` for a batch (a row per point: points.csv, its summary, figures).
+`runner.records.batch.point_records` for a batch (a row per point: points.csv, its summary, figures).
 """
 
 from __future__ import annotations
@@ -20,8 +20,11 @@ from typing import Any, Callable, Optional
 import numpy as np
 from omegaconf import DictConfig
 
-from runner import descent, engines, job, plots, tables, theory
-from runner.expressions import NUMPY_OPS
+from runner import engines, job
+from runner.descent import theory
+from runner.descent.loop import Descent, Loop, Trajectory, timed
+from runner.problems.expressions import NUMPY_OPS
+from runner.records import plots, tables
 
 log = logging.getLogger("runner")
 
@@ -35,21 +38,21 @@ class Records:
     tags: dict[str, Any]
     lines: list[str]  # for the terminal, each under the job's label
     files: list[Path]  # artifacts, at the run's root
-    trajectory: Optional[descent.Trajectory] = None  # every series of it, per step (metrics' steps)
+    trajectory: Optional[Trajectory] = None  # every series of it, per step (metrics' steps)
     series: dict[str, np.ndarray] = field(default_factory=dict)  # metric histories: one value a step
     tables: dict[str, dict] = field(default_factory=dict)  # artifact file -> columns, as the UI shows tables
 
 
-Outputs = Callable[[DictConfig, engines.Problem, Any, descent.Descent, float, Any], Records]
+Outputs = Callable[[DictConfig, engines.Problem, Any, Descent, float, Any], Records]
 
 
-def descend_and_record(store: Any, run_id: str, cfg: DictConfig, problem: engines.Problem, loop: descent.Loop,
+def descend_and_record(store: Any, run_id: str, cfg: DictConfig, problem: engines.Problem, loop: Loop,
                        engine: Any, grid: Any, hydra_cfg: Any, outputs: Outputs) -> float:
     """Run the descent of the job and record it in its run (`outputs` makes its records); the
     value a sweeper minimises."""
     what = grid.name() if grid else f"lr={cfg.lr}"
     label = f"[{job.position(hydra_cfg)}{cfg.backend.name} {problem.optimizer.name} {what}]"
-    result, wall_time = descent.timed(problem, engine, loop, None if job.shares_terminal(hydra_cfg) else label)
+    result, wall_time = timed(problem, engine, loop, None if job.shares_terminal(hydra_cfg) else label)
     log.debug("descent: %d rows of %d point(s) in %.3f s", len(result.loss), problem.points, wall_time)
     records = outputs(cfg, problem, grid, result, wall_time, hydra_cfg)
     if records.trajectory is not None:
@@ -70,7 +73,7 @@ def descend_and_record(store: Any, run_id: str, cfg: DictConfig, problem: engine
     return records.value
 
 
-def trajectory_records(cfg: DictConfig, problem: engines.Problem, grid: None, result: descent.Descent,
+def trajectory_records(cfg: DictConfig, problem: engines.Problem, grid: None, result: Descent,
                        wall_time: float, hydra_cfg: Any) -> Records:
     """A single run's records: every epoch's x, loss and gradient, its summary, trajectory.csv and
     the article's figure (a path per coordinate for a vector)."""
@@ -94,7 +97,7 @@ def trajectory_records(cfg: DictConfig, problem: engines.Problem, grid: None, re
     )
 
 
-def _lines(problem: engines.Problem, trajectory: descent.Trajectory, summary: Any) -> list[str]:
+def _lines(problem: engines.Problem, trajectory: Trajectory, summary: Any) -> list[str]:
     """The terminal's account of a run: the article's line, how it ended."""
     if trajectory.x.ndim == 1:
         # The article's line; a long run shows its first and last 8 epochs.

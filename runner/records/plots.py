@@ -11,7 +11,7 @@ from typing import Callable, Optional
 import numpy as np
 from matplotlib.figure import Figure
 
-from runner.descent import Trajectory
+from runner.descent.loop import Trajectory
 
 
 def article_figure(loss_value: Callable[[np.ndarray], np.ndarray], trajectory: Trajectory) -> Figure:

@@ -143,7 +143,7 @@ def objective(job_return: Any) -> Optional[float]:
 
 
 def recorded_objective(record: Any) -> float:
-    """What Optuna is told of a trial an earlier search recorded (a runner.tracking.RunRecord)."""
+    """What Optuna is told of a trial an earlier search recorded (a runner.records.tracking.RunRecord)."""
     return _finite_or_inf(record.metrics.get("final_loss", math.inf))
 
 

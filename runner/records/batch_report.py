@@ -18,8 +18,9 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from runner import plots, report, tables
-from runner.outcomes import CONVERGED, DIVERGED, NOT_CONVERGED
+from runner import report
+from runner.descent.outcomes import CONVERGED, DIVERGED, NOT_CONVERGED
+from runner.records import plots, tables
 
 COLUMNS = ["backend", "optimizer", "loss", "batched", "points", CONVERGED, NOT_CONVERGED, DIVERGED, "best_final_loss",
            "fastest_rate", "largest_stable_lr", "largest_stable_lr_theory", "rate_vs_theory", "wall_time_s", "parity"]

@@ -31,10 +31,10 @@ from mlflow import MlflowClient  # noqa: E402
 from mlflow.entities import Metric, Param, RunStatus, RunTag  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
 
-from runner import chatter  # noqa: E402
-from runner.descent import Trajectory  # noqa: E402
+from runner.descent.loop import Trajectory  # noqa: E402
 from runner.errors import FAILED, FINISHED, KILLED, RUNNING, ConfigError  # noqa: E402
 from runner.job import NUMBER_TAG  # noqa: E402
+from runner.records import chatter  # noqa: E402
 
 chatter.quiet_loggers("mlflow.store.db.utils")  # "Creating initial MLflow database tables...", on a new store
 

@@ -18,9 +18,9 @@ from typing import Any, Optional, Sequence
 import numpy as np
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from runner.descent import PIECE_BYTES
+from runner.descent.loop import PIECE_BYTES
+from runner.descent.optimizers import HYPERPARAMETERS
 from runner.errors import ConfigError
-from runner.optimizers import HYPERPARAMETERS
 
 # Keys whose values a batch may vary, beside any constant of the loss (`loss.params.NAME`).
 BATCHABLE = (*(h.key for h in HYPERPARAMETERS.values()), "x_start")

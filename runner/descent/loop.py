@@ -8,7 +8,7 @@ summary tallied as they come, whole trajectories kept for as many points as memo
 An engine computes rows (`engine.start(problem)(count)`); everything else is here, written once
 over the point axis, as the `Loop` says: the pieces (all rows at once when they fit `PIECE_BYTES`, ~100 pieces with a
 progress bar), divergence (each point stops on its own: its rows after the one where it
-diverged are not kept, and NaN in the kept arrays), the summaries (`runner.outcomes`), and the
+diverged are not kept, and NaN in the kept arrays), the summaries (`runner.descent.outcomes`), and the
 trajectories kept (every point's, or past `loop.keep_bytes` an evenly spaced subset).
 """
 
@@ -23,8 +23,8 @@ from typing import Callable, Mapping, Optional
 
 import numpy as np
 
+from runner.descent.outcomes import Summary, Tally
 from runner.engines import CHECK_EVERY, Problem, Rows
-from runner.outcomes import Summary, Tally
 
 # The rows of one piece, on the host, are at most this large: a million points of a scalar
 # take 5 rows a piece, a single run all its rows at once.
@@ -124,9 +124,9 @@ def descend(problem: Problem, engine: ModuleType, loop: Loop) -> Descent:
     """Run `problem` on `engine`, every point to its last epoch or to where it diverged.
 
     >>> from runner import engines
-    >>> from runner.expressions import parse_expression as p
-    >>> from runner.losses import Loss
-    >>> from runner.optimizers import Optimizer
+    >>> from runner.problems.expressions import parse_expression as p
+    >>> from runner.problems.losses import Loss
+    >>> from runner.descent.optimizers import Optimizer
     >>> square = Loss("square", p("loss.value", "x**2"), (p("loss.grad", "2*x"),), minimiser=(p("m", "0"),))
     >>> problem = engines.Problem(square, np.array([5.0, 5.0]), Optimizer("sgd", np.array([0.3, 0.75])), "float64",
     ...                           "cpu", 1e6, 0)
@@ -169,7 +169,7 @@ def descend(problem: Problem, engine: ModuleType, loop: Loop) -> Descent:
 def timed(problem: Problem, engine: ModuleType, loop: Loop, bar_label: Optional[str]) -> tuple[Descent, float]:
     """`descend`, with a progress bar under `bar_label` on a terminal (None: no bar), and the
     seconds it took."""
-    from runner import progress
+    from runner.records import progress
 
     bar = None if bar_label is None else progress.for_display(bar_label, loop.epochs + 1)
     started = time.perf_counter()
@@ -215,8 +215,8 @@ def piece_rows(problem: Problem, loop: Loop) -> int:
     """Rows per piece: all of them when they fit PIECE_BYTES; about PROGRESS_PIECES pieces of
     at least CHECK_EVERY rows with a progress bar. Every piece has this many (the last is cut).
 
-    >>> from runner.losses import Loss
-    >>> from runner.optimizers import Optimizer
+    >>> from runner.problems.losses import Loss
+    >>> from runner.descent.optimizers import Optimizer
     >>> def points(count):
     ...     return Problem(Loss("square", None, ()), np.full(count, 5.0), Optimizer("sgd", 0.1), "float32", "cpu", 1e6, 0)
     >>> piece_rows(points(1), Loop(999, 1e-4))

@@ -15,7 +15,7 @@ at zero: m * 0 + g = g, PyTorch's first step), as a compiled loop (`tf.while_loo
 
 `HYPERPARAMETERS` is the one list of hyperparameters: their config keys, the values each may
 take, and so the schema's fields (`runner.schema.OptimizerConfig`), its range checks, the keys a
-batch may vary (`runner.points.BATCHABLE`) and what a job's Optimizer is built from
+batch may vary (`runner.sweeps.points.BATCHABLE`) and what a job's Optimizer is built from
 (`runner.problem`). A new rule with a new hyperparameter is a function here, its entry in
 `RULES`, its hyperparameter in `HYPERPARAMETERS`, and `conf/optimizer/NAME.yaml`.
 """
