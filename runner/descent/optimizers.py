@@ -6,7 +6,7 @@ manner of optax, `init(x) -> state` and `update(grad, state, x) -> (new_x, new_s
 with Python's arithmetic operators and the framework's `sqrt` and `pow` from its `OPS`, so that
 the same lines run on NumPy arrays (and scalars), TensorFlow and JAX tensors, and PyTorch
 tensors, with per-point hyperparameters broadcast against x. They follow PyTorch's formulas
-(`torch.optim.SGD`, `torch.optim.Adam`); the frameworks' own optimizer classes, which take one
+(`torch.optim.SGD`, `torch.optim.Adam`, AMSGrad as `Adam(amsgrad=True)`); the frameworks' own optimizer classes, which take one
 learning rate per parameter and not one per point, are the reference the tests compare against.
 
 State is a tuple of arrays of fixed structure from the first step on (a momentum buffer starts
@@ -126,20 +126,43 @@ def adam(h: Mapping[str, Any], ops: Mapping[str, Callable]) -> tuple[Init, Updat
     """Adam with bias correction, eps added to the corrected root mean square (as PyTorch).
     The step count t is part of the state, one per point, in x's dtype (exact up to 2^24 steps
     in float32)."""
+    return _adam(h, ops, amsgrad=False)
+
+
+def amsgrad(h: Mapping[str, Any], ops: Mapping[str, Callable]) -> tuple[Init, Update]:
+    """AMSGrad (Reddi, Kale and Kumar, "On the Convergence of Adam and Beyond", ICLR 2018): Adam
+    whose denominator uses the largest second moment so far, so that no step size ever grows;
+    bias-corrected as PyTorch's `Adam(amsgrad=True)`.
+
+    >>> from runner.engines.numpy import OPS
+    >>> h = {"lr": 0.1, "beta1": 0.0, "beta2": 0.5, "eps": 0.0}
+    >>> def path(rule):
+    ...     init, update = rule(h, OPS)
+    ...     x, state = update(4.0, init(1.0), 1.0)  # v = 8: a step of lr, to 0.9
+    ...     x, state = update(1.0, state, x)        # v = 4.5: AMSGrad divides by sqrt(8 / 0.75)
+    ...     return round(float(x), 6)
+    >>> path(amsgrad), path(adam)
+    (0.869381, 0.859175)
+    """
+    return _adam(h, ops, amsgrad=True)
+
+
+def _adam(h: Mapping[str, Any], ops: Mapping[str, Callable], amsgrad: bool) -> tuple[Init, Update]:
     lr, b1, b2, eps = h["lr"], h["beta1"], h["beta2"], h["eps"]
-    sqrt, power = ops["sqrt"], ops["pow"]
+    sqrt, power, maximum = ops["sqrt"], ops["pow"], ops["maximum"]
     one_minus_b1, one_minus_b2 = 1 - b1, 1 - b2
 
     def update(g, state, x):
-        m, v, t = state
+        m, v, largest, t = state
         t = t + 1
         m = b1 * m + one_minus_b1 * g
         v = b2 * v + one_minus_b2 * g * g
+        largest = maximum(largest, v) if amsgrad else v
         m_hat = m / (1 - power(b1, t))
-        denominator = sqrt(v) / sqrt(1 - power(b2, t)) + eps
-        return x - lr * m_hat / denominator, (m, v, t)
+        denominator = sqrt(largest) / sqrt(1 - power(b2, t)) + eps
+        return x - lr * m_hat / denominator, (m, v, largest, t)
 
-    return (lambda x: (x * 0, x * 0, b1 * 0)), update
+    return (lambda x: (x * 0, x * 0, x * 0, b1 * 0)), update
 
 
 # Each rule, and the hyperparameters it reads (a batch may give them one value per point).
@@ -148,6 +171,7 @@ RULES: dict[str, tuple[Callable[[Mapping[str, Any], Mapping[str, Callable]], tup
     "momentum": (momentum, ("lr", "momentum")),
     "nesterov": (nesterov, ("lr", "momentum")),
     "adam": (adam, ("lr", "beta1", "beta2", "eps")),
+    "amsgrad": (amsgrad, ("lr", "beta1", "beta2", "eps")),
 }
 
 
