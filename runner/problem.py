@@ -51,9 +51,18 @@ def from_config(cfg: DictConfig) -> tuple[engines.Problem, Loop, ModuleType, Opt
                           f"{', '.join(optimizers.RULES)}")
     optimizer = optimizers.Optimizer(o.name, **{name: values[h.key] if h.key in values else OmegaConf.select(cfg, h.key)
                                                 for name, h in optimizers.HYPERPARAMETERS.items()})
+    if optimizers.needs_minimum(o.name) and loss.minimiser is None:
+        raise ConfigError(f"optimizer={o.name} needs the loss's minimum f*: loss={loss.name} has no loss.minimiser "
+                          f"(set it, or take a loss that has one: {', '.join(_losses_with_minimiser())})")
     device = engine.resolve_device(cfg.device.value)
     problem = engines.Problem(loss, x_start, optimizer, cfg.dtype.value, device, cfg.stop.diverge_above, cfg.seed)
     return problem, Loop(cfg.epochs, cfg.stop.tolerance, keep_bytes), engine, grid
+
+
+def _losses_with_minimiser() -> list[str]:
+    """The losses of conf/loss/ that set their minimiser."""
+    files = sorted((schema.CONF_DIR / "loss").glob("*.yaml"))
+    return [path.stem for path in files if OmegaConf.load(path).get("minimiser") is not None]
 
 
 def _shape(cfg: DictConfig, loss: losses.Loss, starts: np.ndarray) -> tuple[int, ...]:

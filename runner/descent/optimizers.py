@@ -27,6 +27,8 @@ from typing import Any, Callable, Mapping, Optional
 
 import numpy as np
 
+from runner.errors import ConfigError
+
 Init = Callable[[Any], tuple]
 Update = Callable[[Any, tuple, Any], tuple[Any, tuple]]
 
@@ -165,20 +167,67 @@ def _adam(h: Mapping[str, Any], ops: Mapping[str, Callable], amsgrad: bool) -> t
     return (lambda x: (x * 0, x * 0, x * 0, b1 * 0)), update
 
 
-# Each rule, and the hyperparameters it reads (a batch may give them one value per point).
+def polyak(h: Mapping[str, Any], ops: Mapping[str, Callable]) -> tuple[Init, Update]:
+    """Polyak's step (B. T. Polyak, "Introduction to Optimization", 1987):
+    x <- x - lr (f(x) - f*) / |g|^2 g, the step that would reach the minimum f* if f were linear
+    along g; lr = 1 is Polyak's own, a smaller lr a damped one. It reads f(x) (`objective`, the
+    engine's) and f* per point (`minimum`, the loss's value at its known minimiser). On y = x^2
+    it is 1/4 whatever x: x halves every step.
+
+    >>> from runner.engines.numpy import OPS
+    >>> init, update = polyak({"lr": 1.0, "objective": lambda x: x * x, "minimum": 0.0}, OPS)
+    >>> x = np.float64(5.0)
+    >>> for _ in range(3):
+    ...     x, state = update(2 * x, init(x), x)
+    >>> float(x)
+    0.625
+    """
+    lr, objective, minimum = h["lr"], h["objective"], h["minimum"]
+    total, maximum = ops["sum"], ops["maximum"]
+
+    def update(g, state, x):
+        f, squared = objective(x), g * g
+        if len(g.shape) > len(f.shape):  # a vector parameter: one squared norm per point
+            squared, f = total(squared, -1)[..., None], f[..., None]
+        # At the minimum both f - f* and |g|^2 are 0: the floor (float32's smallest normal) makes
+        # the step 0 there instead of 0 / 0.
+        return x - lr * (f - minimum) / maximum(squared, squared * 0 + TINY) * g, state
+
+    return (lambda x: ()), update
+
+
+TINY = float(np.finfo(np.float32).tiny)
+
+
+# Each rule, and what it reads: hyperparameters (a batch may give them one value per point), and
+# `objective` and `minimum` (f(x), and f* per point), which the engine gives the rules that read them.
 RULES: dict[str, tuple[Callable[[Mapping[str, Any], Mapping[str, Callable]], tuple[Init, Update]], tuple[str, ...]]] = {
     "sgd": (sgd, ("lr",)),
     "momentum": (momentum, ("lr", "momentum")),
     "nesterov": (nesterov, ("lr", "momentum")),
     "adam": (adam, ("lr", "beta1", "beta2", "eps")),
     "amsgrad": (amsgrad, ("lr", "beta1", "beta2", "eps")),
+    "polyak": (polyak, ("lr", "objective", "minimum")),
 }
 
 
-def rule(optimizer: Optimizer, ops: Mapping[str, Callable], convert: Optional[Callable] = None
-         ) -> tuple[Init, Update]:
-    """`init` and `update` of the optimizer's rule, each hyperparameter passed through `convert`
-    (an engine's: a per-point array -> its own array shaped to broadcast against x)."""
+def needs_minimum(name: str) -> bool:
+    """Whether rule `name` reads the loss's minimum f*."""
+    return "minimum" in RULES[name][1]
+
+
+def rule(optimizer: Optimizer, ops: Mapping[str, Callable], convert: Optional[Callable] = None,
+         objective: Optional[Callable] = None, minimum: Optional[np.ndarray] = None) -> tuple[Init, Update]:
+    """`init` and `update` of the optimizer's rule, each hyperparameter and the minimum f* (one
+    per point) passed through `convert` (an engine's: a per-point array -> its own array shaped to
+    broadcast against x); `objective` is the engine's f(x)."""
     function, reads = RULES[optimizer.name]
-    values = {name: getattr(optimizer, name) for name in reads}
-    return function({k: convert(v) if convert else v for k, v in values.items()}, ops)
+    values = {name: getattr(optimizer, name) for name in reads if name in HYPERPARAMETERS}
+    if "minimum" in reads:
+        if minimum is None:
+            raise ConfigError(f"optimizer={optimizer.name} needs the loss's minimum f*, which this loss does not know")
+        values["minimum"] = minimum
+    h = {k: convert(v) if convert else v for k, v in values.items()}
+    if "objective" in reads:
+        h["objective"] = objective
+    return function(h, ops)

@@ -33,6 +33,7 @@ from typing import Any, Callable, Optional, Protocol
 
 import numpy as np
 
+from runner.descent import optimizers
 from runner.descent.optimizers import Optimizer
 from runner.errors import ConfigError
 from runner.problems.losses import Loss
@@ -78,6 +79,12 @@ class Problem:
         """How many leading coordinates each step records, or None for all of them."""
         size = int(np.prod(self.shape))
         return RECORDED if size > RECORDED else None
+
+    def minimum(self) -> Optional[np.ndarray]:
+        """The loss's minimum f* for each point where an update rule reads it (Polyak's), else None."""
+        if not optimizers.needs_minimum(self.optimizer.name):
+            return None
+        return self.loss.minimum_values(self.shape, self.points)
 
     def per_point(self, value: object) -> np.ndarray:
         """A hyperparameter or constant as an array of one float64 per point."""

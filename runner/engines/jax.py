@@ -67,13 +67,15 @@ def start(problem: Problem) -> Stepper:
 
     # The values that may differ from point to point go in as arguments.
     batched = {"loss": {k: on_device(v) for k, v in problem.loss.constants.items() if np.ndim(v)},
-               "rule": {k: on_device(problem.per_point(v)) for k, v in problem.optimizer.hyperparameters().items()}}
+               "rule": {k: on_device(problem.per_point(v)) for k, v in problem.optimizer.hyperparameters().items()},
+               "minimum": None if (minimum := problem.minimum()) is None else on_device(minimum)}
 
     def descent(values):
         loss = problem.loss.with_constants(values["loss"])
         value = loss.objective(OPS, shape, lambda v: v)
         rule = optimizers.Optimizer(problem.optimizer.name, **values["rule"])
-        init, update = optimizers.rule(rule, OPS, lambda v: jnp.reshape(v, broadcast_shape(problem)))
+        init, update = optimizers.rule(rule, OPS, lambda v: jnp.reshape(v, broadcast_shape(problem)), value,
+                                       values["minimum"])
         ones = jnp.ones(problem.points, dtype)
 
         def step(carry, _):

@@ -53,7 +53,8 @@ def start(problem: Problem) -> Stepper:
     value = problem.loss.objective(OPS, problem.shape, convert)
     derivative = problem.loss.gradient(OPS, problem.shape, convert)
     init, update = optimizers.rule(problem.optimizer, OPS,
-                                   lambda v: convert(problem.per_point(v).reshape(broadcast_shape(problem))))
+                                   lambda v: convert(problem.per_point(v).reshape(broadcast_shape(problem))),
+                                   value, problem.minimum())
     x = problem.x_start.astype(dtype)
     x = x.reshape(-1)[0] if scalar else x
     state = init(x)

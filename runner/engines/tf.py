@@ -71,7 +71,8 @@ def start(problem: Problem) -> Stepper:
         # The bound expression is already plain tensor arithmetic: nothing for AutoGraph to convert.
         value = tf.autograph.experimental.do_not_convert(problem.loss.objective(OPS, problem.shape, convert))
         init, update = optimizers.rule(problem.optimizer, OPS,
-                                       lambda v: convert(problem.per_point(v).reshape(broadcast_shape(problem))))
+                                       lambda v: convert(problem.per_point(v).reshape(broadcast_shape(problem))),
+                                       value, problem.minimum())
         x0 = tf.constant(problem.x_start, dt)
         carry = [x0, init(x0)]
         bound = tf.constant(problem.diverge_above, dt)

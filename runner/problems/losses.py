@@ -86,6 +86,23 @@ class Loss:
         """The minimiser for each point, shape (points, k) (k = 1 for a loss of each coordinate)."""
         return None if self.minimiser is None else self._evaluate(self.minimiser)
 
+    def minimum_values(self, shape: tuple[int, ...], points: int) -> Optional[np.ndarray]:
+        """f* = the loss at its minimiser, for each point (float64, shape (points,)), or None where
+        the minimiser is not known.
+
+        >>> from runner.problems.expressions import parse_expression as p
+        >>> a = {"a": 2.0}  # two coordinates, each at its minimum 3 at x = 1
+        >>> Loss("q", p("v", "a*(x - 1)**2 + 3", a), (p("g", "2*a*(x - 1)", a),), minimiser=(p("m", "1"),),
+        ...      constants=a).minimum_values((2,), 1).tolist()
+        [6.0]
+        """
+        minimiser = self.minimiser_values()
+        if minimiser is None:
+            return None
+        minimiser = np.broadcast_to(minimiser, (points, minimiser.shape[1]))
+        at = minimiser[:, 0] if shape == () else np.broadcast_to(minimiser, (points, *shape))
+        return np.asarray(self.objective(NUMPY_OPS, shape)(at), dtype=np.float64)
+
     def curvature_values(self) -> Optional[np.ndarray]:
         """The curvatures for each point, shape (points, m)."""
         return None if self.curvatures is None else self._evaluate(self.curvatures)
