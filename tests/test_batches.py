@@ -44,8 +44,10 @@ CASES = {  # a batched key of each kind: hyperparameters, x_start (a vector), a 
                  ["x_start=[1,1],[-2,0.5],[0.3,-4]", "optimizer.momentum=range(0,1,0.1)", "lr=0.5,1.5"]),
     "adam": (["loss=quadratic", "optimizer=adam", "x_start=-2", "epochs=300"],
              ["lr=0.01,0.1,0.5", "optimizer.beta1=0.5,0.9", "loss.params.a=range(0.5,5,0.5)"]),
-    "polyak": (["loss=quadratic", "optimizer=polyak", "x_start=-2", "epochs=100"],  # f* and x* per point
+    "polyak": (["loss=quadratic", "optimizer=polyak", "x_start=-2", "epochs=30"],  # f* and x* per point
                ["lr=0.5,1,1.5", "loss.params.b=range(-1,2,0.25)"]),
+    "armijo": (["loss=rosenbrock", "optimizer=armijo", "epochs=30"],  # each point its own line search
+               ["lr=0.01,0.1,1", "x_start=[-1.5,2],[0,0],[2,-1]"]),
 }
 
 

@@ -22,6 +22,7 @@ OPTIMIZERS = {
     "adam": Optimizer("adam", 0.05, beta1=0.9, beta2=0.999, eps=1e-8),
     "amsgrad": Optimizer("amsgrad", 0.05, beta1=0.9, beta2=0.999, eps=1e-8),
     "polyak": Optimizer("polyak", 0.5),
+    "armijo": Optimizer("armijo", 1.0),
 }
 STARTS = {"square": 5.0, "double_well": 2.5, "rosenbrock": [-1.5, 2.0]}
 
@@ -153,6 +154,8 @@ REFERENCE_TOLERANCE = {("tf", "adam"): 1e-6, ("jax", "adam"): 1e-6, ("tf", "amsg
 # Where a framework's class of the same name is another rule, or it has none: no reference there.
 ANOTHER_RULE = {("jax", "amsgrad"): "optax.amsgrad keeps the largest bias-corrected second moment, PyTorch and Keras "
                                     "the largest raw one: 0.33 relative apart after 100 steps on y = x^2",
+                **{(backend, "armijo"): "the runner's Armijo is the reference (halving from lr, c = 1e-4); the "
+                   "frameworks have no such optimizer class" for backend in ("tf", "torch", "jax")},
                 ("torch", "polyak"): "torch.optim has no Polyak step", ("tf", "polyak"): "Keras has no Polyak step",
                 ("jax", "polyak"): "optax.polyak_sgd (0.2.8) stepped x = 5 on y = x^2 by -5 at scaling 0.5, where "
                                    "0.5 (f - f*) / |g|^2 g is -1.25: not a reference until that is understood"}
@@ -184,6 +187,14 @@ def test_the_polyak_step_on_y_equals_x_squared_is_one_quarter(backend):
     """(f - f*) / |g|^2 = x^2 / 4x^2: x halves every step, on every backend, to the last bit."""
     x = descend(backend, "square", Optimizer("polyak", 1.0), "float64", epochs=40).x
     assert x.tolist() == (5.0 * 0.5 ** np.arange(41)).tolist()
+
+
+@pytest.mark.parametrize("backend", backend_params())
+def test_armijo_from_lr_one_accepts_one_half_and_lands_on_the_minimum(backend):
+    """On y = x^2 the step 1 would land on -x (no decrease): it is halved once, to 1/2, which
+    lands on 0 in one step; there the line search accepts its first step, which moves nothing."""
+    x = descend(backend, "square", Optimizer("armijo", 1.0), "float64", epochs=5).x
+    assert x.tolist() == [5.0, 0.0, 0.0, 0.0, 0.0, 0.0]
 
 
 def test_a_rule_takes_one_hyperparameter_per_point():

@@ -198,6 +198,45 @@ def polyak(h: Mapping[str, Any], ops: Mapping[str, Callable]) -> tuple[Init, Upd
 
 TINY = float(np.finfo(np.float32).tiny)
 
+ARMIJO_DECREASE = 1e-4  # c of f(x - t g) <= f(x) - c t |g|^2: Nocedal and Wright's usual value
+ARMIJO_TRIALS = 20  # t = lr, lr/2, ..., lr/2^19; where none is accepted, the last is taken
+
+
+def armijo(h: Mapping[str, Any], ops: Mapping[str, Callable]) -> tuple[Init, Update]:
+    """Gradient descent with Armijo's backtracking line search (Armijo, 1966), per point: the
+    first of t = lr, lr/2, lr/4, ... with sufficient decrease, f(x - t g) <= f(x) - c t |g|^2
+    (c = ARMIJO_DECREASE), then x <- x - t g. Every point tries all ARMIJO_TRIALS steps, so
+    that a compiled loop stays one shape; each costs one evaluation of f. On y = x^2 from lr = 1
+    it rejects 1 (x would land on -x) and accepts 1/2, the minimum, in one step.
+
+    >>> from runner.engines.numpy import OPS
+    >>> init, update = armijo({"lr": 1.0, "objective": lambda x: x * x}, OPS)
+    >>> x = np.float64(5.0)
+    >>> x, state = update(2 * x, init(x), x)
+    >>> float(x)
+    0.0
+    """
+    lr, objective = h["lr"], h["objective"]
+    total, where = ops["sum"], ops["where"]
+
+    def update(g, state, x):
+        f, squared = objective(x), g * g
+        vector = len(g.shape) > len(f.shape)  # then f and |g|^2 per point, as a column against x
+
+        def column(values):
+            return values[..., None] if vector else values
+
+        f, squared = column(f), column(total(squared, -1)) if vector else squared
+        t = lr + x * 0  # one step size per point (per coordinate of a point: all the same)
+        chosen, found = t / 2 ** (ARMIJO_TRIALS - 1), t < 0
+        for _ in range(ARMIJO_TRIALS):
+            accepted = column(objective(x - t * g)) <= f - ARMIJO_DECREASE * t * squared
+            chosen, found = where(accepted & ~found, t, chosen), found | accepted
+            t = t / 2
+        return x - chosen * g, state
+
+    return (lambda x: ()), update
+
 
 # Each rule, and what it reads: hyperparameters (a batch may give them one value per point), and
 # `objective` and `minimum` (f(x), and f* per point), which the engine gives the rules that read them.
@@ -208,6 +247,7 @@ RULES: dict[str, tuple[Callable[[Mapping[str, Any], Mapping[str, Callable]], tup
     "adam": (adam, ("lr", "beta1", "beta2", "eps")),
     "amsgrad": (amsgrad, ("lr", "beta1", "beta2", "eps")),
     "polyak": (polyak, ("lr", "objective", "minimum")),
+    "armijo": (armijo, ("lr", "objective")),
 }
 
 

@@ -44,7 +44,7 @@ for _gpu in tf.config.list_physical_devices("GPU"):
 FRAMEWORK = "tensorflow"
 VERSION = tf.__version__
 OPS = {"sin": tf.sin, "cos": tf.cos, "tanh": tf.tanh, "exp": tf.exp, "log": tf.math.log,
-       "sqrt": tf.sqrt, "abs": tf.abs, "maximum": tf.maximum, "pow": operator.pow, "sum": lambda v, axes: tf.reduce_sum(v, axis=axes),
+       "sqrt": tf.sqrt, "abs": tf.abs, "maximum": tf.maximum, "where": tf.where, "pow": operator.pow, "sum": lambda v, axes: tf.reduce_sum(v, axis=axes),
        "stack": lambda parts: tf.stack(parts, axis=-1)}
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-PROJECT = Path(__file__).resolve().parent.parent
+PROJECT = Path(__file__).resolve().parents[2]  # the checkout: runner/records/ is two below it
 # Keys that say where or whether to record, not what is computed. A batch's points
 # (`batch.sweep`) are what it computes: hashed, when there are any.
 NOT_HASHED = ("mlflow", "skip_done", "batch")
