@@ -3,11 +3,13 @@
 `Optimizer` holds a rule's name and hyperparameters as plain values: a number each, or in a
 batched sweep an array of one number per point. Each rule is a pair of pure functions in the
 manner of optax, `init(x) -> state` and `update(grad, state, x) -> (new_x, new_state)`, written
-with Python's arithmetic operators and the framework's `sqrt` and `pow` from its `OPS`, so that
-the same lines run on NumPy arrays (and scalars), TensorFlow and JAX tensors, and PyTorch
-tensors, with per-point hyperparameters broadcast against x. They follow PyTorch's formulas
-(`torch.optim.SGD`, `torch.optim.Adam`, AMSGrad as `Adam(amsgrad=True)`); the frameworks' own optimizer classes, which take one
-learning rate per parameter and not one per point, are the reference the tests compare against.
+with Python's arithmetic operators and the framework's `sqrt`, `pow`, `maximum` and `where`
+from its `OPS`, so that the same lines run on NumPy arrays (and scalars), TensorFlow and JAX
+tensors, and PyTorch tensors, with per-point hyperparameters broadcast against x. They follow
+PyTorch's formulas (`torch.optim.SGD`, `torch.optim.Adam`, AMSGrad as `Adam(amsgrad=True)`);
+the frameworks' own optimizer classes, which take one learning rate per parameter and not one
+per point, are the reference the tests compare against. The adaptive steps also read the loss:
+Polyak's f(x) and its minimum f*, Armijo's line search f(x) at its trial points.
 
 State is a tuple of arrays of fixed structure from the first step on (a momentum buffer starts
 at zero: m * 0 + g = g, PyTorch's first step), as a compiled loop (`tf.while_loop`,
@@ -150,21 +152,25 @@ def amsgrad(h: Mapping[str, Any], ops: Mapping[str, Callable]) -> tuple[Init, Up
 
 
 def _adam(h: Mapping[str, Any], ops: Mapping[str, Callable], amsgrad: bool) -> tuple[Init, Update]:
+    """Adam's state is (m, v, t); AMSGrad's (m, v, largest v so far, t)."""
     lr, b1, b2, eps = h["lr"], h["beta1"], h["beta2"], h["eps"]
     sqrt, power, maximum = ops["sqrt"], ops["pow"], ops["maximum"]
     one_minus_b1, one_minus_b2 = 1 - b1, 1 - b2
 
     def update(g, state, x):
-        m, v, largest, t = state
+        m, v, *largest, t = state
         t = t + 1
         m = b1 * m + one_minus_b1 * g
         v = b2 * v + one_minus_b2 * g * g
-        largest = maximum(largest, v) if amsgrad else v
+        largest = [maximum(largest[0], v)] if amsgrad else []
         m_hat = m / (1 - power(b1, t))
-        denominator = sqrt(largest) / sqrt(1 - power(b2, t)) + eps
-        return x - lr * m_hat / denominator, (m, v, largest, t)
+        denominator = sqrt(largest[0] if amsgrad else v) / sqrt(1 - power(b2, t)) + eps
+        return x - lr * m_hat / denominator, (m, v, *largest, t)
 
-    return (lambda x: (x * 0, x * 0, x * 0, b1 * 0)), update
+    return (lambda x: (x * 0, x * 0, *([x * 0] if amsgrad else []), b1 * 0)), update
+
+
+TINY = float(np.finfo(np.float32).tiny)  # Polyak's floor under |g|^2
 
 
 def polyak(h: Mapping[str, Any], ops: Mapping[str, Callable]) -> tuple[Init, Update]:
@@ -195,8 +201,6 @@ def polyak(h: Mapping[str, Any], ops: Mapping[str, Callable]) -> tuple[Init, Upd
 
     return (lambda x: ()), update
 
-
-TINY = float(np.finfo(np.float32).tiny)
 
 ARMIJO_DECREASE = 1e-4  # c of f(x - t g) <= f(x) - c t |g|^2: Nocedal and Wright's usual value
 ARMIJO_TRIALS = 20  # t = lr, lr/2, ..., lr/2^19; where none is accepted, the last is taken
