@@ -47,7 +47,7 @@ CASES = {  # a batched key of each kind: hyperparameters, x_start (a vector), a 
     "polyak": (["loss=quadratic", "optimizer=polyak", "x_start=-2", "epochs=30"],  # f* and x* per point
                ["lr=0.5,1,1.5", "loss.params.b=range(-1,2,0.25)"]),
     "armijo": (["loss=rosenbrock", "optimizer=armijo", "epochs=30"],  # each point its own line search
-               ["lr=0.01,0.1,1", "x_start=[-1.5,2],[0,0],[2,-1]"]),
+               ["lr=0.01,0.1,1", "optimizer.shrink=0.3,0.8", "x_start=[-1.5,2],[0,0],[2,-1]"]),
 }
 
 

@@ -22,7 +22,7 @@ OPTIMIZERS = {
     "adam": Optimizer("adam", 0.05, beta1=0.9, beta2=0.999, eps=1e-8),
     "amsgrad": Optimizer("amsgrad", 0.05, beta1=0.9, beta2=0.999, eps=1e-8),
     "polyak": Optimizer("polyak", 0.5),
-    "armijo": Optimizer("armijo", 1.0),
+    "armijo": Optimizer("armijo", 1.0, decrease=1e-4, shrink=0.5),
 }
 STARTS = {"square": 5.0, "double_well": 2.5, "rosenbrock": [-1.5, 2.0]}
 
@@ -193,7 +193,7 @@ def test_the_polyak_step_on_y_equals_x_squared_is_one_quarter(backend):
 def test_armijo_from_lr_one_accepts_one_half_and_lands_on_the_minimum(backend):
     """On y = x^2 the step 1 would land on -x (no decrease): it is halved once, to 1/2, which
     lands on 0 in one step; there the line search accepts its first step, which moves nothing."""
-    x = descend(backend, "square", Optimizer("armijo", 1.0), "float64", epochs=5).x
+    x = descend(backend, "square", Optimizer("armijo", 1.0, decrease=1e-4, shrink=0.5), "float64", epochs=5).x
     assert x.tolist() == [5.0, 0.0, 0.0, 0.0, 0.0, 0.0]
 
 

@@ -49,6 +49,7 @@ BAD_INPUT = [
     (["lrr=0.1"], ["Could not override 'lrr'", "Key 'lrr' not in 'RunnerConfig'"]),
     (["device=cuda"], ["device=cuda: backend=numpy computes on the CPU only; use device=cpu or device=auto"]),
     (["optimizer=momentum", "optimizer.momentum=1.5"], ["optimizer.momentum=1.5 is not allowed: optimizer.momentum must be in [0, 1)"]),
+    (["optimizer=armijo", "optimizer.shrink=1"], ["optimizer.shrink=1.0 is not allowed: optimizer.shrink must be in (0, 1)"]),
     (["optimizer=polyak", "loss=double_well"],
      ["optimizer=polyak needs the loss's minimum f*: loss=double_well has no loss.minimiser", "square"]),
     (["lr=0.1,-0.1"], ["job #1 (lr=-0.1): lr=-0.1 is not allowed"]),  # a sweep: checked before any job runs

@@ -43,6 +43,10 @@ def _fraction(values: np.ndarray) -> np.ndarray:
     return (values >= 0) & (values < 1)
 
 
+def _open_unit(values: np.ndarray) -> np.ndarray:
+    return (values > 0) & (values < 1)
+
+
 @dataclass(frozen=True)
 class Hyperparameter:
     """A hyperparameter some rule reads: where the config holds it, and what it may be."""
@@ -58,6 +62,8 @@ HYPERPARAMETERS = {
     "beta1": Hyperparameter("optimizer.beta1", _fraction, "in [0, 1)"),
     "beta2": Hyperparameter("optimizer.beta2", _fraction, "in [0, 1)"),
     "eps": Hyperparameter("optimizer.eps", _positive, "a finite number > 0"),
+    "decrease": Hyperparameter("optimizer.decrease", _open_unit, "in (0, 1)"),  # Armijo's c
+    "shrink": Hyperparameter("optimizer.shrink", _open_unit, "in (0, 1)"),  # Armijo's backtracking factor
 }
 
 
@@ -202,25 +208,25 @@ def polyak(h: Mapping[str, Any], ops: Mapping[str, Callable]) -> tuple[Init, Upd
     return (lambda x: ()), update
 
 
-ARMIJO_DECREASE = 1e-4  # c of f(x - t g) <= f(x) - c t |g|^2: Nocedal and Wright's usual value
-ARMIJO_TRIALS = 20  # t = lr, lr/2, ..., lr/2^19; where none is accepted, the last is taken
+ARMIJO_TRIALS = 20  # t = lr, lr s, ..., lr s^19; where none is accepted, the last is taken
 
 
 def armijo(h: Mapping[str, Any], ops: Mapping[str, Callable]) -> tuple[Init, Update]:
     """Gradient descent with Armijo's backtracking line search (Armijo, 1966), per point: the
-    first of t = lr, lr/2, lr/4, ... with sufficient decrease, f(x - t g) <= f(x) - c t |g|^2
-    (c = ARMIJO_DECREASE), then x <- x - t g. Every point tries all ARMIJO_TRIALS steps, so
-    that a compiled loop stays one shape; each costs one evaluation of f. On y = x^2 from lr = 1
-    it rejects 1 (x would land on -x) and accepts 1/2, the minimum, in one step.
+    first of t = lr, lr s, lr s^2, ... (s: `shrink`) with sufficient decrease,
+    f(x - t g) <= f(x) - c t |g|^2 (c: `decrease`), then x <- x - t g. Every point tries all
+    ARMIJO_TRIALS steps, so that a compiled loop stays one shape; each costs one evaluation of f.
+    On y = x^2 from lr = 1, halving, it rejects 1 (x would land on -x) and accepts 1/2, the
+    minimum, in one step.
 
     >>> from runner.engines.numpy import OPS
-    >>> init, update = armijo({"lr": 1.0, "objective": lambda x: x * x}, OPS)
+    >>> init, update = armijo({"lr": 1.0, "decrease": 1e-4, "shrink": 0.5, "objective": lambda x: x * x}, OPS)
     >>> x = np.float64(5.0)
     >>> x, state = update(2 * x, init(x), x)
     >>> float(x)
     0.0
     """
-    lr, objective = h["lr"], h["objective"]
+    lr, c, shrink, objective = h["lr"], h["decrease"], h["shrink"], h["objective"]
     total, where = ops["sum"], ops["where"]
 
     def update(g, state, x):
@@ -232,12 +238,13 @@ def armijo(h: Mapping[str, Any], ops: Mapping[str, Callable]) -> tuple[Init, Upd
 
         f, squared = column(f), column(total(squared, -1)) if vector else squared
         t = lr + x * 0  # one step size per point (per coordinate of a point: all the same)
-        chosen, found = t / 2 ** (ARMIJO_TRIALS - 1), t < 0
-        for _ in range(ARMIJO_TRIALS):
-            accepted = column(objective(x - t * g)) <= f - ARMIJO_DECREASE * t * squared
+        chosen, found = t, t < 0
+        for trial in range(ARMIJO_TRIALS):
+            if trial:
+                t = t * shrink
+            accepted = column(objective(x - t * g)) <= f - c * t * squared
             chosen, found = where(accepted & ~found, t, chosen), found | accepted
-            t = t / 2
-        return x - chosen * g, state
+        return x - where(found, chosen, t) * g, state
 
     return (lambda x: ()), update
 
@@ -251,7 +258,7 @@ RULES: dict[str, tuple[Callable[[Mapping[str, Any], Mapping[str, Callable]], tup
     "adam": (adam, ("lr", "beta1", "beta2", "eps")),
     "amsgrad": (amsgrad, ("lr", "beta1", "beta2", "eps")),
     "polyak": (polyak, ("lr", "objective", "minimum")),
-    "armijo": (armijo, ("lr", "objective")),
+    "armijo": (armijo, ("lr", "decrease", "shrink", "objective")),
 }
 
 

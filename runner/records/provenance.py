@@ -18,6 +18,12 @@ PROJECT = Path(__file__).resolve().parents[2]  # the checkout: runner/records/ i
 # Keys that say where or whether to record, not what is computed. A batch's points
 # (`batch.sweep`) are what it computes: hashed, when there are any.
 NOT_HASHED = ("mlflow", "skip_done", "batch")
+# The keys that were null in some config when runs began to be recorded, and were hashed so. Any
+# other null is left out of the hash: a key added later with a null default (a new rule's
+# hyperparameter) moves no recorded run's hash, so skip_done still finds it.
+HASHED_NULLS = frozenset({"backend.module", "dim", "loss.curvature", "loss.dim", "loss.expr", "loss.grad",
+                          "loss.minimiser", "optimizer.beta1", "optimizer.beta2", "optimizer.eps",
+                          "optimizer.momentum"})
 
 
 def config_hash(cfg: DictConfig) -> str:
@@ -33,8 +39,24 @@ def config_hash(cfg: DictConfig) -> str:
     tree = {key: _plain(cfg[key]) for key in cfg if key not in (*NOT_HASHED, "hydra")}
     if cfg.get("batch") and cfg.batch.sweep:
         tree["batch.sweep"] = list(cfg.batch.sweep)
-    text = json.dumps(_canonical(tree), sort_keys=True, separators=(",", ":"))
+    text = json.dumps(_canonical(_without_new_nulls(tree)), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def _without_new_nulls(tree: dict, prefix: str = "") -> dict:
+    """`tree` without the nulls whose keys are not HASHED_NULLS.
+
+    >>> _without_new_nulls({"dim": None, "optimizer": {"momentum": None, "decrease": None, "name": "sgd"}})
+    {'dim': None, 'optimizer': {'momentum': None, 'name': 'sgd'}}
+    """
+    kept = {}
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict):
+            kept[key] = _without_new_nulls(value, f"{path}.")
+        elif value is not None or path in HASHED_NULLS:
+            kept[key] = value
+    return kept
 
 
 def _plain(value: Any) -> Any:
