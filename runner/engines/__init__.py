@@ -14,7 +14,7 @@ never pays for importing TensorFlow or PyTorch. Each engine module provides:
                                       as `Rows` on the host (fewer, once every point has
                                       diverged); `stepper.device` says where x lives
 
-Everything else, the same for every framework, is `runner.descent`'s: the pieces a run is cut
+Everything else, the same for every framework, is `runner.descent.loop`'s: the pieces a run is cut
 into, each point's divergence, progress, summaries and kept trajectories. An engine knows
 nothing of Hydra or MLflow: it takes plain values and returns arrays, so it can be tested and
 benchmarked alone. Adding a backend is one module here plus `conf/backend/NAME.yaml` (an engine
@@ -165,7 +165,7 @@ def record(x, y, grad, head: Optional[int], norm: Callable) -> tuple:
 
 def alive(x: Any, loss: Any, bound: float, xp: Any = np) -> Any:
     """For rows (..., points, *recorded): True where the loss is finite and |x| <= bound: the one
-    definition of a point that has not diverged. `runner.descent` asks it of every row, and the
+    definition of a point that has not diverged. `runner.descent.loop` asks it of every row, and the
     engines that stop early ask it whether any point is left, TensorFlow's inside its compiled
     loop (`xp` is then `tf.experimental.numpy`).
 

@@ -6,7 +6,7 @@ hyperparameters and constants are arguments of the compiled loop, not constants 
 a batch of a million points compiles as fast as one.
 
 The loop cannot stop early inside `scan`: it runs every epoch; the rows after a point's
-divergence are dropped by `runner.descent`, as for the other engines.
+divergence are dropped by `runner.descent.loop`, as for the other engines.
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def start(problem: Problem) -> Stepper:
     x0 = on_device(problem.x_start)
     carry = [(x0, jax.jit(lambda x, values: descent(values)[0](x))(x0, batched))]
 
-    def step(count: int) -> Rows:  # runner.descent asks for pieces of one length: one compilation
+    def step(count: int) -> Rows:  # runner.descent.loop asks for pieces of one length: one compilation
         carry[0], rows = run(carry[0], batched, count)
         rows = [np.asarray(jax.device_get(r)) for r in rows]
         return Rows(*rows[:3], None if head is None else np.stack(rows[3:], axis=-1))

@@ -1,7 +1,7 @@
 """A progress bar for long runs, on a terminal or in Jupyter only.
 
-Engines report the rows they have done (`Problem.progress`); the bar draws on stderr when that
-is a terminal, waits half a second before it first draws (a short run shows nothing), redraws
+The descent loop reports the rows done (`runner.descent.loop.Loop.progress`); the bar draws on
+stderr when that is a terminal, waits half a second before it first draws (a short run shows nothing), redraws
 at most ten times a second and erases itself when the run ends, before the run's own lines.
 In a Jupyter kernel (`runner.run(...)` in a notebook) the bar is tqdm's notebook widget, with the
 same delay, gone when the run ends. Piped or redirected output gets nothing extra.
