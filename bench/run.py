@@ -101,16 +101,17 @@ def bare_torch(epochs):
 def engine_runner(backend):
     from runner import engines
 
-    engine = engines.load(backend)
+    descend_square = square_descent(engines.load(backend))
 
     def run(epochs):
-        return descend_square(engine, [5.0], epochs, LR)
+        return descend_square([5.0], epochs, LR)
     return run
 
 
-def descend_square(engine, x_start, epochs, lr):
-    """The runner's descent of y = x^2 by SGD in float32 on the CPU, its other settings as
-    conf/config.yaml sets them; x_start has a row per point (lr a number, or one per point)."""
+def square_descent(engine):
+    """`descend_square(x_start, epochs, lr)`: the runner's descent of y = x^2 by SGD in float32 on
+    the CPU, its other settings as conf/config.yaml sets them; x_start has a row per point (lr a
+    number, or one per point). The loss and the defaults are read here, once, outside the timings."""
     import numpy as np
 
     from runner import engines, schema
@@ -122,9 +123,13 @@ def descend_square(engine, x_start, epochs, lr):
     square = Loss("square", parse_expression("loss.value", "x**2"), (parse_expression("loss.grad", "2*x"),),
                   minimiser=(parse_expression("loss.minimiser", "0"),))
     defaults = schema.defaults()
-    problem = engines.Problem(square, np.asarray(x_start, dtype=np.float64), Optimizer("sgd", lr), "float32",
-                              engine.resolve_device("cpu"), defaults.stop.diverge_above, defaults.seed)
-    return descend(problem, engine, Loop(epochs, defaults.stop.tolerance))
+    device = engine.resolve_device("cpu")
+
+    def descend_square(x_start, epochs, lr):
+        problem = engines.Problem(square, np.asarray(x_start, dtype=np.float64), Optimizer("sgd", lr), "float32",
+                                  device, defaults.stop.diverge_above, defaults.seed)
+        return descend(problem, engine, Loop(epochs, defaults.stop.tolerance))
+    return descend_square
 
 
 ARTICLE = {"numpy": article_numpy, "tf": article_tf, "torch": article_torch}
@@ -150,12 +155,12 @@ def dim_step(backend, dim, repeats):
 
     from runner import engines
 
-    engine = engines.load(backend)
+    descend_square = square_descent(engines.load(backend))
     epochs = int(max(10, min(2000, 2e8 // dim)))
 
     def run(n):
         started = time.perf_counter()
-        descend_square(engine, np.full((1, dim), 5.0), n, LR)
+        descend_square(np.full((1, dim), 5.0), n, LR)
         return time.perf_counter() - started
 
     run(epochs)  # warm-up
@@ -184,18 +189,18 @@ BATCH_EPOCHS = 200
 
 def point_step(backend, repeats, epochs=1000):
     """Nanoseconds per point-step of a batch of BATCH_POINTS learning rates on y = x^2, float32,
-    the engine and runner.descent's tally together: (t(2E) - t(E)) / E / points, so tracing and
+    the engine and runner.descent.loop's tally together: (t(2E) - t(E)) / E / points, so tracing and
     compiling cancel out; E = 1000, for a difference well above the machine's noise."""
     import numpy as np
 
     from runner import engines
 
-    engine = engines.load(backend)
+    descend_square = square_descent(engines.load(backend))
     lr = np.linspace(1e-4, 1.0, BATCH_POINTS)
 
     def run(epochs):
         started = time.perf_counter()
-        descend_square(engine, np.full(BATCH_POINTS, 5.0), epochs, lr)
+        descend_square(np.full(BATCH_POINTS, 5.0), epochs, lr)
         return time.perf_counter() - started
 
     run(epochs)  # warm-up
