@@ -179,6 +179,23 @@ def _adam(h: Mapping[str, Any], ops: Mapping[str, Callable], amsgrad: bool) -> t
 TINY = float(np.finfo(np.float32).tiny)  # Polyak's floor under |g|^2
 
 
+def _same(values: Any) -> Any:
+    return values
+
+
+def _column(values: Any) -> Any:
+    return values[..., None]
+
+
+def _per_point(objective: Callable, ops: Mapping[str, Callable], x: Any, g: Any) -> tuple[Any, Any, Callable]:
+    """f(x) and |g|^2 of each point, shaped to broadcast against x, and the function that shapes
+    another f so: for a vector parameter (points, n) a column (points, 1), else as they are."""
+    f = objective(x)
+    if len(g.shape) == len(f.shape):  # a scalar parameter: f and g are one number per point
+        return f, g * g, _same
+    return f[..., None], ops["sum"](g * g, -1)[..., None], _column
+
+
 def polyak(h: Mapping[str, Any], ops: Mapping[str, Callable]) -> tuple[Init, Update]:
     """Polyak's step (B. T. Polyak, "Introduction to Optimization", 1987):
     x <- x - lr (f(x) - f*) / |g|^2 g, the step that would reach the minimum f* if f were linear
@@ -195,12 +212,10 @@ def polyak(h: Mapping[str, Any], ops: Mapping[str, Callable]) -> tuple[Init, Upd
     0.625
     """
     lr, objective, minimum = h["lr"], h["objective"], h["minimum"]
-    total, maximum = ops["sum"], ops["maximum"]
+    maximum = ops["maximum"]
 
     def update(g, state, x):
-        f, squared = objective(x), g * g
-        if len(g.shape) > len(f.shape):  # a vector parameter: one squared norm per point
-            squared, f = total(squared, -1)[..., None], f[..., None]
+        f, squared, _ = _per_point(objective, ops, x, g)
         # At the minimum both f - f* and |g|^2 are 0: the floor (float32's smallest normal) makes
         # the step 0 there instead of 0 / 0.
         return x - lr * (f - minimum) / maximum(squared, squared * 0 + TINY) * g, state
@@ -227,16 +242,10 @@ def armijo(h: Mapping[str, Any], ops: Mapping[str, Callable]) -> tuple[Init, Upd
     0.0
     """
     lr, c, shrink, objective = h["lr"], h["decrease"], h["shrink"], h["objective"]
-    total, where = ops["sum"], ops["where"]
+    where = ops["where"]
 
     def update(g, state, x):
-        f, squared = objective(x), g * g
-        vector = len(g.shape) > len(f.shape)  # then f and |g|^2 per point, as a column against x
-
-        def column(values):
-            return values[..., None] if vector else values
-
-        f, squared = column(f), column(total(squared, -1)) if vector else squared
+        f, squared, column = _per_point(objective, ops, x, g)
         t = lr + x * 0  # one step size per point (per coordinate of a point: all the same)
         chosen, found = t, t < 0
         for trial in range(ARMIJO_TRIALS):
