@@ -36,7 +36,7 @@ DEFAULTS = schema.defaults()  # conf/config.yaml's values: the one place the def
 def one_point(loss, x_start, optimizer, dtype: str, engine, diverge_above: Optional[float] = None) -> engines.Problem:
     """The problem of one run on `engine`'s CPU, its other settings the defaults."""
     return engines.single(loss, x_start, optimizer, dtype, engine.resolve_device("cpu"),
-                          diverge_above or DEFAULTS.stop.diverge_above, DEFAULTS.seed)
+                          DEFAULTS.stop.diverge_above if diverge_above is None else diverge_above, DEFAULTS.seed)
 
 
 def loop(epochs: int, **settings) -> Loop:

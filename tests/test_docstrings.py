@@ -8,7 +8,8 @@ import importlib
 import pytest
 
 MODULES = ["runner.schema", "runner.errors", "runner.app", "runner.__main__", "runner.report",
-           "runner.problems.expressions", "runner.problems.losses", "runner.problems.datasets", "runner.engines", "runner.engines.numpy",
+           "runner.problems.expressions", "runner.problems.losses", "runner.problems.datasets",
+           "runner.engines", "runner.engines.numpy",
            "runner.descent.loop", "runner.descent.optimizers", "runner.descent.outcomes", "runner.descent.theory",
            "runner.sweeps.points", "runner.sweeps.search", "runner.sweeps.sweep",
            "runner.records.batch", "runner.records.provenance", "runner.records.tracking", "runner.records.progress"]

@@ -6,7 +6,8 @@ never pays for importing TensorFlow or PyTorch. Each engine module provides:
     FRAMEWORK: str                    the framework's distribution name, e.g. "tensorflow"
     VERSION: str                      its version
     OPS: dict[str, callable]          the framework's sin, cos, exp, ..., pow for expressions and
-                                      update rules (and maximum and where, elementwise, for AMSGrad and Armijo); sum(v, axes) and stack(list) (on the last axis)
+                                      update rules; sum(v, axes) and stack(list) (on the last
+                                      axis); maximum and where, elementwise (AMSGrad, Armijo)
     resolve_device(requested) -> str "cpu" | "cuda" | "auto" -> the device to use, or a
                                       ConfigError naming the backend
     start(problem) -> Stepper         the descent, ready to run: `stepper(count)` computes the next

@@ -35,8 +35,8 @@ from runner.engines import Problem, Rows, Stepper, broadcast_shape, no_gpu, reco
 FRAMEWORK = "jax"
 VERSION = jax.__version__
 OPS = {"sin": jnp.sin, "cos": jnp.cos, "tanh": jnp.tanh, "exp": jnp.exp, "log": jnp.log,
-       "sqrt": jnp.sqrt, "abs": jnp.abs, "maximum": jnp.maximum, "where": jnp.where, "pow": operator.pow, "sum": lambda v, axes: jnp.sum(v, axis=axes),
-       "stack": lambda parts: jnp.stack(parts, axis=-1)}
+       "sqrt": jnp.sqrt, "abs": jnp.abs, "maximum": jnp.maximum, "where": jnp.where, "pow": operator.pow,
+       "sum": lambda v, axes: jnp.sum(v, axis=axes), "stack": lambda parts: jnp.stack(parts, axis=-1)}
 
 
 def _gpus() -> list:

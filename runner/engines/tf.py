@@ -3,9 +3,9 @@
 
 The article creates a new `tf.Variable` and runs eagerly at every step, which costs hundreds
 of times more a step than one traced loop (bench/run.py measures both). The update rules are
-`runner.descent.optimizers`' written in tensor operations (Keras optimizers take one learning rate, not one per point; the
-tests hold the rules to `keras.optimizers.SGD` and `Adam` on single points); x and the rule's
-state are the loop's variables.
+`runner.descent.optimizers`' written in tensor operations (Keras optimizers take one learning
+rate, not one per point; the tests hold the rules to `keras.optimizers.SGD` and `Adam` on single
+points); x and the rule's state are the loop's variables.
 """
 
 from __future__ import annotations
@@ -44,8 +44,8 @@ for _gpu in tf.config.list_physical_devices("GPU"):
 FRAMEWORK = "tensorflow"
 VERSION = tf.__version__
 OPS = {"sin": tf.sin, "cos": tf.cos, "tanh": tf.tanh, "exp": tf.exp, "log": tf.math.log,
-       "sqrt": tf.sqrt, "abs": tf.abs, "maximum": tf.maximum, "where": tf.where, "pow": operator.pow, "sum": lambda v, axes: tf.reduce_sum(v, axis=axes),
-       "stack": lambda parts: tf.stack(parts, axis=-1)}
+       "sqrt": tf.sqrt, "abs": tf.abs, "maximum": tf.maximum, "where": tf.where, "pow": operator.pow,
+       "sum": lambda v, axes: tf.reduce_sum(v, axis=axes), "stack": lambda parts: tf.stack(parts, axis=-1)}
 
 
 def resolve_device(requested: str) -> str:

@@ -66,7 +66,8 @@ def _sklearn(loader: str, **kwargs: Any) -> Callable[[Mapping[str, Any]], tuple[
         from sklearn import datasets
 
         bunch = getattr(datasets, loader)(**kwargs)
-        return bunch.data.astype(np.float64), bunch.target, f"sklearn.datasets.{loader} (scikit-learn {sklearn.__version__})"
+        source = f"sklearn.datasets.{loader} (scikit-learn {sklearn.__version__})"
+        return bunch.data.astype(np.float64), bunch.target, source
     return load
 
 

@@ -393,5 +393,6 @@ def numpy_power(a, b):
 
 
 NUMPY_OPS = {"sin": np.sin, "cos": np.cos, "tanh": np.tanh, "exp": np.exp, "log": np.log,
-             "sqrt": np.sqrt, "abs": np.abs, "maximum": np.maximum, "where": np.where, "pow": numpy_power, "sum": lambda v, axes: np.sum(v, axis=axes),
+             "sqrt": np.sqrt, "abs": np.abs, "maximum": np.maximum, "where": np.where, "pow": numpy_power,
+             "sum": lambda v, axes: np.sum(v, axis=axes),
              "stack": lambda parts: np.stack(np.broadcast_arrays(*parts), axis=-1)}
