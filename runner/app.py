@@ -110,11 +110,12 @@ def record_lost(store: Any, parent_id: str, cfg: DictConfig, number: int, status
 
 
 def run_name(cfg: DictConfig, grid: Optional[Points] = None) -> str:
-    """A name that says what the run is: 'tf-sgd-square-lr0.3', or for a batch
-    'numpy-momentum-ill_conditioned lr×momentum [200×200]'."""
+    """A name that says what the run is: 'tf-sgd-square-lr0.3', 'torch-sgd-logistic-digits-lr0.1'
+    for a model, or for a batch 'numpy-momentum-ill_conditioned lr×momentum [200×200]'."""
+    objective = f"{cfg.model.name}-{cfg.data.name}" if cfg.get("model") is not None else cfg.loss.name
     if grid:
-        return f"{cfg.backend.name}-{cfg.optimizer.name}-{cfg.loss.name} {grid.name()}"
-    return f"{cfg.backend.name}-{cfg.optimizer.name}-{cfg.loss.name}-lr{cfg.lr:g}"
+        return f"{cfg.backend.name}-{cfg.optimizer.name}-{objective} {grid.name()}"
+    return f"{cfg.backend.name}-{cfg.optimizer.name}-{objective}-lr{cfg.lr:g}"
 
 
 def flat_params(cfg: DictConfig) -> dict[str, Any]:
@@ -122,7 +123,7 @@ def flat_params(cfg: DictConfig) -> dict[str, Any]:
 
     The `mlflow` node says where results go, not what was run (and a URI may hold a password),
     and the `batch` node how a batch runs (its points are params of their own, `batch.params`):
-    both are left out.
+    both are left out; so are, for a model, the loss and x_start, which it does not read.
 
     >>> flat_params(OmegaConf.create({"lr": 0.3, "backend": {"name": "tf"}, "mlflow": {}}))
     {'lr': 0.3, 'backend': 'tf'}
@@ -130,6 +131,9 @@ def flat_params(cfg: DictConfig) -> dict[str, Any]:
     tree = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     tree.pop("mlflow", None)
     tree.pop("batch", None)
+    if tree.get("model") is not None:
+        tree.pop("loss", None)
+        tree.pop("x_start", None)
     params: dict[str, Any] = {}
 
     def walk(prefix: str, node: dict) -> None:

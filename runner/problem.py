@@ -18,7 +18,7 @@ from runner import engines, schema
 from runner.descent import optimizers
 from runner.descent.loop import Loop
 from runner.errors import ConfigError
-from runner.problems import losses
+from runner.problems import datasets, losses, models
 from runner.sweeps import points
 
 
@@ -32,12 +32,16 @@ def from_config(cfg: DictConfig) -> tuple[engines.Problem, Loop, ModuleType, Opt
         if error.point is None:
             raise
         raise ConfigError(f"point #{error.point} ({' '.join(grid.overrides(error.point))}): {error}") from None
-    loss = losses.from_config(cfg.loss)
     constants = {key[len(points.LOSS_CONSTANT):]: v for key, v in values.items() if key.startswith(points.LOSS_CONSTANT)}
-    if constants:
-        loss = loss.with_constants(constants)
-    starts = values["x_start"] if "x_start" in values else np.array([schema.start_point(cfg.x_start)])
-    shape = _shape(cfg, loss, starts)
+    if cfg.get("model") is not None or cfg.get("data") is not None:
+        loss = _model(cfg, constants, values)
+        starts, shape = np.zeros((1, 1)), (loss.size,)  # a convex model starts from w = 0
+    else:
+        loss = losses.from_config(cfg.loss)
+        if constants:
+            loss = loss.with_constants(constants)
+        starts = values["x_start"] if "x_start" in values else np.array([schema.start_point(cfg.x_start)])
+        shape = _shape(cfg, loss, starts)
     count = grid.count if grid else 1
     keep_bytes = cfg.batch.trajectory_mb * 2**20 if grid else None
     if grid:  # before any array of the batch is made
@@ -51,12 +55,32 @@ def from_config(cfg: DictConfig) -> tuple[engines.Problem, Loop, ModuleType, Opt
                           f"{', '.join(optimizers.RULES)}")
     optimizer = optimizers.Optimizer(o.name, **{name: values[h.key] if h.key in values else OmegaConf.select(cfg, h.key)
                                                 for name, h in optimizers.HYPERPARAMETERS.items()})
-    if optimizers.needs_minimum(o.name) and loss.minimiser is None:
+    if optimizers.needs_minimum(o.name) and loss.minimiser_values() is None:
         raise ConfigError(f"optimizer={o.name} needs the loss's minimum f*: loss={loss.name} has no loss.minimiser "
                           f"(set it, or take a loss that has one: {', '.join(_losses_with_minimiser())})")
     device = engine.resolve_device(cfg.device.value)
     problem = engines.Problem(loss, x_start, optimizer, cfg.dtype.value, device, cfg.stop.diverge_above, cfg.seed)
     return problem, Loop(cfg.epochs, cfg.stop.tolerance, keep_bytes), engine, grid
+
+
+def _model(cfg: DictConfig, constants: dict, values: dict) -> models.Model:
+    """The model of `cfg` on its data, or a ConfigError for a config that is not one model on one dataset."""
+    datasets_allowed = "|".join(datasets.LOADERS)
+    if cfg.get("model") is None:
+        raise ConfigError(f"data={cfg.data.name} needs a model to train: model={'|'.join(models.MODELS)}")
+    if cfg.get("data") is None:
+        raise ConfigError(f"model={cfg.model.name} needs data to train on: data={datasets_allowed}")
+    default_loss = next(d["loss"] for d in OmegaConf.load(schema.CONF_DIR / "config.yaml").defaults
+                        if isinstance(d, DictConfig) and "loss" in d)
+    if cfg.loss.name != default_loss or cfg.loss.expr is not None:
+        raise ConfigError(f"model={cfg.model.name} and loss={cfg.loss.name} at once: a model's loss is its own "
+                          f"on data={cfg.data.name}; drop the loss, or the model and the data")
+    if cfg.dim is not None:
+        raise ConfigError(f"dim={cfg.dim} is not allowed with model={cfg.model.name}: x is the model's parameters")
+    if constants or "x_start" in values:
+        batched = ", ".join(sorted({*(points.LOSS_CONSTANT + k for k in constants), *(["x_start"] if "x_start" in values else [])}))
+        raise ConfigError(f"hydra.sweeper.batch: {batched} cannot be batched with model={cfg.model.name}")
+    return models.from_config(cfg.model, datasets.prepare(cfg.data))
 
 
 def _losses_with_minimiser() -> list[str]:

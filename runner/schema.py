@@ -78,6 +78,31 @@ class LossConfig:
     expr: Optional[str] = None  # loss=expr: the expression typed on the command line
 
 
+@dataclass
+class DataConfig:
+    """A dataset a model is trained on, and how it is prepared (see `runner.problems.datasets`);
+    the synthetic problem's own keys are null for the others."""
+
+    name: str = MISSING
+    validation: float = MISSING  # the fraction of rows held out
+    split_seed: int = MISSING
+    standardize: bool = MISSING
+    intercept: bool = MISSING
+    rows: Optional[int] = None
+    features: Optional[int] = None
+    condition: Optional[float] = None
+    noise: Optional[float] = None
+    seed: Optional[int] = None
+
+
+@dataclass
+class ModelConfig:
+    """A model whose parameters are x, trained on `data` (see `runner.problems.models`)."""
+
+    name: str = MISSING
+    l2: float = MISSING  # the L2 penalty's strength, (l2 / 2) |w|^2, the intercept left out
+
+
 # The update rule (see `runner.descent.optimizers`): its name, and a field per hyperparameter under
 # `optimizer.` (lr is the config's own); a rule reads only its own.
 OptimizerConfig = make_dataclass("OptimizerConfig", [("name", str, MISSING), *(
@@ -110,6 +135,8 @@ class BatchConfig:
 class RunnerConfig:
     backend: BackendConfig = MISSING
     loss: LossConfig = MISSING
+    model: Optional[ModelConfig] = None  # model=NAME: x is its parameters, the loss its own on data
+    data: Optional[DataConfig] = None
     optimizer: OptimizerConfig = MISSING
     x_start: Any = MISSING  # a number, or a list: one number per coordinate
     dim: Optional[int] = MISSING
@@ -177,6 +204,8 @@ def check_ranges(cfg: DictConfig, points: Optional[Mapping[str, np.ndarray]] = N
                           f"it must be an integer >= 2 (the first and the last step), or null for all")
     if cfg.batch.trajectory_mb < 0:
         raise ConfigError(f"batch.trajectory_mb={cfg.batch.trajectory_mb} is not allowed: it must be an integer >= 0")
+    if cfg.get("model") is not None and not (math.isfinite(cfg.model.l2) and cfg.model.l2 >= 0):
+        raise ConfigError(f"model.l2={cfg.model.l2} is not allowed: it must be a finite number >= 0")
     check("stop.tolerance", positive, "stop.tolerance must be a finite number > 0")
     check("stop.diverge_above", positive, "stop.diverge_above must be a finite number > 0")
     check("x_start", lambda v: np.all(np.isfinite(v), axis=1),

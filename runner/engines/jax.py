@@ -36,7 +36,8 @@ FRAMEWORK = "jax"
 VERSION = jax.__version__
 OPS = {"sin": jnp.sin, "cos": jnp.cos, "tanh": jnp.tanh, "exp": jnp.exp, "log": jnp.log,
        "sqrt": jnp.sqrt, "abs": jnp.abs, "maximum": jnp.maximum, "where": jnp.where, "pow": operator.pow,
-       "sum": lambda v, axes: jnp.sum(v, axis=axes), "stack": lambda parts: jnp.stack(parts, axis=-1)}
+       "sum": lambda v, axes: jnp.sum(v, axis=axes), "stack": lambda parts: jnp.stack(parts, axis=-1),
+       "matmul": jnp.matmul, "reshape": jnp.reshape, "logsumexp": lambda v: jax.nn.logsumexp(v, axis=-1)}
 
 
 def _gpus() -> list:
@@ -72,7 +73,7 @@ def start(problem: Problem) -> Stepper:
 
     def descent(values):
         loss = problem.loss.with_constants(values["loss"])
-        value = loss.objective(OPS, shape, lambda v: v)
+        value = loss.objective(OPS, shape, lambda v: jnp.asarray(v, dtype))
         rule = optimizers.Optimizer(problem.optimizer.name, **values["rule"])
         init, update = optimizers.rule(rule, OPS, lambda v: jnp.reshape(v, broadcast_shape(problem)), value,
                                        values["minimum"])

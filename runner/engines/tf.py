@@ -45,7 +45,8 @@ FRAMEWORK = "tensorflow"
 VERSION = tf.__version__
 OPS = {"sin": tf.sin, "cos": tf.cos, "tanh": tf.tanh, "exp": tf.exp, "log": tf.math.log,
        "sqrt": tf.sqrt, "abs": tf.abs, "maximum": tf.maximum, "where": tf.where, "pow": operator.pow,
-       "sum": lambda v, axes: tf.reduce_sum(v, axis=axes), "stack": lambda parts: tf.stack(parts, axis=-1)}
+       "sum": lambda v, axes: tf.reduce_sum(v, axis=axes), "stack": lambda parts: tf.stack(parts, axis=-1),
+       "matmul": tnp.matmul, "reshape": tf.reshape, "logsumexp": lambda v: tf.reduce_logsumexp(v, axis=-1)}
 
 
 def resolve_device(requested: str) -> str:

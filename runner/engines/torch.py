@@ -21,7 +21,8 @@ VERSION = torch.__version__
 OPS = {"sin": torch.sin, "cos": torch.cos, "tanh": torch.tanh, "exp": torch.exp,
        "log": torch.log, "sqrt": torch.sqrt, "abs": torch.abs, "maximum": torch.maximum, "where": torch.where,
        "pow": operator.pow, "sum": lambda v, axes: torch.sum(v, dim=axes),
-       "stack": lambda parts: torch.stack(parts, dim=-1)}
+       "stack": lambda parts: torch.stack(parts, dim=-1),
+       "matmul": torch.matmul, "reshape": torch.reshape, "logsumexp": lambda v: torch.logsumexp(v, dim=-1)}
 
 
 def resolve_device(requested: str) -> str:

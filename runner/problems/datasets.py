@@ -42,6 +42,7 @@ class Dataset:
     classes: int  # 0 for a regression
     source: str  # where the raw data comes from, as MLflow's dataset source says it
     digest: str  # of the prepared arrays: the same digest is the same data, bit for bit
+    intercept: bool = False  # whether the last feature is a column of ones
 
     @property
     def features(self) -> int:
@@ -163,4 +164,5 @@ def prepare(cfg: Mapping[str, Any]) -> Dataset:
     arrays = [np.ascontiguousarray(a) for a in (x_train, y_train, x_val, y_val)]
     digest = hashlib.sha256(b"".join(a.tobytes() for a in arrays)).hexdigest()[:16]
     classes = 0 if task == REGRESSION else int(max(y.max() + 1, 2))
-    return Dataset(cfg["name"], task, *arrays, classes=classes, source=source, digest=digest)
+    return Dataset(cfg["name"], task, *arrays, classes=classes, source=source, digest=digest,
+                   intercept=bool(cfg["intercept"]))

@@ -395,4 +395,11 @@ def numpy_power(a, b):
 NUMPY_OPS = {"sin": np.sin, "cos": np.cos, "tanh": np.tanh, "exp": np.exp, "log": np.log,
              "sqrt": np.sqrt, "abs": np.abs, "maximum": np.maximum, "where": np.where, "pow": numpy_power,
              "sum": lambda v, axes: np.sum(v, axis=axes),
-             "stack": lambda parts: np.stack(np.broadcast_arrays(*parts), axis=-1)}
+             "stack": lambda parts: np.stack(np.broadcast_arrays(*parts), axis=-1),
+             "matmul": np.matmul, "reshape": np.reshape, "logsumexp": lambda v: _logsumexp(v)}
+
+
+def _logsumexp(v: np.ndarray) -> np.ndarray:
+    """log(sum(exp(v))) over the last axis, without overflow (a model's softmax)."""
+    top = np.max(v, axis=-1, keepdims=True)
+    return (top + np.log(np.sum(np.exp(v - top), axis=-1, keepdims=True)))[..., 0]

@@ -103,7 +103,11 @@ def _lines(problem: engines.Problem, trajectory: Trajectory, summary: Any) -> li
         # The article's line; a long run shows its first and last 8 epochs.
         path = np.array2string(np.around(trajectory.x, 2), max_line_width=sys.maxsize, threshold=20, edgeitems=8)
     else:
-        path = f"x: {problem.x_start[0].tolist()} -> {np.around(trajectory.x[-1], 4).tolist()}"
+        # past RECORDED coordinates, both ends show the recorded head, and the norm of the whole x
+        start = problem.x_start[0, :trajectory.x.shape[1]].tolist()
+        path = f"x: {start} -> {np.around(trajectory.x[-1], 4).tolist()}"
+        if trajectory.x_norm is not None:
+            path += f" (first {trajectory.x.shape[1]} of {problem.x_start[0].size}; |x| {trajectory.x_norm[-1]:.4g})"
     steps = int(summary.steps_to_tolerance[0])
     within = "" if steps < 0 else f" (within tolerance at epoch {steps})"
     return [path, f"{summary.outcome[0]} after {len(trajectory.x) - 1} epochs, final loss "

@@ -1,0 +1,173 @@
+"""Models trained on data: the parameters are the run's x, the loss the model's on its training rows.
+
+    model=linear     least squares of a regression target, (1/2n) |X w - y|^2 + (l2/2) |w|^2
+    model=logistic   the mean log-loss of a sigmoid (two classes) or a softmax (more) + (l2/2) |w|^2
+
+The intercept (the dataset's column of ones, `runner.problems.datasets`) is not penalised, as in
+scikit-learn. x of one point is the weights flattened: (features,) for one output, (features *
+classes,) row by row for a softmax. A `Model` is a loss to the engines (`runner.problems.losses.Loss`'s
+interface): `objective` is written in the framework's operations (`OPS`: matmul, reshape,
+logsumexp and the rest), so TensorFlow, PyTorch and JAX differentiate it, and `gradient` is the
+derivative by hand, as the article's NumPy `dfunc`: Xᵀ(prediction - target)/n + l2 w, for all three
+models alike.
+
+    model = from_config(cfg.model, datasets.prepare(cfg.data))
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any, Callable, Mapping, Optional
+
+import numpy as np
+
+from runner.errors import ConfigError
+from runner.problems import datasets
+from runner.problems.datasets import Dataset
+from runner.problems.expressions import NUMPY_OPS
+
+LINEAR, LOGISTIC = "linear", "logistic"
+MODELS = (LINEAR, LOGISTIC)
+
+
+@dataclass(frozen=True)
+class Model:
+    """A model on a prepared dataset, with the interface the engines ask of a loss."""
+
+    name: str
+    data: Dataset
+    l2: float
+    constants: Mapping[str, Any] = field(default_factory=dict)  # none differ from point to point
+    dim = None
+
+    @property
+    def outputs(self) -> int:
+        """Scores per row: one for least squares and two classes, one per class for a softmax."""
+        return self.data.classes if self.data.task == datasets.CLASSES else 1
+
+    @property
+    def size(self) -> int:
+        """Coordinates of x: the weights of every output."""
+        return self.data.features * self.outputs
+
+    @property
+    def penalised(self) -> np.ndarray:
+        """1 for each coordinate of x the L2 penalty weighs, 0 for the intercept's."""
+        features = np.ones(self.data.features)
+        if self.data.intercept:
+            features[-1] = 0.0
+        return np.repeat(features, self.outputs)
+
+    def targets(self, y: np.ndarray) -> np.ndarray:
+        """What the scores are compared with: y itself, or one-hot rows for a softmax."""
+        if self.outputs == 1:
+            return y.astype(np.float64)
+        return np.eye(self.outputs)[y]
+
+    def objective(self, ops: Mapping[str, Callable], shape: tuple[int, ...],
+                  convert: Optional[Callable] = None) -> Callable[[Any], Any]:
+        """The training loss of each point: x of shape (points, size) -> (points,)."""
+        return self._loss(ops, convert or np.asarray, self.data.x_train, self.data.y_train, penalty=True)
+
+    def gradient(self, ops: Mapping[str, Callable], shape: tuple[int, ...],
+                 convert: Optional[Callable] = None) -> Callable[[Any], Any]:
+        """The derivative by hand: Xᵀ(prediction - target)/n + l2 w, where the prediction is the
+        score (least squares), its sigmoid or its softmax: each model's log-loss has this gradient."""
+        convert = convert or np.asarray
+        x_rows, target = convert(self.data.x_train), convert(self.targets(self.data.y_train))
+        rows, features, outputs = len(self.data.y_train), self.data.features, self.outputs
+        weight = convert(self.l2 * self.penalised)
+        matmul, reshape = ops["matmul"], ops["reshape"]
+
+        def gradient(x):
+            scores = matmul(x_rows, reshape(x, (-1, features, outputs)))  # (points, rows, outputs)
+            if self.name == LINEAR:
+                prediction = scores
+            elif outputs == 1:
+                prediction = 1 / (1 + ops["exp"](-scores))
+            else:
+                prediction = ops["exp"](scores - ops["logsumexp"](scores)[..., None])
+            error = prediction - reshape(target, (rows, outputs))
+            return reshape(matmul(x_rows.T, error), (-1, features * outputs)) / rows + weight * x
+
+        return gradient
+
+    def _loss(self, ops: Mapping[str, Callable], convert: Callable, x_rows: np.ndarray, y: np.ndarray,
+              penalty: bool) -> Callable[[Any], Any]:
+        """The mean loss over these rows, with the penalty or without: x (points, size) -> (points,)."""
+        rows, features, outputs = len(y), self.data.features, self.outputs
+        x_rows, target = convert(x_rows), convert(self.targets(y))
+        weight = convert(self.l2 / 2 * self.penalised)
+        matmul, reshape, total = ops["matmul"], ops["reshape"], ops["sum"]
+
+        def loss(x):
+            scores = matmul(x_rows, reshape(x, (-1, features, outputs)))  # (points, rows, outputs)
+            if self.name == LINEAR:
+                error = reshape(scores, (-1, rows)) - target
+                each = error * error / 2
+            elif outputs == 1:  # log(1 + e^z) - y z, written so that no exp overflows
+                z = reshape(scores, (-1, rows))
+                each = (z + ops["abs"](z)) / 2 + ops["log"](1 + ops["exp"](-ops["abs"](z))) - target * z
+            else:
+                each = ops["logsumexp"](scores) - total(target * scores, (-1,))
+            mean = total(each, (-1,)) / rows
+            return mean + total(weight * x * x, (-1,)) if penalty else mean
+
+        return loss
+
+    # What theory knows: least squares is a quadratic, its Hessian X^T X / n + l2 diag(penalised).
+    @cached_property
+    def _hessian(self) -> Optional[np.ndarray]:
+        if self.name != LINEAR:
+            return None
+        x = self.data.x_train
+        return x.T @ x / len(x) + np.diag(self.l2 * self.penalised)
+
+    @cached_property
+    def curvatures(self) -> Optional[np.ndarray]:
+        """The Hessian's eigenvalues, largest first (least squares), else None."""
+        return None if self._hessian is None else np.linalg.eigvalsh(self._hessian)[::-1].copy()
+
+    def minimiser_values(self) -> Optional[np.ndarray]:
+        """Least squares' minimiser, the normal equations' solution, shape (1, size); else None."""
+        if self._hessian is None:
+            return None
+        x, y = self.data.x_train, self.data.y_train
+        return np.linalg.solve(self._hessian, x.T @ y / len(y))[None]
+
+    def minimum_values(self, shape: tuple[int, ...], points: int) -> Optional[np.ndarray]:
+        minimiser = self.minimiser_values()
+        if minimiser is None:
+            return None
+        return np.broadcast_to(np.asarray(self.objective(NUMPY_OPS, shape)(minimiser), np.float64), (points,))
+
+    def curvature_values(self) -> Optional[np.ndarray]:
+        return None if self.curvatures is None else self.curvatures[None]
+
+    @property
+    def curvature(self) -> Optional[float]:
+        return None if self.curvatures is None else float(self.curvatures[0])
+
+    def spectrum_known(self) -> bool:
+        return self.curvatures is not None
+
+    def with_constants(self, values: Mapping[str, Any]) -> "Model":
+        if values:
+            raise ValueError(f"model={self.name} has no constants to batch: {', '.join(values)}")
+        return self
+
+
+def from_config(cfg: Any, data: Dataset) -> Model:
+    """The model `cfg` names on `data`, or a ConfigError naming the key and what is allowed."""
+    if cfg.name not in MODELS:
+        raise ConfigError(f"model={cfg.name} is not a model: allowed are {', '.join(MODELS)}")
+    if cfg.name == LINEAR and data.task != datasets.REGRESSION:
+        raise ConfigError(f"model=linear fits a regression target: data={data.name} is a classification; "
+                          f"use model=logistic")
+    if cfg.name == LOGISTIC and data.task == datasets.REGRESSION:
+        regression = ", ".join(name for name, (task, _) in datasets.LOADERS.items() if task == datasets.REGRESSION)
+        classes = ", ".join(name for name, (task, _) in datasets.LOADERS.items() if task != datasets.REGRESSION)
+        raise ConfigError(f"model=logistic needs classes: data={data.name} is a regression ({regression} are); "
+                          f"use data={'|'.join(classes.split(', '))}, or model=linear")
+    return Model(cfg.name, data, float(cfg.l2))

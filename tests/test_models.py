@@ -1,0 +1,161 @@
+"""Models on data, as `model=... data=...` composes them: the hand-written gradients against finite
+differences, every engine against every other, least squares against numpy.linalg.lstsq and
+theory's stable learning rate, logistic regression against scikit-learn; bad input refused."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+from conftest import backend_params, loop
+from hydra import compose, initialize_config_dir
+
+from runner import app, engines, problem
+from runner.descent import theory
+from runner.descent.loop import descend
+from runner.descent.optimizers import Optimizer
+from runner.errors import ConfigError
+from runner.problems import models
+from runner.problems.expressions import NUMPY_OPS
+
+
+def composed(*overrides: str):
+    with initialize_config_dir(config_dir=str(app.CONF_DIR), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+def built(*overrides: str, backend: str = "numpy"):
+    """The problem, engine and loop of `python -m runner OVERRIDES`, on `backend`'s CPU."""
+    prob, loop_, engine, _ = problem.from_config(composed(*overrides, f"backend={backend}"))
+    return prob, engine, loop_
+
+
+MODELS = {  # one of each kind of model: least squares, a sigmoid, a softmax
+    "linear": ("model=linear", "data=diabetes"),
+    "binary": ("model=logistic", "data=breast_cancer"),
+    "softmax": ("model=logistic", "data=digits"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(MODELS))
+def test_the_hand_written_gradient_is_the_finite_difference(kind):
+    prob, _, _ = built(*MODELS[kind], "model.l2=0.01", "dtype=float64")
+    model = prob.loss
+    value, gradient = model.objective(NUMPY_OPS, prob.shape), model.gradient(NUMPY_OPS, prob.shape)
+    x = np.random.default_rng(0).normal(scale=0.3, size=(2, model.size))  # two points at once
+    step = 1e-6
+    coordinates = np.random.default_rng(1).choice(model.size, size=min(model.size, 12), replace=False)
+    for k in coordinates:
+        shift = np.zeros(model.size)
+        shift[k] = step
+        central = (value(x + shift) - value(x - shift)) / (2 * step)
+        np.testing.assert_allclose(gradient(x)[:, k], central, rtol=1e-6, atol=1e-8)
+    intercept = model.size - model.outputs  # the intercept's weights are not penalised
+    assert model.penalised[intercept:].sum() == 0 and model.penalised[:intercept].all()
+
+
+@pytest.mark.parametrize("kind", sorted(MODELS))
+@pytest.mark.parametrize("backend", [b for b in backend_params() if b.values[0] != "numpy"])
+def test_every_framework_trains_the_same_model(backend, kind):
+    """NumPy by hand against TensorFlow's GradientTape, PyTorch's autograd and JAX's grad: the same
+    trajectory, float64 to 1e-10 relative, float32 to 1e-4."""
+    for dtype, rtol in (("float64", 1e-10), ("float32", 1e-4)):
+        reference, other = (descend(*built(*MODELS[kind], f"dtype={dtype}", "epochs=20", backend=b)).trajectory(0)
+                            for b in ("numpy", backend))
+        assert other.x.dtype == np.dtype(dtype)
+        for series in ("loss", "x_norm", "whole_grad_norm"):
+            np.testing.assert_allclose(getattr(other, series), getattr(reference, series), rtol=rtol)
+        np.testing.assert_allclose(other.x, reference.x, rtol=rtol, atol=rtol * np.abs(reference.x).max())
+
+
+@pytest.mark.parametrize("data, l2", [("diabetes", 0.0), ("synthetic", 0.0), ("synthetic", 0.5)])
+def test_least_squares_ends_at_the_normal_equations_solution(data, l2):
+    """Heavy ball at theory's best lr and momentum for the Hessian's spectrum: the parameters
+    reach numpy.linalg.lstsq's (ridge: its closed form) to 1e-8 relative in float64."""
+    prob, engine, _ = built("model=linear", f"data={data}", f"model.l2={l2}", "dtype=float64")
+    model = prob.loss
+    x_rows, y, n = model.data.x_train, model.data.y_train, len(model.data.y_train)
+    if l2 == 0:
+        expected = np.linalg.lstsq(x_rows, y, rcond=None)[0]
+    else:
+        expected = np.linalg.solve(x_rows.T @ x_rows / n + l2 * np.diag(model.penalised), x_rows.T @ y / n)
+    lr, momentum, _ = theory.heavy_ball_optimum(model.curvatures[-1], model.curvatures[0])
+    prob = dataclasses.replace(prob, optimizer=Optimizer("momentum", lr=lr, momentum=momentum))
+    trajectory = descend(prob, engine, loop(1500)).trajectory(0)
+    recorded = trajectory.x.shape[1]  # past RECORDED coordinates, the head and the norm of the whole x
+    np.testing.assert_allclose(trajectory.x[-1], expected[:recorded], rtol=1e-8, atol=1e-8 * np.abs(expected).max())
+    np.testing.assert_allclose(trajectory.loss[-1], model.minimum_values(prob.shape, 1)[0], rtol=1e-12)
+    if trajectory.x_norm is not None:
+        np.testing.assert_allclose(trajectory.x_norm[-1], np.linalg.norm(expected), rtol=1e-8)
+
+
+def test_least_squares_is_stable_up_to_two_over_the_largest_eigenvalue_of_its_hessian():
+    prob, engine, _ = built("model=linear", "data=diabetes", "dtype=float64")
+    x_rows = prob.loss.data.x_train
+    largest = np.linalg.eigvalsh(x_rows.T @ x_rows / len(x_rows))[-1]
+    bound = theory.largest_stable_lr("sgd", prob.loss.curvature)
+    np.testing.assert_allclose(bound, 2 / largest, rtol=1e-12)
+    outcomes = {}
+    for factor in (0.95, 1.05):
+        at = dataclasses.replace(prob, optimizer=Optimizer("sgd", lr=factor * bound))
+        outcomes[factor] = descend(at, engine, loop(600)).summary
+        assert (theory.of_problem(at)[0] < 1) == (factor < 1)
+    assert outcomes[0.95].outcome[0] != "diverged" and outcomes[0.95].final_loss[0] < 0.5
+    assert outcomes[1.05].outcome[0] == "diverged"
+
+
+@pytest.mark.parametrize("data", ["breast_cancer", "digits"])
+def test_logistic_regression_reaches_scikit_learns_objective(data):
+    """scikit-learn's LogisticRegression (lbfgs, C = 1 / (l2 n), its own intercept, unpenalised
+    as here) against Nesterov's momentum: the same objective to 1e-6 relative."""
+    from sklearn.linear_model import LogisticRegression
+
+    l2 = 0.01
+    prob, engine, _ = built("model=logistic", f"data={data}", f"model.l2={l2}", "dtype=float64",
+                            "optimizer=nesterov", "lr=1.0")
+    model = prob.loss
+    trajectory = descend(prob, engine, loop(300)).trajectory(0)
+    fitted = LogisticRegression(C=1 / (l2 * len(model.data.y_train)), tol=1e-12, max_iter=10_000).fit(
+        model.data.x_train[:, :-1], model.data.y_train)
+    weights = np.concatenate([fitted.coef_.T, fitted.intercept_[None]]).reshape(-1)  # feature by feature
+    theirs = model.objective(NUMPY_OPS, prob.shape)(weights[None])[0]
+    np.testing.assert_allclose(trajectory.loss[-1], theirs, rtol=1e-6)
+    assert trajectory.loss[-1] <= theirs * (1 + 1e-9)
+
+
+def test_a_model_run_is_named_and_recorded_as_the_model_on_its_data():
+    cfg = composed("model=logistic", "data=digits", "backend=torch", "lr=0.1")
+    assert app.run_name(cfg) == "torch-sgd-logistic-digits-lr0.1"
+    params = app.flat_params(cfg)
+    assert params["model"] == "logistic" and params["data"] == "digits" and params["model.l2"] == 0.001
+    assert "loss" not in params and "x_start" not in params  # what a model does not read
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["model=linear"], "model=linear needs data to train on: data=diabetes|breast_cancer|digits|synthetic"),
+    (["data=digits"], "data=digits needs a model to train: model=linear|logistic"),
+    (["model=logistic", "data=diabetes"], "model=logistic needs classes: data=diabetes is a regression"),
+    (["model=linear", "data=digits"], "model=linear fits a regression target: data=digits is a classification"),
+    (["model=logistic", "data=digits", "loss=expr", "loss.expr=x**4"],
+     "model=logistic and loss=expr at once: a model's loss is its own on data=digits"),
+    (["model=linear", "data=diabetes", "dim=3"], "dim=3 is not allowed with model=linear"),
+    (["model=linear", "data=diabetes", "model.l2=-1"], "model.l2=-1.0 is not allowed: it must be a finite number >= 0"),
+    (["model=linear", "data=diabetes", "optimizer=polyak"], None),  # least squares knows its minimum
+    (["model=logistic", "data=digits", "optimizer=polyak"], "optimizer=polyak needs the loss's minimum f*"),
+])
+def test_bad_model_input_is_one_line_naming_the_key(overrides, message):
+    if message is None:
+        built(*overrides)
+        return
+    with pytest.raises(ConfigError) as error:
+        built(*overrides)
+    assert str(error.value).startswith(message) and "\n" not in str(error.value), str(error.value)
+
+
+def test_a_model_is_a_loss_to_every_engine():
+    """The interface the engines ask of a loss, which a Model has too."""
+    prob, _, _ = built(*MODELS["softmax"])
+    assert isinstance(prob, engines.Problem) and isinstance(prob.loss, models.Model)
+    assert prob.shape == (65 * 10,) and prob.recorded == engines.RECORDED
+    assert prob.loss.with_constants({}) is prob.loss and prob.loss.curvature_values() is None
