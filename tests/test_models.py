@@ -66,7 +66,34 @@ def test_every_framework_trains_the_same_model(backend, kind):
         assert other.x.dtype == np.dtype(dtype)
         for series in ("loss", "x_norm", "whole_grad_norm"):
             np.testing.assert_allclose(getattr(other, series), getattr(reference, series), rtol=rtol)
+        assert list(other.measured) == list(reference.measured) == list(reference_names(kind))
+        for name, values in reference.measured.items():  # accuracy: a row's class may flip in float32
+            np.testing.assert_allclose(other.measured[name], values, rtol=rtol, atol=0 if dtype == "float64" else 0.01)
         np.testing.assert_allclose(other.x, reference.x, rtol=rtol, atol=rtol * np.abs(reference.x).max())
+
+
+def reference_names(kind):
+    return ("train_loss", "val_loss") if kind == "linear" else ("train_loss", "val_loss", "val_accuracy")
+
+
+@pytest.mark.parametrize("kind", sorted(MODELS))
+def test_each_epoch_measures_training_and_validation_loss_and_accuracy(kind):
+    """At w = 0 every score is 0: the losses are log 2, log 10 (a softmax) or half the mean square
+    of the target, and every row is predicted class 0; each measure is the model's loss (or
+    accuracy, as argmax) computed here, on the last epoch's x as the loop recorded it."""
+    prob, engine, loop_ = built(*MODELS[kind], "model.l2=0.01", "dtype=float64", "data.intercept=false",
+                                "epochs=5")
+    model = prob.loss
+    trajectory = descend(prob, engine, loop_).trajectory(0)
+    data = model.data
+    start = {"linear": [np.mean(data.y_train**2) / 2, np.mean(data.y_val**2) / 2],
+             "binary": [np.log(2), np.log(2), np.mean(data.y_val == 0)],
+             "softmax": [np.log(10), np.log(10), np.mean(data.y_val == 0)]}[kind]
+    np.testing.assert_allclose([trajectory.measured[n][0] for n in reference_names(kind)], start, rtol=1e-12)
+    x_norm = np.linalg.norm(trajectory.x, axis=1) if trajectory.x_norm is None else trajectory.x_norm
+    penalty = 0.01 / 2 * x_norm**2  # no intercept here: every weight is penalised
+    np.testing.assert_allclose(trajectory.measured["train_loss"], trajectory.loss - penalty, rtol=1e-10)
+    assert trajectory.measured["val_loss"][-1] < trajectory.measured["val_loss"][0]
 
 
 @pytest.mark.parametrize("data, l2", [("diabetes", 0.0), ("synthetic", 0.0), ("synthetic", 0.5)])
@@ -122,6 +149,7 @@ def test_logistic_regression_reaches_scikit_learns_objective(data):
     theirs = model.objective(NUMPY_OPS, prob.shape)(weights[None])[0]
     np.testing.assert_allclose(trajectory.loss[-1], theirs, rtol=1e-6)
     assert trajectory.loss[-1] <= theirs * (1 + 1e-9)
+    assert trajectory.measured["val_accuracy"][-1] == fitted.score(model.data.x_val[:, :-1], model.data.y_val)
 
 
 def test_a_model_run_is_named_and_recorded_as_the_model_on_its_data():
@@ -159,3 +187,33 @@ def test_a_model_is_a_loss_to_every_engine():
     assert isinstance(prob, engines.Problem) and isinstance(prob.loss, models.Model)
     assert prob.shape == (65 * 10,) and prob.recorded == engines.RECORDED
     assert prob.loss.with_constants({}) is prob.loss and prob.loss.curvature_values() is None
+
+
+@pytest.mark.slow
+def test_a_sweep_of_a_model_over_every_framework_records_its_measures_and_its_dataset(here, store_uri):
+    """The sweep a user types, `python -m runner model=logistic data=digits backend=... epochs=50
+    lr=0.1`, from Python in this process: each framework's run has the same loss, measures and
+    dataset inputs (training and validation, as the UI's dataset column shows them)."""
+    import runner
+    from mlflow import MlflowClient
+
+    backends = ",".join(b.values[0] for b in backend_params() if not b.marks[0].args[0])  # installed
+    grid = runner.sweep("model=logistic", "data=digits", f"backend={backends}", "epochs=50", "lr=0.1",
+                        "dtype=float64")
+    client = MlflowClient(store_uri)
+    runs = [client.get_run(r.run_id) for r in grid.runs()]
+    assert len(runs) == len(backends.split(",")) and {r.info.status for r in runs} == {"FINISHED"}
+    histories = {}
+    for run in runs:
+        assert run.info.run_name == f"{run.data.params['backend']}-sgd-logistic-digits-lr0.1"
+        histories[run.data.params["backend"]] = {
+            name: np.array([m.value for m in sorted(client.get_metric_history(run.info.run_id, name), key=lambda m: m.step)])
+            for name in ("loss", "train_loss", "val_loss", "val_accuracy")}
+        inputs = {i.tags[0].value: i.dataset for i in run.inputs.dataset_inputs}
+        assert sorted(inputs) == ["training", "validation"]
+        assert {d.name for d in inputs.values()} == {"digits"} and '"features_shape": [1438, 65]' in inputs["training"].profile
+    numpy = histories["numpy"]
+    assert len(numpy["val_accuracy"]) == 51 and numpy["val_accuracy"][-1] > 0.9
+    for backend, history in histories.items():
+        for name, values in history.items():
+            np.testing.assert_allclose(values, numpy[name], rtol=1e-10, err_msg=f"{backend} {name}")

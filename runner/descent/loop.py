@@ -60,6 +60,8 @@ class Trajectory:
     # ones, and these the norms of the whole vectors.
     x_norm: Optional[np.ndarray] = None
     whole_grad_norm: Optional[np.ndarray] = None
+    # What a model measures each row beside its loss: train_loss, val_loss, val_accuracy.
+    measured: Mapping[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def grad_norm(self) -> np.ndarray:
@@ -75,13 +77,13 @@ class Trajectory:
         first RECORDED coordinates, and `x_norm` too.
         """
         if self.x.ndim == 1:
-            return {"x": self.x, "loss": self.loss, "grad": self.grad}
+            return {"x": self.x, "loss": self.loss, "grad": self.grad, **self.measured}
         x, grad = self.x.reshape(len(self.x), -1), self.grad.reshape(len(self.grad), -1)
         norms = {"grad_norm": self.grad_norm}
         if self.x_norm is not None:
             norms["x_norm"] = self.x_norm
         return {**{f"x/{i}": x[:, i] for i in range(x.shape[1])}, "loss": self.loss,
-                **{f"grad/{i}": grad[:, i] for i in range(grad.shape[1])}, **norms}
+                **{f"grad/{i}": grad[:, i] for i in range(grad.shape[1])}, **norms, **self.measured}
 
     @classmethod
     def from_columns(cls, columns: Mapping[str, np.ndarray], device: str) -> "Trajectory":
@@ -112,12 +114,15 @@ class Descent:
     grad: np.ndarray
     norms: Optional[np.ndarray]  # (rows, kept, 2): |x|, |grad|, for a parameter recorded by its head
     device: str
+    measured: Optional[np.ndarray] = None  # (rows, kept, measures): what a model measures each row
+    measure_names: tuple[str, ...] = ()
 
     def trajectory(self, k: int = 0) -> Trajectory:
         """The rows of the k-th kept point, up to its last."""
         rows = int(self.summary.epochs_run[self.kept[k]]) + 1
         norms = (None, None) if self.norms is None else (self.norms[:rows, k, 0], self.norms[:rows, k, 1])
-        return Trajectory(self.x[:rows, k], self.loss[:rows, k], self.grad[:rows, k], self.device, *norms)
+        measured = {name: self.measured[:rows, k, m] for m, name in enumerate(self.measure_names)}
+        return Trajectory(self.x[:rows, k], self.loss[:rows, k], self.grad[:rows, k], self.device, *norms, measured)
 
 
 def descend(problem: Problem, engine: ModuleType, loop: Loop) -> Descent:
@@ -148,22 +153,22 @@ def descend(problem: Problem, engine: ModuleType, loop: Loop) -> Descent:
         # JAX) compiles once; the last piece's rows past the last epoch are dropped.
         rows = stepper(size)
         if len(rows) > total - done:
-            rows = Rows(*(None if a is None else a[: total - done] for a in (rows.x, rows.loss, rows.grad, rows.norms)))
+            rows = rows.map(lambda a: a[: total - done])
         if len(rows) == 0:
             break
         tally.add(rows)
-        pieces.append(rows if every else Rows(rows.x[:, keep], rows.loss[:, keep], rows.grad[:, keep],
-                                                None if rows.norms is None else rows.norms[:, keep]))
+        pieces.append(rows if every else rows.map(lambda a: a[:, keep]))
         done += len(rows)
         if loop.progress:
             loop.progress(done)
     summary = tally.summary()
-    x, loss, grad, norms = (_stacked([getattr(p, name) for p in pieces]) for name in ("x", "loss", "grad", "norms"))
+    arrays = [_stacked([getattr(p, name) for p in pieces]) for name in ("x", "loss", "grad", "norms", "measured")]
     for k in np.flatnonzero(summary.epochs_run[keep] < done - 1):  # rows past a point's last are not kept
-        for array in (x, loss, grad, norms):
+        for array in arrays:
             if array is not None:
                 array[summary.epochs_run[keep[k]] + 1:, k] = np.nan
-    return Descent(summary, keep, x, loss, grad, norms, stepper.device)
+    x, loss, grad, norms, measured = arrays
+    return Descent(summary, keep, x, loss, grad, norms, stepper.device, measured, problem.measure_names)
 
 
 def timed(problem: Problem, engine: ModuleType, loop: Loop, bar_label: Optional[str]) -> tuple[Descent, float]:
@@ -208,7 +213,7 @@ def row_values(problem: Problem) -> int:
     """Values one point records a row: x, loss, grad (and two norms past RECORDED coordinates)."""
     head = problem.recorded
     size = int(np.prod(problem.shape)) if head is None else head
-    return 2 * size + 1 + (0 if head is None else 2)
+    return 2 * size + 1 + (0 if head is None else 2) + len(problem.measure_names)
 
 
 def piece_rows(problem: Problem, loop: Loop) -> int:

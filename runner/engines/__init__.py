@@ -31,7 +31,7 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any, Callable, Optional, Protocol
+from typing import Any, Callable, Optional, Protocol, Sequence
 
 import numpy as np
 
@@ -82,6 +82,16 @@ class Problem:
         size = int(np.prod(self.shape))
         return RECORDED if size > RECORDED else None
 
+    @property
+    def measure_names(self) -> tuple[str, ...]:
+        """What each row measures beside x, loss and grad (a model's validation loss, ...)."""
+        return tuple(self.loss.measure_names)
+
+    def measures(self, ops: dict, convert: Callable) -> list[Callable]:
+        """The functions (x, loss) -> one value per point that measure `measure_names`, in the
+        framework's operations."""
+        return list(self.loss.measures(ops, convert).values())
+
     def minimum(self) -> Optional[np.ndarray]:
         """The loss's minimum f* for each point where an update rule reads it (Polyak's), else None."""
         if not optimizers.needs_minimum(self.optimizer.name):
@@ -114,9 +124,15 @@ class Rows:
     loss: np.ndarray  # (rows, points)
     grad: np.ndarray  # (rows, points, *recorded shape)
     norms: Optional[np.ndarray] = None
+    measured: Optional[np.ndarray] = None  # (rows, points, measures): Problem.measure_names, in order
 
     def __len__(self) -> int:
         return len(self.loss)
+
+    def map(self, function: Callable[[np.ndarray], np.ndarray]) -> "Rows":
+        """The rows with `function` applied to each array (a slice of rows or of points)."""
+        return Rows(*(None if a is None else function(a) for a in (self.x, self.loss, self.grad, self.norms,
+                                                                   self.measured)))
 
 
 class Stepper(Protocol):
@@ -157,12 +173,12 @@ def broadcast_shape(problem: Problem) -> tuple[int, ...]:
     return (problem.points,) + (1,) * len(problem.shape)
 
 
-def record(x, y, grad, head: Optional[int], norm: Callable) -> tuple:
+def record(x, y, grad, head: Optional[int], norm: Callable, measures: Sequence[Callable] = ()) -> tuple:
     """One row as the engines record it, in the framework's arrays: x, loss, grad; past RECORDED
-    coordinates, their head and the norms of the whole x and grad (`norm` over the last axis)."""
-    if head is None:
-        return x, y, grad
-    return x[..., :head], y, grad[..., :head], norm(x), norm(grad)
+    coordinates, their head and the norms of the whole x and grad (`norm` over the last axis);
+    then what each of `measures` (Problem.measures) measures."""
+    row = (x, y, grad) if head is None else (x[..., :head], y, grad[..., :head], norm(x), norm(grad))
+    return (*row, *(measure(x, y) for measure in measures))
 
 
 def alive(x: Any, loss: Any, bound: float, xp: Any = np) -> Any:

@@ -78,12 +78,13 @@ def start(problem: Problem) -> Stepper:
         init, update = optimizers.rule(rule, OPS, lambda v: jnp.reshape(v, broadcast_shape(problem)), value,
                                        values["minimum"])
         ones = jnp.ones(problem.points, dtype)
+        measures = problem.measures(OPS, lambda v: jnp.asarray(v, dtype))
 
         def step(carry, _):
             x, state = carry
             y, pullback = jax.vjp(value, x)
             (grad,) = pullback(ones)
-            row = record(x, y, grad, head, lambda v: jnp.linalg.norm(v, axis=-1))
+            row = record(x, y, grad, head, lambda v: jnp.linalg.norm(v, axis=-1), measures)
             return update(grad, state, x), row
 
         return init, step
@@ -98,7 +99,9 @@ def start(problem: Problem) -> Stepper:
     def step(count: int) -> Rows:  # runner.descent.loop asks for pieces of one length: one compilation
         carry[0], rows = run(carry[0], batched, count)
         rows = [np.asarray(jax.device_get(r)) for r in rows]
-        return Rows(*rows[:3], None if head is None else np.stack(rows[3:], axis=-1))
+        fixed = 3 if head is None else 5  # x, loss, grad (and the norms): then the measures
+        return Rows(*rows[:3], None if head is None else np.stack(rows[3:fixed], axis=-1),
+                    np.stack(rows[fixed:], axis=-1) if problem.measure_names else None)
 
     step.device = str(x0.devices().pop())
     return step

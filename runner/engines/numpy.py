@@ -60,6 +60,7 @@ def start(problem: Problem) -> Stepper:
     state = init(x)
     points, head = problem.points, problem.recorded
     row = problem.shape if head is None else (head,)
+    measures = problem.measures(OPS, convert)
 
     def step(count: int) -> Rows:
         nonlocal x, state
@@ -69,6 +70,7 @@ def start(problem: Problem) -> Stepper:
         x_rows, grad_rows = (xs.reshape(count), grads.reshape(count)) if scalar else (xs, grads)
         if head is not None:
             ys, norms = np.empty((count, points), dtype), np.empty((count, points, 2), dtype)
+        measured = np.empty((count, points, len(measures)), dtype) if measures else None
         done = count
         with np.errstate(all="ignore"):  # a diverging point overflows on purpose; it is detected
             for block in range(0, count, CHECK_EVERY):
@@ -79,13 +81,21 @@ def start(problem: Problem) -> Stepper:
                     else:
                         xs[k], ys[k], grads[k], x_norm, grad_norm = record(x, value(x), grad, head, _norm)
                         norms[k, :, 0], norms[k, :, 1] = x_norm, grad_norm
+                    if measures:
+                        y = ys[k] if head is not None else value(x)
+                        for m, measure in enumerate(measures):
+                            measured[k, :, m] = measure(x, y)
                     x, state = update(grad, state, x)  # the update after the last row is discarded
                 if not alive(xs[k], ys[k] if head is not None else value(xs[k]), problem.diverge_above).any():
                     done = k + 1  # every point has diverged
                     break
             if head is None:  # the loss of every row at once: it is not needed to step
-                return Rows(xs[:done], value(xs[:done]), grads[:done])
-            return Rows(xs[:done], ys[:done], grads[:done], norms[:done])
+                return Rows(xs[:done], value(xs[:done]), grads[:done], None, _cut(measured, done))
+            return Rows(xs[:done], ys[:done], grads[:done], norms[:done], _cut(measured, done))
 
     step.device = "cpu"
     return step
+
+
+def _cut(rows, done: int):
+    return None if rows is None else rows[:done]

@@ -74,6 +74,8 @@ def start(problem: Problem) -> Stepper:
         init, update = optimizers.rule(problem.optimizer, OPS,
                                        lambda v: convert(problem.per_point(v).reshape(broadcast_shape(problem))),
                                        value, problem.minimum())
+        measures = problem.measures(OPS, convert)
+        fixed = 3 if head is None else 5  # x, loss, grad (and the norms): then the measures
         x0 = tf.constant(problem.x_start, dt)
         carry = [x0, init(x0)]
         bound = tf.constant(problem.diverge_above, dt)
@@ -81,14 +83,14 @@ def start(problem: Problem) -> Stepper:
         @tf.function(jit_compile=True)  # XLA: about 3x fewer microseconds a step than the graph alone
         def run(x, state, count: tf.Tensor):
             """`count` rows, each followed by an update; fewer if every point diverges."""
-            rows = [tf.TensorArray(dt, size=count) for _ in range(3 if head is None else 5)]
+            rows = [tf.TensorArray(dt, size=count) for _ in range(fixed + len(measures))]
             done = count
             for k in tf.range(count):
                 with tf.GradientTape() as tape:
                     tape.watch(x)
                     y = value(x)
                 grad = tape.gradient(y, x)  # of the sum over points: each point's own gradient
-                row = record(x, y, grad, head, lambda v: tf.norm(v, axis=-1))
+                row = record(x, y, grad, head, lambda v: tf.norm(v, axis=-1), measures)
                 rows = [r.write(k, v) for r, v in zip(rows, row)]
                 if not tf.reduce_any(alive(x, y, bound, tnp)):
                     done = k + 1
@@ -101,7 +103,8 @@ def start(problem: Problem) -> Stepper:
                 x, state, rows = run(*carry, tf.constant(count))
             carry[:] = [x, state]
             rows = [r.numpy() for r in rows]
-            return Rows(*rows[:3], None if head is None else np.stack(rows[3:], axis=-1))
+            return Rows(*rows[:3], None if head is None else np.stack(rows[3:fixed], axis=-1),
+                        np.stack(rows[fixed:], axis=-1) if measures else None)
 
         step.device = _short(carry[0].device)
     return step

@@ -55,6 +55,7 @@ def start(problem: Problem) -> Stepper:
     norm = (lambda v: torch.linalg.vector_norm(v, dim=-1))
 
     row = problem.shape if head is None else (head,)
+    measures = problem.measures(OPS, convert)
 
     def step(count: int) -> Rows:
         nonlocal x, state
@@ -63,6 +64,7 @@ def start(problem: Problem) -> Stepper:
         xs, grads = (torch.empty((count, problem.points, *row), dtype=dt, device=device) for _ in range(2))
         losses = torch.empty((count, problem.points), dtype=dt, device=device)
         norms = None if head is None else torch.empty((count, problem.points, 2), dtype=dt, device=device)
+        measured = torch.empty((count, problem.points, len(measures)), dtype=dt, device=device) if measures else None
         done = count
         for block in range(0, count, CHECK_EVERY):
             for k in range(block, min(block + CHECK_EVERY, count)):
@@ -73,12 +75,14 @@ def start(problem: Problem) -> Stepper:
                         xs[k], losses[k], grads[k] = x, y, grad
                     else:
                         xs[k], losses[k], grads[k], norms[k, :, 0], norms[k, :, 1] = record(x, y, grad, head, norm)
+                    if measures:
+                        measured[k] = torch.stack([measure(x, y) for measure in measures], dim=-1)
                 x, state = update(grad, state, x.detach())  # the update after the last row is discarded
                 x.requires_grad_()
             if not alive(xs[k].cpu().numpy(), losses[k].cpu().numpy(), problem.diverge_above).any():
                 done = k + 1  # every point has diverged
                 break
-        return Rows(*(None if t is None else t[:done].cpu().numpy() for t in (xs, losses, grads, norms)))
+        return Rows(*(None if t is None else t[:done].cpu().numpy() for t in (xs, losses, grads, norms, measured)))
 
     step.device = str(x.device)
     return step

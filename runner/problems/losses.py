@@ -25,7 +25,7 @@ import ast
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Callable, ClassVar, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -77,6 +77,12 @@ class Loss:
         trailing = (1,) * len(shape) if self.dim is None else ()
         return {name: value if np.ndim(value) == 0 else (convert or np.asarray)(value.reshape(-1, *trailing))
                 for name, value in self.constants.items()}
+
+    measure_names: ClassVar[tuple[str, ...]] = ()  # a loss of x alone measures nothing more (a model does)
+    data: ClassVar[None] = None  # nor is it trained on data
+
+    def measures(self, ops: Mapping[str, Callable], convert: Optional[Callable] = None) -> dict[str, Callable]:
+        return {}
 
     def with_constants(self, values: Mapping[str, Any]) -> "Loss":
         """The same loss with some constants replaced (by numbers, or arrays of one per point)."""

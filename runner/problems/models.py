@@ -67,8 +67,53 @@ class Model:
 
     def objective(self, ops: Mapping[str, Callable], shape: tuple[int, ...],
                   convert: Optional[Callable] = None) -> Callable[[Any], Any]:
-        """The training loss of each point: x of shape (points, size) -> (points,)."""
+        """The training loss of each point: x of shape (..., size) -> (...)."""
         return self._loss(ops, convert or np.asarray, self.data.x_train, self.data.y_train, penalty=True)
+
+    @property
+    def measure_names(self) -> tuple[str, ...]:
+        """What each epoch records beside the loss (the training objective, penalty included):
+        the training and validation rows' mean loss without the penalty, and a classifier's
+        validation accuracy."""
+        return ("train_loss", "val_loss") + (() if self.data.task == datasets.REGRESSION else ("val_accuracy",))
+
+    def measures(self, ops: Mapping[str, Callable], convert: Optional[Callable] = None) -> dict[str, Callable]:
+        """The functions (x, loss) -> one value per point of `measure_names`."""
+        convert = convert or np.asarray
+        weight = convert(self.l2 / 2 * self.penalised)
+        total = ops["sum"]
+        val_loss = self._loss(ops, convert, self.data.x_val, self.data.y_val, penalty=False)
+        functions = {"train_loss": lambda x, loss: loss - total(weight * x * x, (-1,)),
+                     "val_loss": lambda x, loss: val_loss(x)}
+        if self.data.task != datasets.REGRESSION:
+            accuracy = self._accuracy(ops, convert, self.data.x_val, self.data.y_val)
+            functions["val_accuracy"] = lambda x, loss: accuracy(x)
+        return functions
+
+    def _accuracy(self, ops: Mapping[str, Callable], convert: Callable, x_rows: np.ndarray, y: np.ndarray
+                  ) -> Callable[[Any], Any]:
+        """The fraction of rows whose predicted class is theirs, x (..., size) -> (...). The
+        prediction is scikit-learn's: class 1 where the score is > 0; the first of the highest
+        scores (argmax), so that at w = 0, every score equal, every row is predicted class 0."""
+        rows, features, outputs = len(y), self.data.features, self.outputs
+        x_rows, target = convert(x_rows), convert(self.targets(y))
+        one, zero = convert(np.ones(())), convert(np.zeros(()))
+        matmul, reshape, total, where = ops["matmul"], ops["reshape"], ops["sum"], ops["where"]
+        # before[n, k] = 1 for the classes k ranked before row n's own when scores tie
+        before = convert((np.arange(outputs)[None] < y[:, None]).astype(np.float64))
+
+        def accuracy(x):
+            scores = matmul(x_rows, reshape(x, (*x.shape[:-1], features, outputs)))  # (..., rows, outputs)
+            if outputs == 1:
+                z = reshape(scores, (*x.shape[:-1], rows))
+                right = where(z > 0, target, one - target)
+            else:
+                own = total(target * scores, (-1,))[..., None]
+                beaten = where(scores > own, one, zero) + before * where(scores == own, one, zero)
+                right = where(total(beaten, (-1,)) > 0, zero, one)
+            return total(right, (-1,)) / rows
+
+        return accuracy
 
     def gradient(self, ops: Mapping[str, Callable], shape: tuple[int, ...],
                  convert: Optional[Callable] = None) -> Callable[[Any], Any]:
@@ -81,7 +126,7 @@ class Model:
         matmul, reshape = ops["matmul"], ops["reshape"]
 
         def gradient(x):
-            scores = matmul(x_rows, reshape(x, (-1, features, outputs)))  # (points, rows, outputs)
+            scores = matmul(x_rows, reshape(x, (*x.shape[:-1], features, outputs)))  # (..., rows, outputs)
             if self.name == LINEAR:
                 prediction = scores
             elif outputs == 1:
@@ -89,25 +134,25 @@ class Model:
             else:
                 prediction = ops["exp"](scores - ops["logsumexp"](scores)[..., None])
             error = prediction - reshape(target, (rows, outputs))
-            return reshape(matmul(x_rows.T, error), (-1, features * outputs)) / rows + weight * x
+            return reshape(matmul(x_rows.T, error), x.shape) / rows + weight * x
 
         return gradient
 
     def _loss(self, ops: Mapping[str, Callable], convert: Callable, x_rows: np.ndarray, y: np.ndarray,
               penalty: bool) -> Callable[[Any], Any]:
-        """The mean loss over these rows, with the penalty or without: x (points, size) -> (points,)."""
+        """The mean loss over these rows, with the penalty or without: x (..., size) -> (...)."""
         rows, features, outputs = len(y), self.data.features, self.outputs
         x_rows, target = convert(x_rows), convert(self.targets(y))
         weight = convert(self.l2 / 2 * self.penalised)
         matmul, reshape, total = ops["matmul"], ops["reshape"], ops["sum"]
 
         def loss(x):
-            scores = matmul(x_rows, reshape(x, (-1, features, outputs)))  # (points, rows, outputs)
+            scores = matmul(x_rows, reshape(x, (*x.shape[:-1], features, outputs)))  # (..., rows, outputs)
             if self.name == LINEAR:
-                error = reshape(scores, (-1, rows)) - target
+                error = reshape(scores, (*x.shape[:-1], rows)) - target
                 each = error * error / 2
             elif outputs == 1:  # log(1 + e^z) - y z, written so that no exp overflows
-                z = reshape(scores, (-1, rows))
+                z = reshape(scores, (*x.shape[:-1], rows))
                 each = (z + ops["abs"](z)) / 2 + ops["log"](1 + ops["exp"](-ops["abs"](z))) - target * z
             else:
                 each = ops["logsumexp"](scores) - total(target * scores, (-1,))

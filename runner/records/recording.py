@@ -52,6 +52,9 @@ def descend_and_record(store: Any, run_id: str, cfg: DictConfig, problem: engine
     value a sweeper minimises."""
     what = grid.name() if grid else f"lr={cfg.lr}"
     label = f"[{job.position(hydra_cfg)}{cfg.backend.name} {problem.optimizer.name} {what}]"
+    if problem.loss.data is not None:  # a model's: before it trains, so that a run that fails shows it too
+        store.log_dataset(run_id, problem.loss.data)
+        log.info("%s %s", label, problem.loss.data.describe())
     result, wall_time = timed(problem, engine, loop, None if job.shares_terminal(hydra_cfg) else label)
     log.debug("descent: %d rows of %d point(s) in %.3f s", len(result.loss), problem.points, wall_time)
     records = outputs(cfg, problem, grid, result, wall_time, hydra_cfg)
@@ -105,7 +108,7 @@ def _lines(problem: engines.Problem, trajectory: Trajectory, summary: Any) -> li
     else:
         # past RECORDED coordinates, both ends show the recorded head, and the norm of the whole x
         start = problem.x_start[0, :trajectory.x.shape[1]].tolist()
-        path = f"x: {start} -> {np.around(trajectory.x[-1], 4).tolist()}"
+        path = f"x: {start} -> {np.around(trajectory.x[-1].astype(np.float64), 4).tolist()}"
         if trajectory.x_norm is not None:
             path += f" (first {trajectory.x.shape[1]} of {problem.x_start[0].size}; |x| {trajectory.x_norm[-1]:.4g})"
     steps = int(summary.steps_to_tolerance[0])

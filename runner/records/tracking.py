@@ -9,6 +9,7 @@ active run, so a run one job left open can never leak into the next job of the s
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import os
 import time
@@ -34,6 +35,7 @@ from mlflow.exceptions import MlflowException  # noqa: E402
 from runner.descent.loop import Trajectory  # noqa: E402
 from runner.errors import FAILED, FINISHED, KILLED, RUNNING, ConfigError  # noqa: E402
 from runner.job import NUMBER_TAG  # noqa: E402
+from runner.problems.datasets import Dataset  # noqa: E402
 from runner.records import chatter  # noqa: E402
 
 chatter.quiet_loggers("mlflow.store.db.utils")  # "Creating initial MLflow database tables...", on a new store
@@ -123,6 +125,24 @@ class Store:
         items = [Param(key, str(value)) for key, value in params.items()]
         for start in range(0, len(items), PARAMS_PER_BATCH):
             self.client.log_batch(run_id, params=items[start : start + PARAMS_PER_BATCH])
+
+    def log_dataset(self, run_id: str, data: Dataset) -> None:
+        """A model's dataset as the run's inputs (`mlflow.log_input`): its training and its
+        validation part, each with its own digest, shape and split as its context, so that the
+        UI's dataset column and lineage show what the model was trained and validated on."""
+        import mlflow.data
+        from mlflow.data.code_dataset_source import CodeDatasetSource
+        from mlflow.entities import DatasetInput, InputTag
+        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+        source = CodeDatasetSource({"loader": data.source, "prepared_digest": data.digest})
+        inputs = []
+        for context, features, targets in (("training", data.x_train, data.y_train),
+                                           ("validation", data.x_val, data.y_val)):
+            digest = hashlib.sha256(features.tobytes() + targets.tobytes()).hexdigest()[:16]
+            part = mlflow.data.from_numpy(features, source=source, targets=targets, name=data.name, digest=digest)
+            inputs.append(DatasetInput(part._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)]))
+        self.client.log_inputs(run_id, datasets=inputs)
 
     def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
         self.client.log_batch(run_id, tags=[RunTag(key, str(value)) for key, value in tags.items()])
