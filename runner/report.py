@@ -153,7 +153,7 @@ def _row(job: Job, jobs: list[Job], varied: Sequence[str] = ()) -> dict:
     final_x = x[-1].tolist() if len(x) else None
     return {
         "backend": r.params.get("backend", ""), "optimizer": r.params.get("optimizer", ""),
-        "loss": r.params.get("loss") or _trained(r.params), "lr": tables.number(r.params.get("lr", "")),
+        "loss": tables.minimised(r.params), "lr": tables.number(r.params.get("lr", "")),
         **{key: tables.number(r.params.get(key, "")) for key in varied},
         "final_x": "" if final_x is None else (final_x[0] if len(final_x) == 1 else final_x),
         "final_loss": r.metrics.get("final_loss", ""),
@@ -165,11 +165,6 @@ def _row(job: Job, jobs: list[Job], varied: Sequence[str] = ()) -> dict:
         "status": r.status, "run_id": r.run_id, "run_name": r.name,
         "error": r.tags.get("error", ""),
     }
-
-
-def _trained(params: dict) -> str:
-    """What a model's run minimised, in the loss column: 'logistic on digits'."""
-    return f"{params['model']} on {params['data']}" if "model" in params and "data" in params else ""
 
 
 def _int_or_blank(value: Optional[float]) -> object:

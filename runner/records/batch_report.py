@@ -68,7 +68,7 @@ def _row(batch: _Batch, batches: list[_Batch]) -> dict:
     m = r.metrics
     return {
         "backend": r.params.get("backend", ""), "optimizer": r.params.get("optimizer", ""),
-        "loss": r.params.get("loss", ""), "batched": r.name.split(" ", 1)[-1] if " " in r.name else "",
+        "loss": tables.minimised(r.params), "batched": r.name.split(" ", 1)[-1] if " " in r.name else "",
         "points": _int(m.get("points")), **{k: _int(m.get(k)) for k in (CONVERGED, NOT_CONVERGED, DIVERGED)},
         **{k: m.get(k, "") for k in ("best_final_loss", "fastest_rate", "largest_stable_lr", "largest_stable_lr_theory",
                                      "wall_time_s")},
@@ -106,7 +106,8 @@ def _write_points(path: Path, batches: list[_Batch]) -> None:
         writer = csv.writer(file)
         writer.writerow(["backend", "optimizer", "loss", "run_id", *names])
         for b in batches:
-            head = [b.record.params.get(k, "") for k in ("backend", "optimizer", "loss")] + [b.record.run_id]
+            head = [b.record.params.get("backend", ""), b.record.params.get("optimizer", ""),
+                    tables.minimised(b.record.params), b.record.run_id]
             count = len(next(iter(b.points.values()), []))
             for i in range(count):
                 writer.writerow(head + [b.points[n][i] if n in b.points else "" for n in names])

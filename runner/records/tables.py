@@ -26,6 +26,17 @@ HEADERS = {"final_x": "final x", "final_loss": "final loss", "steps_to_tolerance
            "rate_vs_theory": "rate vs theory"}
 
 
+def minimised(params: Mapping[str, str]) -> str:
+    """What a run minimised, as a report's loss column says it: its loss, or a model on its data.
+
+    >>> minimised({"loss": "square"}), minimised({"model": "logistic", "data": "digits"})
+    ('square', 'logistic on digits')
+    """
+    if "model" in params and "data" in params:
+        return f"{params['model']} on {params['data']}"
+    return params.get("loss", "")
+
+
 def write_series(path: Path, columns: Mapping[str, np.ndarray]) -> Path:
     """Series of equal length as CSV, one row per step: `step`, then a column per series."""
     with path.open("w", newline="") as file:
