@@ -33,7 +33,7 @@ def from_config(cfg: DictConfig) -> tuple[engines.Problem, Loop, ModuleType, Opt
             raise
         raise ConfigError(f"point #{error.point} ({' '.join(grid.overrides(error.point))}): {error}") from None
     constants = {key[len(points.LOSS_CONSTANT):]: v for key, v in values.items() if key.startswith(points.LOSS_CONSTANT)}
-    if cfg.get("model") is not None or cfg.get("data") is not None:
+    if cfg.get("model") is not None or cfg.get("data") is not None or cfg.get("batch_size") is not None:
         loss = _model(cfg, constants, values)
         starts, shape = np.zeros((1, 1)), (loss.size,)  # a convex model starts from w = 0
     else:
@@ -67,6 +67,9 @@ def _model(cfg: DictConfig, constants: dict, values: dict) -> models.Model:
     """The model of `cfg` on its data, or a ConfigError for a config that is not one model on one dataset."""
     datasets_allowed = "|".join(datasets.LOADERS)
     if cfg.get("model") is None:
+        if cfg.get("data") is None:
+            raise ConfigError(f"batch_size={cfg.batch_size} needs a model, whose training rows it batches: "
+                              f"model={'|'.join(models.MODELS)} data={datasets_allowed}")
         raise ConfigError(f"data={cfg.data.name} needs a model to train: model={'|'.join(models.MODELS)}")
     if cfg.get("data") is None:
         raise ConfigError(f"model={cfg.model.name} needs data to train on: data={datasets_allowed}")
@@ -80,7 +83,10 @@ def _model(cfg: DictConfig, constants: dict, values: dict) -> models.Model:
     if constants or "x_start" in values:
         batched = ", ".join(sorted({*(points.LOSS_CONSTANT + k for k in constants), *(["x_start"] if "x_start" in values else [])}))
         raise ConfigError(f"hydra.sweeper.batch: {batched} cannot be batched with model={cfg.model.name}")
-    return models.from_config(cfg.model, datasets.prepare(cfg.data))
+    if cfg.batch_size is not None and optimizers.needs_objective(cfg.optimizer.name):
+        raise ConfigError(f"optimizer={cfg.optimizer.name} with batch_size={cfg.batch_size} is not allowed: its step "
+                          f"reads the loss, and a mini-batch's is not the loss; use the full batch (batch_size=null)")
+    return models.from_config(cfg.model, datasets.prepare(cfg.data), cfg.batch_size)
 
 
 def _losses_with_minimiser() -> list[str]:

@@ -141,6 +141,7 @@ class RunnerConfig:
     x_start: Any = MISSING  # a number, or a list: one number per coordinate
     dim: Optional[int] = MISSING
     epochs: int = MISSING
+    batch_size: Optional[int] = MISSING
     lr: float = MISSING
     device: Device = MISSING
     dtype: DType = MISSING

@@ -276,6 +276,11 @@ def needs_minimum(name: str) -> bool:
     return "minimum" in RULES[name][1]
 
 
+def needs_objective(name: str) -> bool:
+    """Whether rule `name` reads the loss f(x) itself (Polyak's step, Armijo's search), not its gradient alone."""
+    return "objective" in RULES[name][1]
+
+
 def rule(optimizer: Optimizer, ops: Mapping[str, Callable], convert: Optional[Callable] = None,
          objective: Optional[Callable] = None, minimum: Optional[np.ndarray] = None) -> tuple[Init, Update]:
     """`init` and `update` of the optimizer's rule, each hyperparameter and the minimum f* (one

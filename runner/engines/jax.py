@@ -37,7 +37,8 @@ VERSION = jax.__version__
 OPS = {"sin": jnp.sin, "cos": jnp.cos, "tanh": jnp.tanh, "exp": jnp.exp, "log": jnp.log,
        "sqrt": jnp.sqrt, "abs": jnp.abs, "maximum": jnp.maximum, "where": jnp.where, "pow": operator.pow,
        "sum": lambda v, axes: jnp.sum(v, axis=axes), "stack": lambda parts: jnp.stack(parts, axis=-1),
-       "matmul": jnp.matmul, "reshape": jnp.reshape, "logsumexp": lambda v: jax.nn.logsumexp(v, axis=-1)}
+       "matmul": jnp.matmul, "reshape": jnp.reshape, "logsumexp": lambda v: jax.nn.logsumexp(v, axis=-1),
+       "take": lambda v, indices: jnp.take(v, indices, axis=0)}
 
 
 def _gpus() -> list:
@@ -79,25 +80,44 @@ def start(problem: Problem) -> Stepper:
                                        values["minimum"])
         ones = jnp.ones(problem.points, dtype)
         measures = problem.measures(OPS, lambda v: jnp.asarray(v, dtype))
+        if problem.loss.batch_size:
+            batch_value = loss.batch_objective(OPS, lambda v: jnp.asarray(v, dtype))
 
-        def step(carry, _):
+        def batch_step(carry, batch):
+            x, state = carry
+            _, pullback = jax.vjp(lambda v: batch_value(v, *batch), x)
+            (grad,) = pullback(ones)
+            return update(grad, state, x), None
+
+        def step(carry, epoch_batches):
+            """A row, then an update, or an epoch of mini-batch updates (`epoch_batches`: indices
+            and weights, (steps, batch_size) each)."""
             x, state = carry
             y, pullback = jax.vjp(value, x)
             (grad,) = pullback(ones)
             row = record(x, y, grad, head, lambda v: jnp.linalg.norm(v, axis=-1), measures)
-            return update(grad, state, x), row
+            if epoch_batches is None:
+                return update(grad, state, x), row
+            return jax.lax.scan(batch_step, carry, epoch_batches)[0], row
 
         return init, step
 
     @functools.partial(jax.jit, static_argnums=2)
-    def run(carry, values, length):
-        return jax.lax.scan(descent(values)[1], carry, None, length=length)
+    def run(carry, values, length, batches):
+        return jax.lax.scan(descent(values)[1], carry, batches, length=length)
 
     x0 = on_device(problem.x_start)
     carry = [(x0, jax.jit(lambda x, values: descent(values)[0](x))(x0, batched))]
 
+    epoch = [0]  # of the first row a call computes: each epoch's mini-batches are drawn from it
+
     def step(count: int) -> Rows:  # runner.descent.loop asks for pieces of one length: one compilation
-        carry[0], rows = run(carry[0], batched, count)
+        batches = None
+        if problem.loss.batch_size:
+            indices, weights = problem.loss.epoch_batches(epoch[0], count, problem.seed)
+            batches = (jax.device_put(indices, device), on_device(weights))
+        epoch[0] += count
+        carry[0], rows = run(carry[0], batched, count, batches)
         rows = [np.asarray(jax.device_get(r)) for r in rows]
         fixed = 3 if head is None else 5  # x, loss, grad (and the norms): then the measures
         return Rows(*rows[:3], None if head is None else np.stack(rows[3:fixed], axis=-1),

@@ -61,9 +61,15 @@ def start(problem: Problem) -> Stepper:
     points, head = problem.points, problem.recorded
     row = problem.shape if head is None else (head,)
     measures = problem.measures(OPS, convert)
+    batch_gradient = problem.loss.batch_gradient(OPS, convert) if problem.loss.batch_size else None
+    epoch = 0  # of the first row a call computes: each epoch's mini-batches are drawn from it
 
     def step(count: int) -> Rows:
-        nonlocal x, state
+        nonlocal x, state, epoch
+        if batch_gradient:
+            indices, weights = problem.loss.epoch_batches(epoch, count, problem.seed)
+            weights = weights.astype(dtype)
+        epoch += count
         # Rows go into arrays made once a piece: a list of per-step tuples costs half as much again.
         xs, grads = np.empty((count, points, *row), dtype), np.empty((count, points, *row), dtype)
         # a scalar goes into a 1-D view: a store into a row of shape (1,) costs twice as much
@@ -85,7 +91,11 @@ def start(problem: Problem) -> Stepper:
                         y = ys[k] if head is not None else value(x)
                         for m, measure in enumerate(measures):
                             measured[k, :, m] = measure(x, y)
-                    x, state = update(grad, state, x)  # the update after the last row is discarded
+                    if batch_gradient:  # an epoch of mini-batch steps (after the last row: discarded)
+                        for batch, weight in zip(indices[k], weights[k]):
+                            x, state = update(batch_gradient(x, batch, weight), state, x)
+                    else:
+                        x, state = update(grad, state, x)  # the update after the last row is discarded
                 if not alive(xs[k], ys[k] if head is not None else value(xs[k]), problem.diverge_above).any():
                     done = k + 1  # every point has diverged
                     break

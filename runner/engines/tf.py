@@ -46,7 +46,8 @@ VERSION = tf.__version__
 OPS = {"sin": tf.sin, "cos": tf.cos, "tanh": tf.tanh, "exp": tf.exp, "log": tf.math.log,
        "sqrt": tf.sqrt, "abs": tf.abs, "maximum": tf.maximum, "where": tf.where, "pow": operator.pow,
        "sum": lambda v, axes: tf.reduce_sum(v, axis=axes), "stack": lambda parts: tf.stack(parts, axis=-1),
-       "matmul": tnp.matmul, "reshape": tf.reshape, "logsumexp": lambda v: tf.reduce_logsumexp(v, axis=-1)}
+       "matmul": tnp.matmul, "reshape": tf.reshape, "logsumexp": lambda v: tf.reduce_logsumexp(v, axis=-1),
+       "take": lambda v, indices: tf.gather(v, indices)}
 
 
 def resolve_device(requested: str) -> str:
@@ -75,14 +76,19 @@ def start(problem: Problem) -> Stepper:
                                        lambda v: convert(problem.per_point(v).reshape(broadcast_shape(problem))),
                                        value, problem.minimum())
         measures = problem.measures(OPS, convert)
+        batch_value = None
+        if problem.loss.batch_size:
+            batch_value = tf.autograph.experimental.do_not_convert(problem.loss.batch_objective(OPS, convert))
+        epoch = [0]  # of the first row a call computes: each epoch's mini-batches are drawn from it
         fixed = 3 if head is None else 5  # x, loss, grad (and the norms): then the measures
         x0 = tf.constant(problem.x_start, dt)
         carry = [x0, init(x0)]
         bound = tf.constant(problem.diverge_above, dt)
 
         @tf.function(jit_compile=True)  # XLA: about 3x fewer microseconds a step than the graph alone
-        def run(x, state, count: tf.Tensor):
-            """`count` rows, each followed by an update; fewer if every point diverges."""
+        def run(x, state, count: tf.Tensor, indices: tf.Tensor, weights: tf.Tensor):
+            """`count` rows, each followed by an update (or an epoch of mini-batch updates, at
+            `indices` with `weights`, one (steps, batch_size) each row); fewer if every point diverges."""
             rows = [tf.TensorArray(dt, size=count) for _ in range(fixed + len(measures))]
             done = count
             for k in tf.range(count):
@@ -95,12 +101,24 @@ def start(problem: Problem) -> Stepper:
                 if not tf.reduce_any(alive(x, y, bound, tnp)):
                     done = k + 1
                     break
-                x, state = update(grad, state, x)  # the update after the last row is discarded
+                if batch_value is None:
+                    x, state = update(grad, state, x)  # the update after the last row is discarded
+                else:
+                    for s in tf.range(tf.shape(indices)[1]):
+                        with tf.GradientTape() as tape:
+                            tape.watch(x)
+                            batch_loss = batch_value(x, indices[k, s], weights[k, s])
+                        x, state = update(tape.gradient(batch_loss, x), state, x)
             return x, state, [row.stack()[:done] for row in rows]
 
         def step(count: int) -> Rows:
+            if batch_value is None:
+                indices, weights = np.zeros((count, 0, 0), np.int64), np.zeros((count, 0, 0))
+            else:
+                indices, weights = problem.loss.epoch_batches(epoch[0], count, problem.seed)
+            epoch[0] += count
             with tf.device(problem.device):
-                x, state, rows = run(*carry, tf.constant(count))
+                x, state, rows = run(*carry, tf.constant(count), tf.constant(indices), convert(weights))
             carry[:] = [x, state]
             rows = [r.numpy() for r in rows]
             return Rows(*rows[:3], None if head is None else np.stack(rows[3:fixed], axis=-1),

@@ -22,7 +22,8 @@ OPS = {"sin": torch.sin, "cos": torch.cos, "tanh": torch.tanh, "exp": torch.exp,
        "log": torch.log, "sqrt": torch.sqrt, "abs": torch.abs, "maximum": torch.maximum, "where": torch.where,
        "pow": operator.pow, "sum": lambda v, axes: torch.sum(v, dim=axes),
        "stack": lambda parts: torch.stack(parts, dim=-1),
-       "matmul": torch.matmul, "reshape": torch.reshape, "logsumexp": lambda v: torch.logsumexp(v, dim=-1)}
+       "matmul": torch.matmul, "reshape": torch.reshape, "logsumexp": lambda v: torch.logsumexp(v, dim=-1),
+       "take": lambda v, indices: torch.index_select(v, 0, indices)}
 
 
 def resolve_device(requested: str) -> str:
@@ -56,9 +57,15 @@ def start(problem: Problem) -> Stepper:
 
     row = problem.shape if head is None else (head,)
     measures = problem.measures(OPS, convert)
+    batch_value = problem.loss.batch_objective(OPS, convert) if problem.loss.batch_size else None
+    epoch = 0  # of the first row a call computes: each epoch's mini-batches are drawn from it
 
     def step(count: int) -> Rows:
-        nonlocal x, state
+        nonlocal x, state, epoch
+        if batch_value:
+            indices, weights = problem.loss.epoch_batches(epoch, count, problem.seed)
+            indices, weights = torch.tensor(indices, device=device), convert(weights)
+        epoch += count
         # Rows go into tensors made once a piece, on x's device: holding each step's own tensors
         # instead keeps the allocator from reusing memory (5x slower a step at 10^4 points).
         xs, grads = (torch.empty((count, problem.points, *row), dtype=dt, device=device) for _ in range(2))
@@ -77,8 +84,14 @@ def start(problem: Problem) -> Stepper:
                         xs[k], losses[k], grads[k], norms[k, :, 0], norms[k, :, 1] = record(x, y, grad, head, norm)
                     if measures:
                         measured[k] = torch.stack([measure(x, y) for measure in measures], dim=-1)
-                x, state = update(grad, state, x.detach())  # the update after the last row is discarded
-                x.requires_grad_()
+                if batch_value:  # an epoch of mini-batch steps (after the last row: discarded)
+                    for batch, weight in zip(indices[k], weights[k]):
+                        (batch_grad,) = torch.autograd.grad(batch_value(x, batch, weight), x, ones)
+                        x, state = update(batch_grad, state, x.detach())
+                        x.requires_grad_()
+                else:
+                    x, state = update(grad, state, x.detach())  # the update after the last row is discarded
+                    x.requires_grad_()
             if not alive(xs[k].cpu().numpy(), losses[k].cpu().numpy(), problem.diverge_above).any():
                 done = k + 1  # every point has diverged
                 break

@@ -80,6 +80,7 @@ class Loss:
 
     measure_names: ClassVar[tuple[str, ...]] = ()  # a loss of x alone measures nothing more (a model does)
     data: ClassVar[None] = None  # nor is it trained on data
+    batch_size: ClassVar[None] = None  # in mini-batches
 
     def measures(self, ops: Mapping[str, Callable], convert: Optional[Callable] = None) -> dict[str, Callable]:
         return {}

@@ -38,6 +38,7 @@ class Model:
     name: str
     data: Dataset
     l2: float
+    batch_size: Optional[int] = None  # rows a step; None: every training row (the full batch)
     constants: Mapping[str, Any] = field(default_factory=dict)  # none differ from point to point
     dim = None
 
@@ -121,42 +122,83 @@ class Model:
         score (least squares), its sigmoid or its softmax: each model's log-loss has this gradient."""
         convert = convert or np.asarray
         x_rows, target = convert(self.data.x_train), convert(self.targets(self.data.y_train))
-        rows, features, outputs = len(self.data.y_train), self.data.features, self.outputs
-        weight = convert(self.l2 * self.penalised)
-        matmul, reshape = ops["matmul"], ops["reshape"]
+        gradient, share = self._gradient(ops, convert), 1 / len(self.data.y_train)
+        return lambda x: gradient(x, x_rows, target, share)
 
-        def gradient(x):
+    def batch_objective(self, ops: Mapping[str, Callable], convert: Callable) -> Callable[[Any, Any, Any], Any]:
+        """The loss on a mini-batch: (x, indices, weights) -> (...), the training rows at `indices`
+        (a batch, padded to `batch_size`) weighed by `weights` (1/rows each, 0 for padding)."""
+        x_rows, target = convert(self.data.x_train), convert(self.targets(self.data.y_train))
+        loss, take = self._loss_of_rows(ops, convert, penalty=True), ops["take"]
+        return lambda x, indices, weights: loss(x, take(x_rows, indices), take(target, indices), weights)
+
+    def batch_gradient(self, ops: Mapping[str, Callable], convert: Callable) -> Callable[[Any, Any, Any], Any]:
+        """`batch_objective`'s derivative, by hand."""
+        x_rows, target = convert(self.data.x_train), convert(self.targets(self.data.y_train))
+        gradient, take = self._gradient(ops, convert), ops["take"]
+        return lambda x, indices, weights: gradient(x, take(x_rows, indices), take(target, indices), weights)
+
+    def epoch_batches(self, first: int, count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """The mini-batches of epochs first .. first + count - 1: indices (count, steps, batch_size)
+        and weights alike. Each epoch's order is a permutation NumPy draws from (seed, epoch), the
+        same on every backend; its last batch, when the rows do not divide evenly, is padded with
+        row 0 at weight 0 so that every step has one shape (a compiled loop compiles once)."""
+        rows, size = len(self.data.y_train), self.batch_size
+        steps = -(-rows // size)
+        indices = np.zeros((count, steps * size), dtype=np.int64)
+        weights = np.zeros((count, steps * size))
+        for k in range(count):
+            indices[k, :rows] = np.random.default_rng([seed, first + k]).permutation(rows)
+        weights[:, :rows] = 1.0
+        weights = weights.reshape(count, steps, size)
+        weights /= weights.sum(axis=-1, keepdims=True)
+        return indices.reshape(count, steps, size), weights
+
+    def _gradient(self, ops: Mapping[str, Callable], convert: Callable) -> Callable[[Any, Any, Any, Any], Any]:
+        """(x, rows, target, weights) -> the gradient of the weighed loss on these rows, penalty included;
+        `weights` one per row, or one number for all."""
+        features, outputs = self.data.features, self.outputs
+        weight = convert(self.l2 * self.penalised)
+        matmul, reshape, exp = ops["matmul"], ops["reshape"], ops["exp"]
+
+        def gradient(x, x_rows, target, weights):
             scores = matmul(x_rows, reshape(x, (*x.shape[:-1], features, outputs)))  # (..., rows, outputs)
             if self.name == LINEAR:
                 prediction = scores
             elif outputs == 1:
-                prediction = 1 / (1 + ops["exp"](-scores))
+                prediction = 1 / (1 + exp(-scores))
             else:
-                prediction = ops["exp"](scores - ops["logsumexp"](scores)[..., None])
-            error = prediction - reshape(target, (rows, outputs))
-            return reshape(matmul(x_rows.T, error), x.shape) / rows + weight * x
+                prediction = exp(scores - ops["logsumexp"](scores)[..., None])
+            error = (prediction - reshape(target, (-1, outputs))) * _column(weights, reshape)
+            return reshape(matmul(x_rows.T, error), x.shape) + weight * x
 
         return gradient
 
     def _loss(self, ops: Mapping[str, Callable], convert: Callable, x_rows: np.ndarray, y: np.ndarray,
               penalty: bool) -> Callable[[Any], Any]:
         """The mean loss over these rows, with the penalty or without: x (..., size) -> (...)."""
-        rows, features, outputs = len(y), self.data.features, self.outputs
-        x_rows, target = convert(x_rows), convert(self.targets(y))
+        x_rows, target, share = convert(x_rows), convert(self.targets(y)), 1 / len(y)
+        loss = self._loss_of_rows(ops, convert, penalty)
+        return lambda x: loss(x, x_rows, target, share)
+
+    def _loss_of_rows(self, ops: Mapping[str, Callable], convert: Callable, penalty: bool
+                      ) -> Callable[[Any, Any, Any, Any], Any]:
+        """(x, rows, target, weights) -> the weighed loss on these rows: x (..., size) -> (...)."""
+        features, outputs = self.data.features, self.outputs
         weight = convert(self.l2 / 2 * self.penalised)
         matmul, reshape, total = ops["matmul"], ops["reshape"], ops["sum"]
 
-        def loss(x):
+        def loss(x, x_rows, target, weights):
             scores = matmul(x_rows, reshape(x, (*x.shape[:-1], features, outputs)))  # (..., rows, outputs)
             if self.name == LINEAR:
-                error = reshape(scores, (*x.shape[:-1], rows)) - target
+                error = reshape(scores, (*x.shape[:-1], -1)) - target
                 each = error * error / 2
             elif outputs == 1:  # log(1 + e^z) - y z, written so that no exp overflows
-                z = reshape(scores, (*x.shape[:-1], rows))
+                z = reshape(scores, (*x.shape[:-1], -1))
                 each = (z + ops["abs"](z)) / 2 + ops["log"](1 + ops["exp"](-ops["abs"](z))) - target * z
             else:
                 each = ops["logsumexp"](scores) - total(target * scores, (-1,))
-            mean = total(each, (-1,)) / rows
+            mean = total(each * weights, (-1,))
             return mean + total(weight * x * x, (-1,)) if penalty else mean
 
         return loss
@@ -203,8 +245,13 @@ class Model:
         return self
 
 
-def from_config(cfg: Any, data: Dataset) -> Model:
-    """The model `cfg` names on `data`, or a ConfigError naming the key and what is allowed."""
+def from_config(cfg: Any, data: Dataset, batch_size: Optional[int] = None) -> Model:
+    """The model `cfg` names on `data`, `batch_size` rows a step, or a ConfigError naming the key
+    and what is allowed."""
+    rows = len(data.y_train)
+    if batch_size is not None and not 1 <= batch_size <= rows:
+        raise ConfigError(f"batch_size={batch_size} is not allowed: an integer from 1 to {rows} (the training rows "
+                          f"of data={data.name}), or null for the full batch")
     if cfg.name not in MODELS:
         raise ConfigError(f"model={cfg.name} is not a model: allowed are {', '.join(MODELS)}")
     if cfg.name == LINEAR and data.task != datasets.REGRESSION:
@@ -215,4 +262,9 @@ def from_config(cfg: Any, data: Dataset) -> Model:
         classes = ", ".join(name for name, (task, _) in datasets.LOADERS.items() if task != datasets.REGRESSION)
         raise ConfigError(f"model=logistic needs classes: data={data.name} is a regression ({regression} are); "
                           f"use data={'|'.join(classes.split(', '))}, or model=linear")
-    return Model(cfg.name, data, float(cfg.l2))
+    return Model(cfg.name, data, float(cfg.l2), None if batch_size == rows else batch_size)
+
+
+def _column(weights: Any, reshape: Callable) -> Any:
+    """Per-row weights as a column against (..., rows, outputs); one number stays one number."""
+    return weights if isinstance(weights, float) else reshape(weights, (-1, 1))
