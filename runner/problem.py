@@ -35,7 +35,7 @@ def from_config(cfg: DictConfig) -> tuple[engines.Problem, Loop, ModuleType, Opt
     constants = {key[len(points.LOSS_CONSTANT):]: v for key, v in values.items() if key.startswith(points.LOSS_CONSTANT)}
     if cfg.get("model") is not None or cfg.get("data") is not None or cfg.get("batch_size") is not None:
         loss = _model(cfg, constants, values)
-        starts, shape = np.zeros((1, 1)), (loss.size,)  # a convex model starts from w = 0
+        starts, shape = loss.initial(cfg.seed)[None], (loss.size,)
     else:
         loss = losses.from_config(cfg.loss)
         if constants:

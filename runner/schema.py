@@ -100,7 +100,9 @@ class ModelConfig:
     """A model whose parameters are x, trained on `data` (see `runner.problems.models`)."""
 
     name: str = MISSING
-    l2: float = MISSING  # the L2 penalty's strength, (l2 / 2) |w|^2, the intercept left out
+    l2: float = MISSING  # the L2 penalty's strength, (l2 / 2) |w|^2, the intercept and biases left out
+    hidden: Optional[List[int]] = None  # model=mlp: the hidden layers' sizes
+    activation: Optional[str] = None  # model=mlp: tanh | relu
 
 
 # The update rule (see `runner.descent.optimizers`): its name, and a field per hyperparameter under

@@ -2,23 +2,26 @@
 
     model=linear     least squares of a regression target, (1/2n) |X w - y|^2 + (l2/2) |w|^2
     model=logistic   the mean log-loss of a sigmoid (two classes) or a softmax (more) + (l2/2) |w|^2
+    model=mlp        a multilayer perceptron (`model.hidden` sizes, tanh or ReLU), its output and
+                     loss as the data's task asks: a score and least squares, a sigmoid, a softmax
 
-The intercept (the dataset's column of ones, `runner.problems.datasets`) is not penalised, as in
-scikit-learn. x of one point is the weights flattened: (features,) for one output, (features *
-classes,) row by row for a softmax. A `Model` is a loss to the engines (`runner.problems.losses.Loss`'s
-interface): `objective` is written in the framework's operations (`OPS`: matmul, reshape,
-logsumexp and the rest), so TensorFlow, PyTorch and JAX differentiate it, and `gradient` is the
-derivative by hand, as the article's NumPy `dfunc`: Xᵀ(prediction - target)/n + l2 w, for all three
-models alike.
+The intercept (the dataset's column of ones, `runner.problems.datasets`) and a network's biases
+are not penalised, as in scikit-learn. x of one point is every layer's weights, row by row, each
+followed by its biases (a network's), flattened. A `Model` is a loss to the engines
+(`runner.problems.losses.Loss`'s interface): `objective` is written in the framework's operations
+(`OPS`: matmul, reshape, logsumexp and the rest), so TensorFlow, PyTorch and JAX differentiate
+it, and `gradient` is the derivative by hand, as the article's NumPy `dfunc`: for the linear
+models Xᵀ(prediction - target)/n + l2 w, for the network backpropagation written out.
 
     model = from_config(cfg.model, datasets.prepare(cfg.data))
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Mapping, NamedTuple, Optional
 
 import numpy as np
 
@@ -27,8 +30,19 @@ from runner.problems import datasets
 from runner.problems.datasets import Dataset
 from runner.problems.expressions import NUMPY_OPS
 
-LINEAR, LOGISTIC = "linear", "logistic"
-MODELS = (LINEAR, LOGISTIC)
+LINEAR, LOGISTIC, MLP = "linear", "logistic", "mlp"
+MODELS = (LINEAR, LOGISTIC, MLP)
+ACTIVATIONS = ("tanh", "relu")
+
+
+class Layer(NamedTuple):
+    """Where one layer's parameters lie in x: weights (inputs x outputs, row by row) at `weights`,
+    its biases at `biases` (None: it has none)."""
+
+    inputs: int
+    outputs: int
+    weights: int
+    biases: Optional[int]
 
 
 @dataclass(frozen=True)
@@ -39,26 +53,59 @@ class Model:
     data: Dataset
     l2: float
     batch_size: Optional[int] = None  # rows a step; None: every training row (the full batch)
+    hidden: tuple[int, ...] = ()  # a network's hidden layers' sizes
+    activation: str = "tanh"
     constants: Mapping[str, Any] = field(default_factory=dict)  # none differ from point to point
     dim = None
 
     @property
     def outputs(self) -> int:
-        """Scores per row: one for least squares and two classes, one per class for a softmax."""
+        """Scores per row: one for a regression and two classes, one per class for a softmax."""
         return self.data.classes if self.data.task == datasets.CLASSES else 1
+
+    @cached_property
+    def layers(self) -> tuple[Layer, ...]:
+        """One layer for the linear models (the intercept column is their bias); a network's
+        layers each have biases."""
+        sizes = (self.data.features, *self.hidden, self.outputs)
+        layers, at = [], 0
+        for inputs, outputs in zip(sizes[:-1], sizes[1:]):
+            biases = None if self.name != MLP else at + inputs * outputs
+            layers.append(Layer(inputs, outputs, at, biases))
+            at += inputs * outputs + (0 if biases is None else outputs)
+        return tuple(layers)
 
     @property
     def size(self) -> int:
-        """Coordinates of x: the weights of every output."""
-        return self.data.features * self.outputs
+        """Coordinates of x: every weight and bias."""
+        last = self.layers[-1]
+        return (last.weights + last.inputs * last.outputs) + (0 if last.biases is None else last.outputs)
 
-    @property
+    @cached_property
     def penalised(self) -> np.ndarray:
-        """1 for each coordinate of x the L2 penalty weighs, 0 for the intercept's."""
-        features = np.ones(self.data.features)
-        if self.data.intercept:
-            features[-1] = 0.0
-        return np.repeat(features, self.outputs)
+        """1 for each coordinate of x the L2 penalty weighs, 0 for biases and the intercept's weights."""
+        mask = np.zeros(self.size)
+        for number, layer in enumerate(self.layers):
+            weights = np.ones((layer.inputs, layer.outputs))
+            if number == 0 and self.data.intercept:
+                weights[-1] = 0.0
+            mask[layer.weights:layer.weights + weights.size] = weights.reshape(-1)
+        return mask
+
+    def initial(self, seed: int) -> np.ndarray:
+        """x at epoch 0: zeros for the linear models (convex: any start reaches the one minimum);
+        a network's weights drawn from `seed`, Glorot's uniform for tanh and He's for ReLU, its
+        biases 0 (all zeros would leave every hidden unit the same)."""
+        x = np.zeros(self.size)
+        if self.name != MLP:
+            return x
+        generator = np.random.default_rng(seed)
+        for layer in self.layers:
+            fan = layer.inputs + layer.outputs if self.activation == "tanh" else layer.inputs / 2
+            bound = math.sqrt(6 / fan)
+            x[layer.weights:layer.weights + layer.inputs * layer.outputs] = generator.uniform(
+                -bound, bound, layer.inputs * layer.outputs)
+        return x
 
     def targets(self, y: np.ndarray) -> np.ndarray:
         """What the scores are compared with: y itself, or one-hot rows for a softmax."""
@@ -91,20 +138,41 @@ class Model:
             functions["val_accuracy"] = lambda x, loss: accuracy(x)
         return functions
 
+    def _scores(self, ops: Mapping[str, Callable]) -> Callable[[Any, Any], Any]:
+        """(x (..., size), rows (n, features)) -> the scores (..., n, outputs): the forward pass."""
+        matmul, reshape = ops["matmul"], ops["reshape"]
+        # ReLU as a choice, not (z + |z|)/2 or max(z, 0): frameworks differ on |z|' and max' at 0
+        # (JAX takes |0|' = 1), and a hidden unit at exactly 0 is common (a row whose units before are all 0)
+        activate = ops["tanh"] if self.activation == "tanh" else (lambda z: ops["where"](z > 0, z, z * 0))
+
+        def scores(x, x_rows):
+            lead, h = tuple(x.shape[:-1]), x_rows
+            for number, layer in enumerate(self.layers):
+                if number:
+                    h = activate(h)
+                weights = x[..., layer.weights:layer.weights + layer.inputs * layer.outputs]
+                h = matmul(h, reshape(weights, (*lead, layer.inputs, layer.outputs)))
+                if layer.biases is not None:
+                    h = h + reshape(x[..., layer.biases:layer.biases + layer.outputs], (*lead, 1, layer.outputs))
+            return h
+
+        return scores
+
     def _accuracy(self, ops: Mapping[str, Callable], convert: Callable, x_rows: np.ndarray, y: np.ndarray
                   ) -> Callable[[Any], Any]:
         """The fraction of rows whose predicted class is theirs, x (..., size) -> (...). The
         prediction is scikit-learn's: class 1 where the score is > 0; the first of the highest
         scores (argmax), so that at w = 0, every score equal, every row is predicted class 0."""
-        rows, features, outputs = len(y), self.data.features, self.outputs
+        rows, outputs = len(y), self.outputs
         x_rows, target = convert(x_rows), convert(self.targets(y))
         one, zero = convert(np.ones(())), convert(np.zeros(()))
-        matmul, reshape, total, where = ops["matmul"], ops["reshape"], ops["sum"], ops["where"]
+        reshape, total, where = ops["reshape"], ops["sum"], ops["where"]
+        scores_of = self._scores(ops)
         # before[n, k] = 1 for the classes k ranked before row n's own when scores tie
         before = convert((np.arange(outputs)[None] < y[:, None]).astype(np.float64))
 
         def accuracy(x):
-            scores = matmul(x_rows, reshape(x, (*x.shape[:-1], features, outputs)))  # (..., rows, outputs)
+            scores = scores_of(x, x_rows)  # (..., rows, outputs)
             if outputs == 1:
                 z = reshape(scores, (*x.shape[:-1], rows))
                 right = where(z > 0, target, one - target)
@@ -118,11 +186,12 @@ class Model:
 
     def gradient(self, ops: Mapping[str, Callable], shape: tuple[int, ...],
                  convert: Optional[Callable] = None) -> Callable[[Any], Any]:
-        """The derivative by hand: Xᵀ(prediction - target)/n + l2 w, where the prediction is the
-        score (least squares), its sigmoid or its softmax: each model's log-loss has this gradient."""
+        """The derivative by hand (NumPy's): backpropagation of (prediction - target)/n, where the
+        prediction is the score (least squares), its sigmoid or its softmax (each log-loss has
+        this derivative in the scores), + l2 w. For the linear models, Xᵀ(prediction - target)/n + l2 w."""
         convert = convert or np.asarray
         x_rows, target = convert(self.data.x_train), convert(self.targets(self.data.y_train))
-        gradient, share = self._gradient(ops, convert), 1 / len(self.data.y_train)
+        gradient, share = self._gradient(convert), 1 / len(self.data.y_train)
         return lambda x: gradient(x, x_rows, target, share)
 
     def batch_objective(self, ops: Mapping[str, Callable], convert: Callable) -> Callable[[Any, Any, Any], Any]:
@@ -135,7 +204,7 @@ class Model:
     def batch_gradient(self, ops: Mapping[str, Callable], convert: Callable) -> Callable[[Any, Any, Any], Any]:
         """`batch_objective`'s derivative, by hand."""
         x_rows, target = convert(self.data.x_train), convert(self.targets(self.data.y_train))
-        gradient, take = self._gradient(ops, convert), ops["take"]
+        gradient, take = self._gradient(convert), ops["take"]
         return lambda x, indices, weights: gradient(x, take(x_rows, indices), take(target, indices), weights)
 
     def epoch_batches(self, first: int, count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -154,23 +223,44 @@ class Model:
         weights /= weights.sum(axis=-1, keepdims=True)
         return indices.reshape(count, steps, size), weights
 
-    def _gradient(self, ops: Mapping[str, Callable], convert: Callable) -> Callable[[Any, Any, Any, Any], Any]:
-        """(x, rows, target, weights) -> the gradient of the weighed loss on these rows, penalty included;
-        `weights` one per row, or one number for all."""
-        features, outputs = self.data.features, self.outputs
+    def _gradient(self, convert: Callable) -> Callable[[Any, Any, Any, Any], Any]:
+        """(x, rows, target, weights) -> the gradient of the weighed loss on these rows, penalty
+        included, in NumPy; `weights` one per row, or one number for all."""
         weight = convert(self.l2 * self.penalised)
-        matmul, reshape, exp = ops["matmul"], ops["reshape"], ops["exp"]
+        tanh = self.activation == "tanh"
 
         def gradient(x, x_rows, target, weights):
-            scores = matmul(x_rows, reshape(x, (*x.shape[:-1], features, outputs)))  # (..., rows, outputs)
-            if self.name == LINEAR:
-                prediction = scores
-            elif outputs == 1:
-                prediction = 1 / (1 + exp(-scores))
+            lead = x.shape[:-1]
+            inputs, before, h = [], [None], x_rows  # each layer's input, and it before its activation
+            for number, layer in enumerate(self.layers):
+                if number:
+                    before.append(h)
+                    h = np.tanh(h) if tanh else np.where(h > 0, h, h * 0)
+                inputs.append(h)
+                w = x[..., layer.weights:layer.weights + layer.inputs * layer.outputs]
+                h = h @ w.reshape(*lead, layer.inputs, layer.outputs)
+                if layer.biases is not None:
+                    h = h + x[..., None, layer.biases:layer.biases + layer.outputs]
+            if self.data.task == datasets.REGRESSION:
+                prediction = h
+            elif self.outputs == 1:
+                prediction = 1 / (1 + np.exp(-h))
             else:
-                prediction = exp(scores - ops["logsumexp"](scores)[..., None])
-            error = (prediction - reshape(target, (-1, outputs))) * _column(weights, reshape)
-            return reshape(matmul(x_rows.T, error), x.shape) + weight * x
+                prediction = np.exp(h - NUMPY_OPS["logsumexp"](h)[..., None])
+            delta = (prediction - target.reshape(-1, self.outputs)) * _column(weights)  # d loss / d scores
+            grad = np.empty_like(x)
+            for number in reversed(range(len(self.layers))):
+                layer, h = self.layers[number], inputs[number]
+                grad[..., layer.weights:layer.weights + layer.inputs * layer.outputs] = (
+                    np.swapaxes(h, -1, -2) @ delta).reshape(*lead, -1)
+                if layer.biases is not None:
+                    grad[..., layer.biases:layer.biases + layer.outputs] = delta.sum(axis=-2)
+                if number:
+                    w = x[..., layer.weights:layer.weights + layer.inputs * layer.outputs]
+                    back = delta @ np.swapaxes(w.reshape(*lead, layer.inputs, layer.outputs), -1, -2)
+                    # tanh' = 1 - tanh^2; ReLU's is 1 where z > 0, else 0 (at 0 too, as `where` routes it)
+                    delta = back * (1 - h * h if tanh else (before[number] > 0))
+            return grad + weight * x
 
         return gradient
 
@@ -184,16 +274,16 @@ class Model:
     def _loss_of_rows(self, ops: Mapping[str, Callable], convert: Callable, penalty: bool
                       ) -> Callable[[Any, Any, Any, Any], Any]:
         """(x, rows, target, weights) -> the weighed loss on these rows: x (..., size) -> (...)."""
-        features, outputs = self.data.features, self.outputs
         weight = convert(self.l2 / 2 * self.penalised)
-        matmul, reshape, total = ops["matmul"], ops["reshape"], ops["sum"]
+        reshape, total = ops["reshape"], ops["sum"]
+        scores_of = self._scores(ops)
 
         def loss(x, x_rows, target, weights):
-            scores = matmul(x_rows, reshape(x, (*x.shape[:-1], features, outputs)))  # (..., rows, outputs)
-            if self.name == LINEAR:
+            scores = scores_of(x, x_rows)  # (..., rows, outputs)
+            if self.data.task == datasets.REGRESSION:
                 error = reshape(scores, (*x.shape[:-1], -1)) - target
                 each = error * error / 2
-            elif outputs == 1:  # log(1 + e^z) - y z, written so that no exp overflows
+            elif self.outputs == 1:  # log(1 + e^z) - y z, written so that no exp overflows
                 z = reshape(scores, (*x.shape[:-1], -1))
                 each = (z + ops["abs"](z)) / 2 + ops["log"](1 + ops["exp"](-ops["abs"](z))) - target * z
             else:
@@ -245,6 +335,7 @@ class Model:
         return self
 
 
+
 def from_config(cfg: Any, data: Dataset, batch_size: Optional[int] = None) -> Model:
     """The model `cfg` names on `data`, `batch_size` rows a step, or a ConfigError naming the key
     and what is allowed."""
@@ -259,12 +350,20 @@ def from_config(cfg: Any, data: Dataset, batch_size: Optional[int] = None) -> Mo
                           f"use model=logistic")
     if cfg.name == LOGISTIC and data.task == datasets.REGRESSION:
         regression = ", ".join(name for name, (task, _) in datasets.LOADERS.items() if task == datasets.REGRESSION)
-        classes = ", ".join(name for name, (task, _) in datasets.LOADERS.items() if task != datasets.REGRESSION)
+        classes = "|".join(name for name, (task, _) in datasets.LOADERS.items() if task != datasets.REGRESSION)
         raise ConfigError(f"model=logistic needs classes: data={data.name} is a regression ({regression} are); "
-                          f"use data={'|'.join(classes.split(', '))}, or model=linear")
-    return Model(cfg.name, data, float(cfg.l2), None if batch_size == rows else batch_size)
+                          f"use data={classes}, or model=linear")
+    hidden, activation = (), "tanh"
+    if cfg.name == MLP:
+        hidden, activation = cfg.get("hidden"), cfg.get("activation")
+        if (not hidden or not all(isinstance(h, int) and not isinstance(h, bool) and h >= 1 for h in hidden)):
+            raise ConfigError(f"model.hidden={hidden} is not allowed: a list of one or more integers >= 1, the hidden "
+                              f"layers' sizes, e.g. [32] or [64,32]")
+        if activation not in ACTIVATIONS:
+            raise ConfigError(f"model.activation={activation} is not allowed: {'|'.join(ACTIVATIONS)}")
+    return Model(cfg.name, data, float(cfg.l2), None if batch_size == rows else batch_size, tuple(hidden), activation)
 
 
-def _column(weights: Any, reshape: Callable) -> Any:
+def _column(weights: Any) -> Any:
     """Per-row weights as a column against (..., rows, outputs); one number stays one number."""
-    return weights if isinstance(weights, float) else reshape(weights, (-1, 1))
+    return weights if np.ndim(weights) == 0 else np.reshape(weights, (-1, 1))

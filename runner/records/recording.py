@@ -107,7 +107,7 @@ def _lines(problem: engines.Problem, trajectory: Trajectory, summary: Any) -> li
         path = np.array2string(np.around(trajectory.x, 2), max_line_width=sys.maxsize, threshold=20, edgeitems=8)
     else:
         # past RECORDED coordinates, both ends show the recorded head, and the norm of the whole x
-        start = problem.x_start[0, :trajectory.x.shape[1]].tolist()
+        start = np.around(problem.x_start[0, :trajectory.x.shape[1]], 4).tolist()
         path = f"x: {start} -> {np.around(trajectory.x[-1].astype(np.float64), 4).tolist()}"
         if trajectory.x_norm is not None:
             path += f" (first {trajectory.x.shape[1]} of {problem.x_start[0].size}; |x| {trajectory.x_norm[-1]:.4g})"
