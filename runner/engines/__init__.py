@@ -32,7 +32,7 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any, Callable, Optional, Protocol, Sequence
+from typing import Any, Callable, Optional, Protocol
 
 import numpy as np
 
@@ -88,10 +88,10 @@ class Problem:
         """What each row measures beside x, loss and grad (a model's validation loss, ...)."""
         return tuple(self.loss.measure_names)
 
-    def measures(self, ops: dict, convert: Callable) -> list[Callable]:
-        """The functions (x, loss) -> one value per point that measure `measure_names`, in the
-        framework's operations."""
-        return list(self.loss.measures(ops, convert).values())
+    def measure(self, ops: dict, convert: Callable) -> Optional[Callable]:
+        """(x, loss) -> a tuple of `measure_names`' values, one per point each, in the framework's
+        operations; None where the loss measures nothing."""
+        return self.loss.measure(ops, convert)
 
     def minimum(self) -> Optional[np.ndarray]:
         """The loss's minimum f* for each point where an update rule reads it (Polyak's), else None."""
@@ -174,12 +174,12 @@ def broadcast_shape(problem: Problem) -> tuple[int, ...]:
     return (problem.points,) + (1,) * len(problem.shape)
 
 
-def record(x, y, grad, head: Optional[int], norm: Callable, measures: Sequence[Callable] = ()) -> tuple:
+def record(x, y, grad, head: Optional[int], norm: Callable, measure: Optional[Callable] = None) -> tuple:
     """One row as the engines record it, in the framework's arrays: x, loss, grad; past RECORDED
     coordinates, their head and the norms of the whole x and grad (`norm` over the last axis);
-    then what each of `measures` (Problem.measures) measures."""
+    then what `measure` (Problem.measure) measures."""
     row = (x, y, grad) if head is None else (x[..., :head], y, grad[..., :head], norm(x), norm(grad))
-    return (*row, *(measure(x, y) for measure in measures))
+    return row if measure is None else (*row, *measure(x, y))
 
 
 def alive(x: Any, loss: Any, bound: float, xp: Any = np) -> Any:

@@ -79,7 +79,7 @@ def start(problem: Problem) -> Stepper:
         init, update = optimizers.rule(rule, OPS, lambda v: jnp.reshape(v, broadcast_shape(problem)), value,
                                        values["minimum"])
         ones = jnp.ones(problem.points, dtype)
-        measures = problem.measures(OPS, lambda v: jnp.asarray(v, dtype))
+        measure = problem.measure(OPS, lambda v: jnp.asarray(v, dtype))
         if problem.loss.batch_size:
             batch_value = loss.batch_objective(OPS, lambda v: jnp.asarray(v, dtype))
 
@@ -95,7 +95,7 @@ def start(problem: Problem) -> Stepper:
             x, state = carry
             y, pullback = jax.vjp(value, x)
             (grad,) = pullback(ones)
-            row = record(x, y, grad, head, lambda v: jnp.linalg.norm(v, axis=-1), measures)
+            row = record(x, y, grad, head, lambda v: jnp.linalg.norm(v, axis=-1), measure)
             if epoch_batches is None:
                 return update(grad, state, x), row
             return jax.lax.scan(batch_step, carry, epoch_batches)[0], row

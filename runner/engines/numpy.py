@@ -52,6 +52,7 @@ def start(problem: Problem) -> Stepper:
 
     value = problem.loss.objective(OPS, problem.shape, convert)
     derivative = problem.loss.gradient(OPS, problem.shape, convert)
+    value_and_derivative = problem.loss.value_and_gradient(OPS, problem.shape, convert)
     init, update = optimizers.rule(problem.optimizer, OPS,
                                    lambda v: convert(problem.per_point(v).reshape(broadcast_shape(problem))),
                                    value, problem.minimum())
@@ -60,7 +61,7 @@ def start(problem: Problem) -> Stepper:
     state = init(x)
     points, head = problem.points, problem.recorded
     row = problem.shape if head is None else (head,)
-    measures = problem.measures(OPS, convert)
+    measure = problem.measure(OPS, convert)
     batch_gradient = problem.loss.batch_gradient(OPS, convert) if problem.loss.batch_size else None
     epoch = 0  # of the first row a call computes: each epoch's mini-batches are drawn from it
 
@@ -76,21 +77,21 @@ def start(problem: Problem) -> Stepper:
         x_rows, grad_rows = (xs.reshape(count), grads.reshape(count)) if scalar else (xs, grads)
         if head is not None:
             ys, norms = np.empty((count, points), dtype), np.empty((count, points, 2), dtype)
-        measured = np.empty((count, points, len(measures)), dtype) if measures else None
+        measured = np.empty((count, points, len(problem.measure_names)), dtype) if measure else None
         done = count
         with np.errstate(all="ignore"):  # a diverging point overflows on purpose; it is detected
             for block in range(0, count, CHECK_EVERY):
                 for k in range(block, min(block + CHECK_EVERY, count)):
-                    grad = derivative(x)
                     if head is None:
+                        grad = derivative(x)
                         x_rows[k], grad_rows[k] = x, grad
                     else:
-                        xs[k], ys[k], grads[k], x_norm, grad_norm = record(x, value(x), grad, head, _norm)
+                        y, grad = value_and_derivative(x)
+                        xs[k], ys[k], grads[k], x_norm, grad_norm = record(x, y, grad, head, _norm)
                         norms[k, :, 0], norms[k, :, 1] = x_norm, grad_norm
-                    if measures:
-                        y = ys[k] if head is not None else value(x)
-                        for m, measure in enumerate(measures):
-                            measured[k, :, m] = measure(x, y)
+                    if measure:
+                        for m, values in enumerate(measure(x, ys[k] if head is not None else value(x))):
+                            measured[k, :, m] = values
                     if batch_gradient:  # an epoch of mini-batch steps (after the last row: discarded)
                         for batch, weight in zip(indices[k], weights[k]):
                             x, state = update(batch_gradient(x, batch, weight), state, x)

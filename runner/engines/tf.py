@@ -75,7 +75,7 @@ def start(problem: Problem) -> Stepper:
         init, update = optimizers.rule(problem.optimizer, OPS,
                                        lambda v: convert(problem.per_point(v).reshape(broadcast_shape(problem))),
                                        value, problem.minimum())
-        measures = problem.measures(OPS, convert)
+        measure = problem.measure(OPS, convert)
         batch_value = None
         if problem.loss.batch_size:
             batch_value = tf.autograph.experimental.do_not_convert(problem.loss.batch_objective(OPS, convert))
@@ -89,14 +89,14 @@ def start(problem: Problem) -> Stepper:
         def run(x, state, count: tf.Tensor, indices: tf.Tensor, weights: tf.Tensor):
             """`count` rows, each followed by an update (or an epoch of mini-batch updates, at
             `indices` with `weights`, one (steps, batch_size) each row); fewer if every point diverges."""
-            rows = [tf.TensorArray(dt, size=count) for _ in range(fixed + len(measures))]
+            rows = [tf.TensorArray(dt, size=count) for _ in range(fixed + len(problem.measure_names))]
             done = count
             for k in tf.range(count):
                 with tf.GradientTape() as tape:
                     tape.watch(x)
                     y = value(x)
                 grad = tape.gradient(y, x)  # of the sum over points: each point's own gradient
-                row = record(x, y, grad, head, lambda v: tf.norm(v, axis=-1), measures)
+                row = record(x, y, grad, head, lambda v: tf.norm(v, axis=-1), measure)
                 rows = [r.write(k, v) for r, v in zip(rows, row)]
                 if not tf.reduce_any(alive(x, y, bound, tnp)):
                     done = k + 1
@@ -122,7 +122,7 @@ def start(problem: Problem) -> Stepper:
             carry[:] = [x, state]
             rows = [r.numpy() for r in rows]
             return Rows(*rows[:3], None if head is None else np.stack(rows[3:fixed], axis=-1),
-                        np.stack(rows[fixed:], axis=-1) if measures else None)
+                        np.stack(rows[fixed:], axis=-1) if measure else None)
 
         step.device = _short(carry[0].device)
     return step

@@ -56,7 +56,7 @@ def start(problem: Problem) -> Stepper:
     norm = (lambda v: torch.linalg.vector_norm(v, dim=-1))
 
     row = problem.shape if head is None else (head,)
-    measures = problem.measures(OPS, convert)
+    measure = problem.measure(OPS, convert)
     batch_value = problem.loss.batch_objective(OPS, convert) if problem.loss.batch_size else None
     epoch = 0  # of the first row a call computes: each epoch's mini-batches are drawn from it
 
@@ -71,7 +71,8 @@ def start(problem: Problem) -> Stepper:
         xs, grads = (torch.empty((count, problem.points, *row), dtype=dt, device=device) for _ in range(2))
         losses = torch.empty((count, problem.points), dtype=dt, device=device)
         norms = None if head is None else torch.empty((count, problem.points, 2), dtype=dt, device=device)
-        measured = torch.empty((count, problem.points, len(measures)), dtype=dt, device=device) if measures else None
+        measured = torch.empty((count, problem.points, len(problem.measure_names)), dtype=dt, device=device) \
+            if measure else None
         done = count
         for block in range(0, count, CHECK_EVERY):
             for k in range(block, min(block + CHECK_EVERY, count)):
@@ -82,8 +83,8 @@ def start(problem: Problem) -> Stepper:
                         xs[k], losses[k], grads[k] = x, y, grad
                     else:
                         xs[k], losses[k], grads[k], norms[k, :, 0], norms[k, :, 1] = record(x, y, grad, head, norm)
-                    if measures:
-                        measured[k] = torch.stack([measure(x, y) for measure in measures], dim=-1)
+                    if measure:
+                        measured[k] = torch.stack(measure(x, y), dim=-1)
                 if batch_value:  # an epoch of mini-batch steps (after the last row: discarded)
                     for batch, weight in zip(indices[k], weights[k]):
                         (batch_grad,) = torch.autograd.grad(batch_value(x, batch, weight), x, ones)

@@ -71,6 +71,12 @@ class Loss:
         stack = ops["stack"]
         return lambda x: stack([part(x) for part in parts])
 
+    def value_and_gradient(self, ops: Mapping[str, Callable], shape: tuple[int, ...],
+                           convert: Optional[Callable] = None) -> Callable[[Any], tuple[Any, Any]]:
+        """x -> (the loss, its hand-written derivative)."""
+        value, gradient = self.objective(ops, shape, convert), self.gradient(ops, shape, convert)
+        return lambda x: (value(x), gradient(x))
+
     def _constants(self, shape: tuple[int, ...], convert: Optional[Callable]) -> dict[str, Any]:
         """Per-point constants shaped to broadcast against what the expressions see: x itself
         for an elementwise loss, (points,) coordinates x[..., i] for a loss of `dim` coordinates."""
@@ -82,8 +88,8 @@ class Loss:
     data: ClassVar[None] = None  # nor is it trained on data
     batch_size: ClassVar[None] = None  # in mini-batches
 
-    def measures(self, ops: Mapping[str, Callable], convert: Optional[Callable] = None) -> dict[str, Callable]:
-        return {}
+    def measure(self, ops: Mapping[str, Callable], convert: Optional[Callable] = None) -> Optional[Callable]:
+        return None
 
     def with_constants(self, values: Mapping[str, Any]) -> "Loss":
         """The same loss with some constants replaced (by numbers, or arrays of one per point)."""

@@ -125,18 +125,21 @@ class Model:
         validation accuracy."""
         return ("train_loss", "val_loss") + (() if self.data.task == datasets.REGRESSION else ("val_accuracy",))
 
-    def measures(self, ops: Mapping[str, Callable], convert: Optional[Callable] = None) -> dict[str, Callable]:
-        """The functions (x, loss) -> one value per point of `measure_names`."""
+    def measure(self, ops: Mapping[str, Callable], convert: Optional[Callable] = None) -> Callable:
+        """(x, loss) -> the values of `measure_names`, one per point each: one forward pass over the
+        validation rows gives both their loss and their accuracy."""
         convert = convert or np.asarray
         weight = convert(self.l2 / 2 * self.penalised)
-        total = ops["sum"]
-        val_loss = self._loss(ops, convert, self.data.x_val, self.data.y_val, penalty=False)
-        functions = {"train_loss": lambda x, loss: loss - total(weight * x * x, (-1,)),
-                     "val_loss": lambda x, loss: val_loss(x)}
-        if self.data.task != datasets.REGRESSION:
-            accuracy = self._accuracy(ops, convert, self.data.x_val, self.data.y_val)
-            functions["val_accuracy"] = lambda x, loss: accuracy(x)
-        return functions
+        total, scores_of, mean_loss = ops["sum"], self._scores(ops), self._mean_loss(ops)
+        x_val, target, share = convert(self.data.x_val), convert(self.targets(self.data.y_val)), 1 / len(self.data.y_val)
+        accuracy = None if self.data.task == datasets.REGRESSION else self._accuracy(ops, convert, self.data.y_val)
+
+        def measure(x, loss):
+            scores = scores_of(x, x_val)
+            values = (loss - total(weight * x * x, (-1,)), mean_loss(x, scores, target, share))
+            return values if accuracy is None else (*values, accuracy(x, scores))
+
+        return measure
 
     def _scores(self, ops: Mapping[str, Callable]) -> Callable[[Any, Any], Any]:
         """(x (..., size), rows (n, features)) -> the scores (..., n, outputs): the forward pass."""
@@ -158,21 +161,18 @@ class Model:
 
         return scores
 
-    def _accuracy(self, ops: Mapping[str, Callable], convert: Callable, x_rows: np.ndarray, y: np.ndarray
-                  ) -> Callable[[Any], Any]:
-        """The fraction of rows whose predicted class is theirs, x (..., size) -> (...). The
-        prediction is scikit-learn's: class 1 where the score is > 0; the first of the highest
+    def _accuracy(self, ops: Mapping[str, Callable], convert: Callable, y: np.ndarray) -> Callable[[Any, Any], Any]:
+        """(x, scores of these rows) -> the fraction of rows whose predicted class is theirs, (...).
+        The prediction is scikit-learn's: class 1 where the score is > 0; the first of the highest
         scores (argmax), so that at w = 0, every score equal, every row is predicted class 0."""
         rows, outputs = len(y), self.outputs
-        x_rows, target = convert(x_rows), convert(self.targets(y))
+        target = convert(self.targets(y))
         one, zero = convert(np.ones(())), convert(np.zeros(()))
         reshape, total, where = ops["reshape"], ops["sum"], ops["where"]
-        scores_of = self._scores(ops)
         # before[n, k] = 1 for the classes k ranked before row n's own when scores tie
         before = convert((np.arange(outputs)[None] < y[:, None]).astype(np.float64))
 
-        def accuracy(x):
-            scores = scores_of(x, x_rows)  # (..., rows, outputs)
+        def accuracy(x, scores):
             if outputs == 1:
                 z = reshape(scores, (*x.shape[:-1], rows))
                 right = where(z > 0, target, one - target)
@@ -223,11 +223,22 @@ class Model:
         weights /= weights.sum(axis=-1, keepdims=True)
         return indices.reshape(count, steps, size), weights
 
-    def _gradient(self, convert: Callable) -> Callable[[Any, Any, Any, Any], Any]:
+    def value_and_gradient(self, ops: Mapping[str, Callable], shape: tuple[int, ...],
+                           convert: Optional[Callable] = None) -> Callable[[Any], tuple[Any, Any]]:
+        """x -> (the training loss, its gradient by hand), from one forward pass (NumPy's engine
+        records both each epoch)."""
+        convert = convert or np.asarray
+        x_rows, target = convert(self.data.x_train), convert(self.targets(self.data.y_train))
+        gradient, share = self._gradient(convert, with_value=True), 1 / len(self.data.y_train)
+        return lambda x: gradient(x, x_rows, target, share)
+
+    def _gradient(self, convert: Callable, with_value: bool = False) -> Callable[[Any, Any, Any, Any], Any]:
         """(x, rows, target, weights) -> the gradient of the weighed loss on these rows, penalty
-        included, in NumPy; `weights` one per row, or one number for all."""
+        included, in NumPy (with the loss first, `with_value`); `weights` one per row, or one
+        number for all."""
         weight = convert(self.l2 * self.penalised)
         tanh = self.activation == "tanh"
+        mean_loss = self._mean_loss(NUMPY_OPS)
 
         def gradient(x, x_rows, target, weights):
             lead = x.shape[:-1]
@@ -246,7 +257,14 @@ class Model:
             elif self.outputs == 1:
                 prediction = 1 / (1 + np.exp(-h))
             else:
-                prediction = np.exp(h - NUMPY_OPS["logsumexp"](h)[..., None])
+                log_total = NUMPY_OPS["logsumexp"](h)
+                prediction = np.exp(h - log_total[..., None])
+            if with_value:
+                if self.outputs > 1:  # the softmax's log-loss from the same log-sum-exp
+                    mean = np.sum((log_total - np.sum(target * h, axis=-1)) * weights, axis=-1)
+                else:
+                    mean = mean_loss(x, h, target, weights)
+                value = mean + np.sum(weight / 2 * x * x, axis=-1)
             delta = (prediction - target.reshape(-1, self.outputs)) * _column(weights)  # d loss / d scores
             grad = np.empty_like(x)
             for number in reversed(range(len(self.layers))):
@@ -260,7 +278,7 @@ class Model:
                     back = delta @ np.swapaxes(w.reshape(*lead, layer.inputs, layer.outputs), -1, -2)
                     # tanh' = 1 - tanh^2; ReLU's is 1 where z > 0, else 0 (at 0 too, as `where` routes it)
                     delta = back * (1 - h * h if tanh else (before[number] > 0))
-            return grad + weight * x
+            return (value, grad + weight * x) if with_value else grad + weight * x
 
         return gradient
 
@@ -275,11 +293,19 @@ class Model:
                       ) -> Callable[[Any, Any, Any, Any], Any]:
         """(x, rows, target, weights) -> the weighed loss on these rows: x (..., size) -> (...)."""
         weight = convert(self.l2 / 2 * self.penalised)
-        reshape, total = ops["reshape"], ops["sum"]
-        scores_of = self._scores(ops)
+        total, scores_of, mean_loss = ops["sum"], self._scores(ops), self._mean_loss(ops)
 
         def loss(x, x_rows, target, weights):
-            scores = scores_of(x, x_rows)  # (..., rows, outputs)
+            mean = mean_loss(x, scores_of(x, x_rows), target, weights)
+            return mean + total(weight * x * x, (-1,)) if penalty else mean
+
+        return loss
+
+    def _mean_loss(self, ops: Mapping[str, Callable]) -> Callable[[Any, Any, Any, Any], Any]:
+        """(x, scores (..., rows, outputs), target, weights) -> the weighed loss of the scores, (...)."""
+        reshape, total = ops["reshape"], ops["sum"]
+
+        def mean_loss(x, scores, target, weights):
             if self.data.task == datasets.REGRESSION:
                 error = reshape(scores, (*x.shape[:-1], -1)) - target
                 each = error * error / 2
@@ -288,10 +314,9 @@ class Model:
                 each = (z + ops["abs"](z)) / 2 + ops["log"](1 + ops["exp"](-ops["abs"](z))) - target * z
             else:
                 each = ops["logsumexp"](scores) - total(target * scores, (-1,))
-            mean = total(each * weights, (-1,))
-            return mean + total(weight * x * x, (-1,)) if penalty else mean
+            return total(each * weights, (-1,))
 
-        return loss
+        return mean_loss
 
     # What theory knows: least squares is a quadratic, its Hessian X^T X / n + l2 diag(penalised).
     @cached_property
