@@ -43,6 +43,8 @@ log = logging.getLogger("runner")
 SETTINGS = ["backend", "optimizer", "loss", "lr"]
 RESULTS = ["final_x", "final_loss", "outcome", "steps_to_tolerance", "rate", "wall_time_s", "parity"]
 COLUMNS = SETTINGS + RESULTS
+MEASURED = ["val_loss", "val_accuracy"]  # a model's, at its last epoch
+MODEL_SILENT = ["final_x", "steps_to_tolerance", "rate"]
 
 
 @dataclass
@@ -67,12 +69,16 @@ def report_grid(store, parent_id: str, folder: Path, records: Sequence[Any], reu
         jobs = [Job(record, tables.read_series(store.download(record.run_id, "trajectory.csv", Path(tmp))))
                 for record in records]
     varied = varied_keys([job.record.params for job in jobs])
-    rows = [_row(job, jobs, varied) for job in jobs]
+    measured = [name for name in MEASURED if any(name in job.series for job in jobs)]  # models' sweeps
+    rows = [_row(job, jobs, varied, measured) for job in jobs]
     rows.sort(key=lambda r: (r["loss"], r["optimizer"], _float(r["lr"]), r["backend"]))
     out = folder / "report"
     out.mkdir(parents=True, exist_ok=True)
-    figures = _figures(jobs, rows, out)
-    return finish(store, parent_id, out, rows, SETTINGS + varied + RESULTS, f"{len(rows)} runs ({reused} reused)", figures)
+    figures = _figures(jobs, rows, out, varied)
+    # A model's x is its weights: their first few, its steps to tolerance and rate say little
+    results = [c for c in RESULTS if c not in MODEL_SILENT] + measured if measured else RESULTS
+    return finish(store, parent_id, out, rows, SETTINGS + varied + results, f"{len(rows)} runs ({reused} reused)",
+                  figures)
 
 
 def finish(store, parent_id: str, out: Path, rows: list[dict], columns: Sequence[str], what: str,
@@ -129,14 +135,15 @@ def parity(mine: Any, others: Sequence[Any], x_of: Callable[[Any], Optional[np.n
 
 
 def varied_keys(params: Sequence[dict[str, str]]) -> list[str]:
-    """The params, beyond backend, optimizer, loss and lr, whose values differ between jobs
+    """The params, beyond backend, optimizer, loss and lr (and a model and its data, which the
+    loss column names), whose values differ between jobs
     (what a search or a grid over other keys changed), in name order.
 
     >>> varied_keys([{"lr": "0.1", "optimizer.momentum": "0.5", "epochs": "9"},
     ...              {"lr": "0.2", "optimizer.momentum": "0.9", "epochs": "9"}])
     ['optimizer.momentum']
     """
-    keys = sorted({k for p in params for k in p} - set(SETTINGS))
+    keys = sorted({k for p in params for k in p} - set(SETTINGS) - {"model", "data"})  # both in the loss column
     return [k for k in keys if len({p.get(k) for p in params}) > 1]
 
 
@@ -147,7 +154,7 @@ def _float(text: object) -> float:
         return math.nan
 
 
-def _row(job: Job, jobs: list[Job], varied: Sequence[str] = ()) -> dict:
+def _row(job: Job, jobs: list[Job], varied: Sequence[str] = (), measured: Sequence[str] = ()) -> dict:
     r = job.record
     x = job.x
     final_x = x[-1].tolist() if len(x) else None
@@ -162,6 +169,7 @@ def _row(job: Job, jobs: list[Job], varied: Sequence[str] = ()) -> dict:
         "rate": r.metrics.get("rate", ""),
         "wall_time_s": r.metrics.get("wall_time_s", ""),
         "parity": parity(job, jobs, lambda j: j.x),
+        **{name: float(job.series[name][-1]) if name in job.series else "" for name in measured},
         "status": r.status, "run_id": r.run_id, "run_name": r.name,
         "error": r.tags.get("error", ""),
     }
@@ -171,7 +179,7 @@ def _int_or_blank(value: Optional[float]) -> object:
     return "" if value is None else int(value)
 
 
-def _figures(jobs: list[Job], rows: list[dict], out: Path) -> list[Path]:
+def _figures(jobs: list[Job], rows: list[dict], out: Path, varied: Sequence[str] = ()) -> list[Path]:
     series = [(j.record.params.get("backend", "?"),
                f"{j.record.params.get('optimizer', '')} lr={j.record.params.get('lr', '')}",
                j.series["loss"]) for j in jobs if "loss" in j.series]
@@ -180,6 +188,18 @@ def _figures(jobs: list[Job], rows: list[dict], out: Path) -> list[Path]:
     points = [(f"{r['backend']} {r['optimizer']}", float(r["lr"]), float(r["final_loss"]),
                r["outcome"] == DIVERGED) for r in rows if r["final_loss"] != "" and r["lr"] != ""]
     plots.final_loss_figure(points, _stability_bound(jobs)).savefig(paths[1])
+    name = next((n for n in ("val_accuracy", "val_loss") if any(n in j.series for j in jobs)), None)
+    if name:  # a sweep of models: each setting's validation curve, one line per backend
+        by_row = {r["run_id"]: r for r in rows}
+
+        def setting(row: dict) -> str:
+            named = " ".join(f"{k.split('.')[-1]}={row[k]}" for k in ("lr", *varied) if row[k] != "")
+            return f"{row['loss']}, {row['optimizer']}\n{named}"
+
+        series = [(setting(by_row[j.record.run_id]), j.record.params.get("backend", "?"), j.series[name])
+                  for j in jobs if name in j.series]
+        paths.append(out / "validation.png")
+        plots.validation_figure(series, name).savefig(paths[-1])
     return paths
 
 

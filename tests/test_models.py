@@ -279,3 +279,19 @@ def test_a_sweep_of_a_model_over_every_framework_records_its_measures_and_its_da
     for backend, history in histories.items():
         for name, values in history.items():
             np.testing.assert_allclose(values, numpy[name], rtol=1e-10, err_msg=f"{backend} {name}")
+
+
+@pytest.mark.slow
+def test_the_classify_preset_reports_validation_accuracy_and_curves(here, store_uri):
+    """experiment=classify on one backend, one lr and 3 epochs (the preset's own sweep is 48 runs):
+    both models and both optimizers, each with its validation loss and accuracy in the report."""
+    import runner
+
+    grid = runner.sweep("experiment=classify", "backend=numpy", "lr=0.1", "epochs=3")
+    table = grid.table
+    assert sorted(zip(table["loss"], table["optimizer"])) == [
+        ("logistic on digits", "momentum"), ("logistic on digits", "sgd"), ("mlp on digits", "momentum"),
+        ("mlp on digits", "sgd")]
+    assert ((table["val_accuracy"] > 0.5) & (table["val_accuracy"] <= 1) & (table["val_loss"] > 0)).all()
+    assert "final_x" not in table.columns  # a model's first weights say little
+    assert grid.report_file("validation.png").stat().st_size > 10_000

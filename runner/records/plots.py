@@ -49,6 +49,53 @@ def path_figure(trajectory: Trajectory) -> Figure:
     return figure
 
 
+def training_figure(trajectory: Trajectory) -> Figure:
+    """A model's run: its training and validation loss against the epoch, and a classifier's
+    validation accuracy."""
+    measured = trajectory.measured
+    figure = Figure(figsize=(10, 4.5), layout="constrained")
+    loss_axes, other_axes = figure.subplots(1, 2)
+    epochs = np.arange(len(trajectory.loss))
+    loss_axes.plot(epochs, measured["train_loss"], label="training", color="tab:blue")
+    loss_axes.plot(epochs, measured["val_loss"], label="validation", color="tab:orange")
+    loss_axes.set_yscale("log")
+    loss_axes.set_xlabel("epoch")
+    loss_axes.set_ylabel("loss (without the penalty)")
+    loss_axes.legend()
+    if "val_accuracy" in measured:
+        other_axes.plot(epochs, measured["val_accuracy"], color="tab:green")
+        other_axes.set_ylabel("validation accuracy")
+    else:
+        other_axes.plot(epochs, _on_scale(other_axes, [trajectory.grad_norm])[0], color="tab:red")
+        other_axes.set_ylabel("gradient norm")
+    other_axes.set_xlabel("epoch")
+    figure.suptitle("training")
+    return figure
+
+
+def validation_figure(series: list[tuple[str, str, np.ndarray]], name: str) -> Figure:
+    """Every model's `name` (validation accuracy or loss) against the epoch, one panel per setting
+    other than the backend, one line per backend: where the frameworks agree, one line shows.
+
+    `series` holds (panel, backend, values) per job."""
+    panels_named = sorted({panel for panel, _, _ in series})
+    columns = min(4, max(1, len(panels_named)))
+    rows = -(-len(panels_named) // columns) or 1
+    figure = Figure(figsize=(4 * columns, 3.4 * rows), layout="constrained")
+    panels = np.atleast_1d(figure.subplots(rows, columns, sharey=True, squeeze=False)).reshape(-1)
+    for axes, panel in zip(panels, panels_named):
+        mine = sorted((backend, values) for p, backend, values in series if p == panel)
+        for (backend, values), colour, style in zip(mine, _colours(len(mine)), ["-", "--", ":", "-."] * 4):
+            axes.plot(np.arange(len(values)), values, label=backend, color=colour, linestyle=style, linewidth=1.2)
+        axes.set_title(panel, fontsize="x-small")
+        axes.set_xlabel("epoch")
+        axes.legend(fontsize="x-small")
+    for axes in panels[len(panels_named):]:
+        axes.set_visible(False)
+    panels[0].set_ylabel(name.replace("_", " "))
+    return figure
+
+
 def trajectories_figure(series: list[tuple[str, str, np.ndarray]]) -> Figure:
     """Every job's loss against the epoch (symmetric log scale), one panel per backend.
 

@@ -84,7 +84,9 @@ def trajectory_records(cfg: DictConfig, problem: engines.Problem, grid: None, re
     out_dir = Path(hydra_cfg.runtime.output_dir)
     csv_path = tables.write_series(out_dir / "trajectory.csv", trajectory.columns())
     png_path = out_dir / "gradient_descent.png"
-    if trajectory.x.ndim == 1:
+    if trajectory.measured:
+        figure = plots.training_figure(trajectory)
+    elif trajectory.x.ndim == 1:
         figure = plots.article_figure(problem.loss.objective(NUMPY_OPS, ()), trajectory)
     else:
         figure = plots.path_figure(trajectory)
