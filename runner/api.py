@@ -80,7 +80,8 @@ class Run:
     @property
     def figure(self) -> "Figure":
         """The article's figure for a scalar parameter (the loss curve and the path taken), the
-        path of each coordinate for a vector; a batch: its figure as the run recorded it."""
+        path of each coordinate for a vector, a model's training curves; a batch: its figure as
+        the run recorded it."""
         from runner.problems import losses
         from runner.problems.expressions import NUMPY_OPS
         from runner.records import plots
@@ -88,6 +89,8 @@ class Run:
         _figures_inline()
         if self.trajectory is None:
             raise ValueError(f"run {self.run_id} is a batch: its figures are artifacts ({', '.join(self.artifacts)})")
+        if self.trajectory.measured:
+            return plots.training_figure(self.trajectory)
         if self.trajectory.x.ndim == 1:
             return plots.article_figure(losses.from_config(self.config.loss).objective(NUMPY_OPS, ()), self.trajectory)
         return plots.path_figure(self.trajectory)

@@ -88,7 +88,8 @@ class Trajectory:
     @classmethod
     def from_columns(cls, columns: Mapping[str, np.ndarray], device: str) -> "Trajectory":
         """The trajectory whose `columns()` these are (as trajectory.csv holds them), as float64;
-        `step` and any other column is ignored."""
+        `step` is ignored, and every column beside x, loss, grad and their norms is a measure
+        (a model's train_loss, val_loss, val_accuracy)."""
         def coordinates(name: str) -> np.ndarray:
             if name in columns:
                 return np.asarray(columns[name], dtype=np.float64)
@@ -96,9 +97,13 @@ class Trajectory:
             return np.stack([columns[k] for k in keys], axis=1).astype(np.float64)
 
         x_norm = columns.get("x_norm")  # present only where x and grad hold the first coordinates
+        recorded = {"step", "x", "loss", "grad", "x_norm", "grad_norm"}
+        measured = {k: np.asarray(v, dtype=np.float64) for k, v in columns.items()
+                    if k not in recorded and not k.startswith(("x/", "grad/"))}
         return cls(x=coordinates("x"), loss=np.asarray(columns["loss"], dtype=np.float64), grad=coordinates("grad"),
                    device=device, x_norm=None if x_norm is None else np.asarray(x_norm, dtype=np.float64),
-                   whole_grad_norm=None if x_norm is None else np.asarray(columns["grad_norm"], dtype=np.float64))
+                   whole_grad_norm=None if x_norm is None else np.asarray(columns["grad_norm"], dtype=np.float64),
+                   measured=measured)
 
 
 @dataclass(frozen=True)
