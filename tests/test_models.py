@@ -295,3 +295,17 @@ def test_the_classify_preset_reports_validation_accuracy_and_curves(here, store_
     assert ((table["val_accuracy"] > 0.5) & (table["val_accuracy"] <= 1) & (table["val_loss"] > 0)).all()
     assert "final_x" not in table.columns  # a model's first weights say little
     assert grid.report_file("validation.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_the_regression_preset_finds_the_stability_bound_of_least_squares(here, store_uri):
+    """experiment=regression on NumPy: 120 learning rates as one batch; the largest lr whose
+    measured rate is below 1 is within one grid step (0.005) of 2/λmax of XᵀX/n."""
+    import runner
+
+    dense = runner.sweep("experiment=regression", "hydra.sweeper.params.backend=numpy", batch=True)
+    (row,) = dense.table.to_dict("records")
+    x_rows = built("model=linear", "data=diabetes")[0].loss.data.x_train
+    bound = 2 / np.linalg.eigvalsh(x_rows.T @ x_rows / len(x_rows))[-1]
+    assert row["points"] == 120 and abs(row["largest_stable_lr"] - bound) <= 0.005, row
+    assert row["largest_stable_lr_theory"] == pytest.approx(bound, rel=1e-3)

@@ -202,13 +202,14 @@ def _stacked(parts: list) -> Optional[np.ndarray]:
 
 def _minimiser(problem: Problem) -> Optional[np.ndarray]:
     """x* shaped to broadcast against one recorded row of x (points, *shape), or None when the
-    loss does not know it, or (for a parameter recorded by its head) when it is not 0."""
+    loss does not know it; for a parameter recorded by its head, x*'s head (the rate is then
+    measured on those coordinates, or on the whole norm where x* = 0)."""
     values = problem.loss.minimiser_values()
     if values is None:
         return None
     values = np.broadcast_to(values, (problem.points, values.shape[1]))
     if problem.recorded is not None:
-        return values if not values.any() else None
+        return values[:, :problem.recorded]
     if problem.shape == ():
         return values[:, 0]
     return values if values.shape[1] == problem.shape[-1] else values[:, :1]

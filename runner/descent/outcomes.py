@@ -108,7 +108,8 @@ class Tally:
     def __init__(self, points: int, tolerance: float, bound: float, dtype: str,
                  minimiser: Optional[np.ndarray] = None, by_norm: bool = False) -> None:
         """`minimiser`: x* broadcastable against one row of x (points, *recorded shape); with
-        `by_norm` x is recorded by its head and norms, and |x - x*| is the norm of x (x* = 0)."""
+        `by_norm` x is recorded by its head and norms, and |x - x*| is the norm of x where x* = 0,
+        else the distance of the head (the same asymptotic rate: the slowest mode's)."""
         self.tolerance, self.bound = tolerance, bound
         self.minimiser, self.by_norm = minimiser, by_norm
         self.rows = 0
@@ -166,7 +167,7 @@ class Tally:
     def _add_distances(self, rows: Rows, last: np.ndarray) -> None:
         """`last`: each point's last row in this piece that counts (-1: none)."""
         n, points = rows.loss.shape
-        if self.by_norm:
+        if self.by_norm and not self.minimiser.any():
             e = rows.norms[..., 0].astype(np.float64)
         elif rows.x.ndim == 2:  # a scalar parameter: |x - x*| in x's dtype, in place (the bulk of the work)
             e = rows.x - self.minimiser.astype(rows.x.dtype)
