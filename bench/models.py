@@ -67,7 +67,8 @@ def numpy_loop(model: str, epochs: int):
                 w -= LR * (x.T @ (p - y) / n + L2 * w)
         else:
             w1 = rng.uniform(-0.2, 0.2, (x.shape[1], 32)).astype(np.float32)
-            b1, w2, b2 = np.zeros(32, np.float32), rng.uniform(-0.4, 0.4, (32, 10)).astype(np.float32), np.zeros(10, np.float32)
+            b1, b2 = np.zeros(32, np.float32), np.zeros(10, np.float32)
+            w2 = rng.uniform(-0.4, 0.4, (32, 10)).astype(np.float32)
             for _ in range(epochs + 1):
                 h = np.tanh(x @ w1 + b1)
                 p, loss = softmax_loss(h @ w2 + b2, y)

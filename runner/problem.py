@@ -81,7 +81,8 @@ def _model(cfg: DictConfig, constants: dict, values: dict) -> models.Model:
     if cfg.dim is not None:
         raise ConfigError(f"dim={cfg.dim} is not allowed with model={cfg.model.name}: x is the model's parameters")
     if constants or "x_start" in values:
-        batched = ", ".join(sorted({*(points.LOSS_CONSTANT + k for k in constants), *(["x_start"] if "x_start" in values else [])}))
+        batched = ", ".join(sorted({*(points.LOSS_CONSTANT + k for k in constants),
+                                    *(["x_start"] if "x_start" in values else [])}))
         raise ConfigError(f"hydra.sweeper.batch: {batched} cannot be batched with model={cfg.model.name}")
     if cfg.batch_size is not None and optimizers.needs_objective(cfg.optimizer.name):
         raise ConfigError(f"optimizer={cfg.optimizer.name} with batch_size={cfg.batch_size} is not allowed: its step "

@@ -131,7 +131,8 @@ class Model:
         convert = convert or np.asarray
         weight = convert(self.l2 / 2 * self.penalised)
         total, scores_of, mean_loss = ops["sum"], self._scores(ops), self._mean_loss(ops)
-        x_val, target, share = convert(self.data.x_val), convert(self.targets(self.data.y_val)), 1 / len(self.data.y_val)
+        x_val, target = convert(self.data.x_val), convert(self.targets(self.data.y_val))
+        share = 1 / len(self.data.y_val)
         accuracy = None if self.data.task == datasets.REGRESSION else self._accuracy(ops, convert, self.data.y_val)
 
         def measure(x, loss):
