@@ -23,7 +23,8 @@ OPS = {"sin": torch.sin, "cos": torch.cos, "tanh": torch.tanh, "exp": torch.exp,
        "pow": operator.pow, "sum": lambda v, axes: torch.sum(v, dim=axes),
        "stack": lambda parts: torch.stack(parts, dim=-1),
        "matmul": torch.matmul, "reshape": torch.reshape, "logsumexp": lambda v: torch.logsumexp(v, dim=-1),
-       "take": lambda v, indices: torch.index_select(v, 0, indices)}
+       "take": lambda v, indices: torch.index_select(v, 0, indices),
+       "log_softmax": lambda v: torch.log_softmax(v, dim=-1)}
 
 
 def resolve_device(requested: str) -> str:

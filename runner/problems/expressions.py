@@ -397,7 +397,8 @@ NUMPY_OPS = {"sin": np.sin, "cos": np.cos, "tanh": np.tanh, "exp": np.exp, "log"
              "sum": lambda v, axes: np.sum(v, axis=axes),
              "stack": lambda parts: np.stack(np.broadcast_arrays(*parts), axis=-1),
              "matmul": np.matmul, "reshape": np.reshape, "logsumexp": lambda v: _logsumexp(v),
-             "take": lambda v, indices: np.take(v, indices, axis=0)}
+             "take": lambda v, indices: np.take(v, indices, axis=0),
+             "log_softmax": lambda v: v - _logsumexp(v)[..., None]}
 
 
 def _logsumexp(v: np.ndarray) -> np.ndarray:
