@@ -64,6 +64,8 @@ def start(problem: Problem) -> Stepper:
     measure = problem.measure(OPS, convert)
     batch_gradient = problem.loss.batch_gradient(OPS, convert) if problem.loss.batch_size else None
     epoch = 0  # of the first row a call computes: each epoch's mini-batches are drawn from it
+    # y = x^2's path, the article's: one check a step (each more costs ~5% of a 0.42-us step)
+    plain = head is None and measure is None and batch_gradient is None
 
     def step(count: int) -> Rows:
         nonlocal x, state, epoch
@@ -82,21 +84,25 @@ def start(problem: Problem) -> Stepper:
         with np.errstate(all="ignore"):  # a diverging point overflows on purpose; it is detected
             for block in range(0, count, CHECK_EVERY):
                 for k in range(block, min(block + CHECK_EVERY, count)):
-                    if head is None:
+                    if plain:
                         grad = derivative(x)
                         x_rows[k], grad_rows[k] = x, grad
+                        x, state = update(grad, state, x)  # the update after the last row is discarded
+                        continue
+                    y, grad = value_and_derivative(x)
+                    if head is None:
+                        x_rows[k], grad_rows[k] = x, grad
                     else:
-                        y, grad = value_and_derivative(x)
                         xs[k], ys[k], grads[k], x_norm, grad_norm = record(x, y, grad, head, _norm)
                         norms[k, :, 0], norms[k, :, 1] = x_norm, grad_norm
                     if measure:
-                        for m, values in enumerate(measure(x, ys[k] if head is not None else value(x))):
+                        for m, values in enumerate(measure(x, y)):
                             measured[k, :, m] = values
                     if batch_gradient:  # an epoch of mini-batch steps (after the last row: discarded)
                         for batch, weight in zip(indices[k], weights[k]):
                             x, state = update(batch_gradient(x, batch, weight), state, x)
                     else:
-                        x, state = update(grad, state, x)  # the update after the last row is discarded
+                        x, state = update(grad, state, x)
                 if not alive(xs[k], ys[k] if head is not None else value(xs[k]), problem.diverge_above).any():
                     done = k + 1  # every point has diverged
                     break
