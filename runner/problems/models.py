@@ -9,7 +9,7 @@ The intercept (the dataset's column of ones, `runner.problems.datasets`) and a n
 are not penalised, as in scikit-learn. x of one point is every layer's weights, row by row, each
 followed by its biases (a network's), flattened. A `Model` is a loss to the engines
 (`runner.problems.losses.Loss`'s interface): `objective` is written in the framework's operations
-(`OPS`: matmul, reshape, logsumexp and the rest), so TensorFlow, PyTorch and JAX differentiate
+(`OPS`: matmul, reshape, log_softmax, take and the rest), so TensorFlow, PyTorch and JAX differentiate
 it, and `gradient` is the derivative by hand, as the article's NumPy `dfunc`: for the linear
 models Xᵀ(prediction - target)/n + l2 w, for the network backpropagation written out.
 
@@ -56,7 +56,6 @@ class Model:
     hidden: tuple[int, ...] = ()  # a network's hidden layers' sizes
     activation: str = "tanh"
     constants: Mapping[str, Any] = field(default_factory=dict)  # none differ from point to point
-    dim = None
 
     @property
     def outputs(self) -> int:
@@ -361,7 +360,6 @@ class Model:
         return self
 
 
-
 def from_config(cfg: Any, data: Dataset, batch_size: Optional[int] = None) -> Model:
     """The model `cfg` names on `data`, `batch_size` rows a step, or a ConfigError naming the key
     and what is allowed."""
@@ -382,7 +380,7 @@ def from_config(cfg: Any, data: Dataset, batch_size: Optional[int] = None) -> Mo
     hidden, activation = (), "tanh"
     if cfg.name == MLP:
         hidden, activation = cfg.get("hidden"), cfg.get("activation")
-        if (not hidden or not all(isinstance(h, int) and not isinstance(h, bool) and h >= 1 for h in hidden)):
+        if not hidden or not all(isinstance(h, int) and not isinstance(h, bool) and h >= 1 for h in hidden):
             raise ConfigError(f"model.hidden={hidden} is not allowed: a list of one or more integers >= 1, the hidden "
                               f"layers' sizes, e.g. [32] or [64,32]")
         if activation not in ACTIVATIONS:
