@@ -33,10 +33,16 @@ def from_config(cfg: DictConfig) -> tuple[engines.Problem, Loop, ModuleType, Opt
             raise
         raise ConfigError(f"point #{error.point} ({' '.join(grid.overrides(error.point))}): {error}") from None
     constants = {key[len(points.LOSS_CONSTANT):]: v for key, v in values.items() if key.startswith(points.LOSS_CONSTANT)}
+    seeds = values.get("seed")  # one per point: a model's start and mini-batch order
     if cfg.get("model") is not None or cfg.get("data") is not None or cfg.get("batch_size") is not None:
         loss = _model(cfg, constants, values)
-        starts, shape = loss.initial(cfg.seed)[None], (loss.size,)
+        if "model.l2" in values:
+            loss = loss.with_constants({"l2": values["model.l2"]})
+        starts = np.stack([loss.initial(int(s)) for s in seeds]) if seeds is not None else loss.initial(cfg.seed)[None]
+        shape = (loss.size,)
     else:
+        if "model.l2" in values:
+            raise ConfigError(f"hydra.sweeper.batch: model.l2 is a model's weight decay: set model={'|'.join(models.MODELS)}")
         loss = losses.from_config(cfg.loss)
         if constants:
             loss = loss.with_constants(constants)
@@ -59,7 +65,8 @@ def from_config(cfg: DictConfig) -> tuple[engines.Problem, Loop, ModuleType, Opt
         raise ConfigError(f"optimizer={o.name} needs the loss's minimum f*: loss={loss.name} has no loss.minimiser "
                           f"(set it, or take a loss that has one: {', '.join(_losses_with_minimiser())})")
     device = engine.resolve_device(cfg.device.value)
-    problem = engines.Problem(loss, x_start, optimizer, cfg.dtype.value, device, cfg.stop.diverge_above, cfg.seed)
+    problem = engines.Problem(loss, x_start, optimizer, cfg.dtype.value, device, cfg.stop.diverge_above, cfg.seed,
+                              None if seeds is None else np.asarray(seeds, dtype=np.int64))
     return problem, Loop(cfg.epochs, cfg.stop.tolerance, keep_bytes), engine, grid
 
 
@@ -83,7 +90,8 @@ def _model(cfg: DictConfig, constants: dict, values: dict) -> models.Model:
     if constants or "x_start" in values:
         batched = ", ".join(sorted({*(points.LOSS_CONSTANT + k for k in constants),
                                     *(["x_start"] if "x_start" in values else [])}))
-        raise ConfigError(f"hydra.sweeper.batch: {batched} cannot be batched with model={cfg.model.name}")
+        raise ConfigError(f"hydra.sweeper.batch: {batched} cannot be batched with model={cfg.model.name}; "
+                          f"a batch of models may vary {', '.join(points.MODEL_BATCHABLE)}")
     if cfg.batch_size is not None and optimizers.needs_objective(cfg.optimizer.name):
         raise ConfigError(f"optimizer={cfg.optimizer.name} with batch_size={cfg.batch_size} is not allowed: its step "
                           f"reads the loss, and a mini-batch's is not the loss; use the full batch (batch_size=null)")

@@ -207,8 +207,7 @@ def check_ranges(cfg: DictConfig, points: Optional[Mapping[str, np.ndarray]] = N
                           f"it must be an integer >= 2 (the first and the last step), or null for all")
     if cfg.batch.trajectory_mb < 0:
         raise ConfigError(f"batch.trajectory_mb={cfg.batch.trajectory_mb} is not allowed: it must be an integer >= 0")
-    if cfg.get("model") is not None and not (math.isfinite(cfg.model.l2) and cfg.model.l2 >= 0):
-        raise ConfigError(f"model.l2={cfg.model.l2} is not allowed: it must be a finite number >= 0")
+    check("model.l2", lambda v: np.isfinite(v) & (v >= 0), "it must be a finite number >= 0")
     check("stop.tolerance", positive, "stop.tolerance must be a finite number > 0")
     check("stop.diverge_above", positive, "stop.diverge_above must be a finite number > 0")
     check("x_start", lambda v: np.all(np.isfinite(v), axis=1),

@@ -223,7 +223,8 @@ def row_values(problem: Problem) -> int:
 
 
 def piece_rows(problem: Problem, loop: Loop) -> int:
-    """Rows per piece: all of them when they fit PIECE_BYTES; about PROGRESS_PIECES pieces of
+    """Rows per piece: all of them when they fit PIECE_BYTES (with a model's mini-batch orders,
+    drawn a piece at a time); about PROGRESS_PIECES pieces of
     at least CHECK_EVERY rows with a progress bar. Every piece has this many (the last is cut).
 
     >>> from runner.problems.losses import Loss
@@ -240,7 +241,7 @@ def piece_rows(problem: Problem, loop: Loop) -> int:
     401
     """
     rows = loop.epochs + 1
-    per_row = problem.points * row_values(problem) * np.dtype(problem.dtype).itemsize
+    per_row = problem.points * row_values(problem) * np.dtype(problem.dtype).itemsize + problem.order_bytes
     size = min(rows, max(1, PIECE_BYTES // per_row))
     if loop.progress is not None:
         size = min(size, max(CHECK_EVERY, math.ceil(rows / PROGRESS_PIECES)))

@@ -66,7 +66,8 @@ class Problem:
     dtype: str
     device: str
     diverge_above: float  # |x| beyond this counts as diverged, and the point stops there
-    seed: int  # for the framework's random generator (descent itself draws nothing)
+    seed: int  # the framework's random generator's, and a model's mini-batch order's
+    point_seeds: Optional[np.ndarray] = None  # a batch over seeds: each point's own mini-batch order
 
     @property
     def points(self) -> int:
@@ -98,6 +99,17 @@ class Problem:
         if not optimizers.needs_minimum(self.optimizer.name):
             return None
         return self.loss.minimum_values(self.shape, self.points)
+
+    def epoch_batches(self, first: int, count: int) -> tuple[np.ndarray, np.ndarray]:
+        """A model's mini-batches for epochs first .. first + count - 1: indices (count, steps,
+        batch_size), or (count, steps, points, batch_size) in a batch over seeds, and weights
+        (count, steps, batch_size) (`Model.epoch_batches`)."""
+        return self.loss.epoch_batches(first, count, self.seed if self.point_seeds is None else self.point_seeds)
+
+    @property
+    def order_bytes(self) -> int:
+        """Bytes of one epoch's mini-batch indices, for every point (0 for the full batch)."""
+        return self.loss.order_bytes(self.points, self.point_seeds is not None) if self.loss.batch_size else 0
 
     def per_point(self, value: object) -> np.ndarray:
         """A hyperparameter or constant as an array of one float64 per point."""

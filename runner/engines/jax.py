@@ -115,7 +115,7 @@ def start(problem: Problem) -> Stepper:
     def step(count: int) -> Rows:  # runner.descent.loop asks for pieces of one length: one compilation
         batches = None
         if problem.loss.batch_size:
-            indices, weights = problem.loss.epoch_batches(epoch[0], count, problem.seed)
+            indices, weights = problem.epoch_batches(epoch[0], count)
             batches = (jax.device_put(indices, device), on_device(weights))
         epoch[0] += count
         carry[0], rows = run(carry[0], batched, count, batches)

@@ -70,7 +70,7 @@ def start(problem: Problem) -> Stepper:
     def step(count: int) -> Rows:
         nonlocal x, state, epoch
         if batch_gradient:
-            indices, weights = problem.loss.epoch_batches(epoch, count, problem.seed)
+            indices, weights = problem.epoch_batches(epoch, count)
             weights = weights.astype(dtype)
         epoch += count
         # Rows go into arrays made once a piece: a list of per-step tuples costs half as much again.

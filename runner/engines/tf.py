@@ -115,7 +115,7 @@ def start(problem: Problem) -> Stepper:
             if batch_value is None:
                 indices, weights = np.zeros((count, 0, 0), np.int64), np.zeros((count, 0, 0))
             else:
-                indices, weights = problem.loss.epoch_batches(epoch[0], count, problem.seed)
+                indices, weights = problem.epoch_batches(epoch[0], count)
             epoch[0] += count
             with tf.device(problem.device):
                 x, state, rows = run(*carry, tf.constant(count), tf.constant(indices), convert(weights))

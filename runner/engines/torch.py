@@ -23,7 +23,7 @@ OPS = {"sin": torch.sin, "cos": torch.cos, "tanh": torch.tanh, "exp": torch.exp,
        "pow": operator.pow, "sum": lambda v, axes: torch.sum(v, dim=axes),
        "stack": lambda parts: torch.stack(parts, dim=-1),
        "matmul": torch.matmul, "reshape": torch.reshape, "logsumexp": lambda v: torch.logsumexp(v, dim=-1),
-       "take": lambda v, indices: torch.index_select(v, 0, indices),
+       "take": lambda v, indices: v[indices],
        "log_softmax": lambda v: torch.log_softmax(v, dim=-1)}
 
 
@@ -64,7 +64,7 @@ def start(problem: Problem) -> Stepper:
     def step(count: int) -> Rows:
         nonlocal x, state, epoch
         if batch_value:
-            indices, weights = problem.loss.epoch_batches(epoch, count, problem.seed)
+            indices, weights = problem.epoch_batches(epoch, count)
             indices, weights = torch.tensor(indices, device=device), convert(weights)
         epoch += count
         # Rows go into tensors made once a piece, on x's device: holding each step's own tensors

@@ -18,8 +18,9 @@ models Xᵀ(prediction - target)/n + l2 w, for the network backpropagation writt
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Callable, Mapping, NamedTuple, Optional
 
@@ -51,11 +52,15 @@ class Model:
 
     name: str
     data: Dataset
-    l2: float
+    l2: Any  # the weight decay: a number, or an array of one per point (a batch over model.l2)
     batch_size: Optional[int] = None  # rows a step; None: every training row (the full batch)
     hidden: tuple[int, ...] = ()  # a network's hidden layers' sizes
     activation: str = "tanh"
-    constants: Mapping[str, Any] = field(default_factory=dict)  # none differ from point to point
+
+    @property
+    def constants(self) -> Mapping[str, Any]:
+        """What differs from point to point (JAX's engine hands it to its compiled program)."""
+        return {"l2": self.l2} if np.ndim(self.l2) else {}
 
     @property
     def outputs(self) -> int:
@@ -106,6 +111,13 @@ class Model:
                 -bound, bound, layer.inputs * layer.outputs)
         return x
 
+    def _penalty(self, convert: Callable, scale: float = 1.0) -> Any:
+        """scale * l2 for each coordinate of x (0 where unpenalised): (size,), or (points, size)
+        with one l2 per point."""
+        if np.ndim(self.l2) == 0:
+            return convert(scale * float(self.l2) * self.penalised)
+        return convert(self.l2)[..., None] * convert(scale * self.penalised)
+
     def targets(self, y: np.ndarray) -> np.ndarray:
         """What the scores are compared with: y itself, or one-hot rows for a softmax."""
         if self.outputs == 1:
@@ -128,7 +140,7 @@ class Model:
         """(x, loss) -> the values of `measure_names`, one per point each: one forward pass over the
         validation rows gives both their loss and their accuracy."""
         convert = convert or np.asarray
-        weight = convert(self.l2 / 2 * self.penalised)
+        weight = self._penalty(convert, 1 / 2)
         total, scores_of, mean_loss = ops["sum"], self._scores(ops), self._mean_loss(ops)
         x_val, target = convert(self.data.x_val), convert(self.targets(self.data.y_val))
         share = 1 / len(self.data.y_val)
@@ -207,21 +219,32 @@ class Model:
         gradient, take = self._gradient(convert), ops["take"]
         return lambda x, indices, weights: gradient(x, take(x_rows, indices), take(target, indices), weights)
 
-    def epoch_batches(self, first: int, count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-        """The mini-batches of epochs first .. first + count - 1: indices (count, steps, batch_size)
-        and weights alike. Each epoch's order is a permutation NumPy draws from (seed, epoch), the
-        same on every backend; its last batch, when the rows do not divide evenly, is padded with
-        row 0 at weight 0 so that every step has one shape (a compiled loop compiles once)."""
+    def epoch_batches(self, first: int, count: int, seed: Any) -> tuple[np.ndarray, np.ndarray]:
+        """The mini-batches of epochs first .. first + count - 1: indices (count, steps, batch_size),
+        or with one seed per point (an array) (count, steps, points, batch_size), and weights
+        (count, steps, batch_size). Each epoch's order is a permutation NumPy draws from (seed,
+        epoch), the same on every backend and for a point as for its run alone; its last batch,
+        when the rows do not divide evenly, is padded with row 0 at weight 0 so that every step
+        has one shape (a compiled loop compiles once)."""
         rows, size = len(self.data.y_train), self.batch_size
         steps = -(-rows // size)
-        indices = np.zeros((count, steps * size), dtype=np.int64)
-        weights = np.zeros((count, steps * size))
+        seeds = np.reshape(seed, -1)
+        indices = np.zeros((count, len(seeds), steps * size), dtype=np.int64)
         for k in range(count):
-            indices[k, :rows] = np.random.default_rng([seed, first + k]).permutation(rows)
+            for p, s in enumerate(seeds):
+                indices[k, p, :rows] = np.random.default_rng([int(s), first + k]).permutation(rows)
+        indices = indices.reshape(count, len(seeds), steps, size).swapaxes(1, 2)
+        weights = np.zeros((count, steps * size))
         weights[:, :rows] = 1.0
         weights = weights.reshape(count, steps, size)
         weights /= weights.sum(axis=-1, keepdims=True)
-        return indices.reshape(count, steps, size), weights
+        return (indices if np.ndim(seed) else indices[:, :, 0]), weights
+
+    def order_bytes(self, points: int, per_point: bool) -> int:
+        """Bytes of one epoch's mini-batch indices (`epoch_batches`): none for the full batch."""
+        if not self.batch_size:
+            return 0
+        return -(-len(self.data.y_train) // self.batch_size) * self.batch_size * 8 * (points if per_point else 1)
 
     def value_and_gradient(self, ops: Mapping[str, Callable], shape: tuple[int, ...],
                            convert: Optional[Callable] = None) -> Callable[[Any], tuple[Any, Any]]:
@@ -236,7 +259,7 @@ class Model:
         """(x, rows, target, weights) -> the gradient of the weighed loss on these rows, penalty
         included, in NumPy (with the loss first, `with_value`); `weights` one per row, or one
         number for all."""
-        weight = convert(self.l2 * self.penalised)
+        weight = self._penalty(convert)
         tanh = self.activation == "tanh"
         mean_loss = self._mean_loss(NUMPY_OPS)
 
@@ -265,7 +288,7 @@ class Model:
                 else:
                     mean = mean_loss(x, h, target, weights)
                 value = mean + np.sum(weight / 2 * x * x, axis=-1)
-            delta = (prediction - target.reshape(-1, self.outputs)) * _column(weights)  # d loss / d scores
+            delta = (prediction - (target if self.outputs > 1 else target[..., None])) * _column(weights)  # d/d scores
             grad = np.empty_like(x)
             for number in reversed(range(len(self.layers))):
                 layer, h = self.layers[number], inputs[number]
@@ -292,7 +315,7 @@ class Model:
     def _loss_of_rows(self, ops: Mapping[str, Callable], convert: Callable, penalty: bool
                       ) -> Callable[[Any, Any, Any, Any], Any]:
         """(x, rows, target, weights) -> the weighed loss on these rows: x (..., size) -> (...)."""
-        weight = convert(self.l2 / 2 * self.penalised)
+        weight = self._penalty(convert, 1 / 2)
         total, scores_of, mean_loss = ops["sum"], self._scores(ops), self._mean_loss(ops)
 
         def loss(x, x_rows, target, weights):
@@ -319,24 +342,27 @@ class Model:
         return mean_loss
 
     # What theory knows: least squares is a quadratic, its Hessian X^T X / n + l2 diag(penalised).
+    # With one l2 per point, one Hessian per point: (points, size, size).
     @cached_property
     def _hessian(self) -> Optional[np.ndarray]:
         if self.name != LINEAR:
             return None
         x = self.data.x_train
-        return x.T @ x / len(x) + np.diag(self.l2 * self.penalised)
+        return x.T @ x / len(x) + self._penalty(np.asarray)[..., None] * np.eye(self.size)
 
     @cached_property
     def curvatures(self) -> Optional[np.ndarray]:
-        """The Hessian's eigenvalues, largest first (least squares), else None."""
-        return None if self._hessian is None else np.linalg.eigvalsh(self._hessian)[::-1].copy()
+        """The Hessian's eigenvalues, largest first (least squares): (size,), or (points, size)
+        with one l2 per point; else None."""
+        return None if self._hessian is None else np.linalg.eigvalsh(self._hessian)[..., ::-1].copy()
 
     def minimiser_values(self) -> Optional[np.ndarray]:
-        """Least squares' minimiser, the normal equations' solution, shape (1, size); else None."""
+        """Least squares' minimiser, the normal equations' solution, shape (1 or points, size); else None."""
         if self._hessian is None:
             return None
         x, y = self.data.x_train, self.data.y_train
-        return np.linalg.solve(self._hessian, x.T @ y / len(y))[None]
+        hessian = self._hessian if self._hessian.ndim == 3 else self._hessian[None]
+        return np.linalg.solve(hessian, np.broadcast_to(x.T @ y / len(y), hessian.shape[:2])[..., None])[..., 0]
 
     def minimum_values(self, shape: tuple[int, ...], points: int) -> Optional[np.ndarray]:
         minimiser = self.minimiser_values()
@@ -345,19 +371,21 @@ class Model:
         return np.broadcast_to(np.asarray(self.objective(NUMPY_OPS, shape)(minimiser), np.float64), (points,))
 
     def curvature_values(self) -> Optional[np.ndarray]:
-        return None if self.curvatures is None else self.curvatures[None]
+        return None if self.curvatures is None else self.curvatures.reshape(-1, self.size)
 
     @property
     def curvature(self) -> Optional[float]:
-        return None if self.curvatures is None else float(self.curvatures[0])
+        return None if self.curvatures is None else float(self.curvatures.max())
 
     def spectrum_known(self) -> bool:
         return self.curvatures is not None
 
     def with_constants(self, values: Mapping[str, Any]) -> "Model":
-        if values:
-            raise ValueError(f"model={self.name} has no constants to batch: {', '.join(values)}")
-        return self
+        """The model with its weight decay `values["l2"]` (one per point), the one constant a batch varies."""
+        unknown = set(values) - {"l2"}
+        if unknown:
+            raise ValueError(f"model={self.name} has no constants {', '.join(sorted(unknown))}: only l2 is batched")
+        return dataclasses.replace(self, l2=values["l2"]) if values else self
 
 
 def from_config(cfg: Any, data: Dataset, batch_size: Optional[int] = None) -> Model:

@@ -23,8 +23,12 @@ from runner.descent.optimizers import HYPERPARAMETERS
 from runner.errors import ConfigError
 
 # Keys whose values a batch may vary, beside any constant of the loss (`loss.params.NAME`).
-BATCHABLE = (*(h.key for h in HYPERPARAMETERS.values()), "x_start")
+# `seed` draws a model's initial weights and each epoch's mini-batch order, per point; for a
+# closed-form loss it changes nothing (the descent draws nothing).
+BATCHABLE = (*(h.key for h in HYPERPARAMETERS.values()), "seed", "x_start", "model.l2")
 LOSS_CONSTANT = "loss.params."
+# Those a batch of models may vary: the rules' hyperparameters, the seed and the weight decay.
+MODEL_BATCHABLE = tuple(key for key in BATCHABLE if key != "x_start")
 
 
 def batchable(key: str) -> bool:
@@ -95,6 +99,8 @@ class Points:
 
 
 def _text(value: Any) -> str:
+    if isinstance(value, np.integer):
+        return str(int(value))
     if np.ndim(value):
         return "[" + ",".join(repr(float(v)) for v in value) + "]"
     return repr(float(value))
@@ -123,6 +129,11 @@ def _numbers(key: str, values: list) -> np.ndarray:
     def number(v):
         return isinstance(v, (int, float)) and not isinstance(v, bool)
 
+    if key == "seed":
+        for v in values:
+            if not (isinstance(v, int) and not isinstance(v, bool) and v >= 0):
+                raise ConfigError(f"seed={v} is not allowed in a batch: a seed is an integer >= 0")
+        return np.array(values, dtype=np.int64)
     for v in values:
         if not (number(v) or key == "x_start" and isinstance(v, list) and v and all(map(number, v))):
             what = "a number or a list of numbers" if key == "x_start" else "a number"
