@@ -188,7 +188,7 @@ def _compare_run(store, record, cfg, result, lines: list[str]) -> bool:
         same = stored.shape == fresh.shape and np.array_equal(stored, fresh, equal_nan=True)
         all_match &= same
         lines.append(f"  {name}: {len(fresh)} logged steps, {'identical' if same else _first_difference(stored, fresh)}")
-    for name in QUANTITIES:
+    for name in (*QUANTITIES, *result.summary.measured):  # and a model's final and best measures
         stored, value = record.metrics.get(name), summary.get(name)
         if stored is None and value is None:
             continue
@@ -210,7 +210,7 @@ def _compare_batch(store, record, grid, result, tmp: Path, lines: list[str]) -> 
         return False
     stored = tables.read_table(stored_path)
     fresh = batch.point_table(grid, result, None, [])  # the spectral radius is theory, not measured
-    compared = [c for c in batch.SUMMARY_COLUMNS if c in stored and c in fresh]
+    compared = [c for c in (*batch.SUMMARY_COLUMNS, *result.summary.measured) if c in stored and c in fresh]
     differing = []
     for name in compared:
         now = tables.text_column(name, fresh[name])

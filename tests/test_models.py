@@ -274,6 +274,22 @@ def test_a_batch_over_lr_seed_and_weight_decay_is_each_model_trained_alone(backe
     assert not np.array_equal(result.trajectory(0).x, result.trajectory(2).x)
 
 
+def test_the_summary_gives_each_measures_final_and_best_value():
+    """A point's final and best training loss, validation loss and accuracy (highest), read off
+    its rows piece by piece as for the loss, a diverged point's up to its last row."""
+    prob, loop_, engine, grid = problem.from_config(composed(
+        "model=logistic", "data=breast_cancer", "dtype=float64", "epochs=600", 'batch.sweep=["lr=0.5,1e5"]', "lr=0.5",
+        "stop.diverge_above=50"))
+    result = descend(prob, engine, dataclasses.replace(loop_, progress=lambda done: None))  # 3 pieces of 256 rows
+    assert result.summary.outcome.tolist() == ["not_converged", "diverged"]
+    for point in range(2):
+        rows = result.trajectory(point).measured
+        values = result.summary.values(point)
+        for name, series in rows.items():
+            best = series.max() if name == "val_accuracy" else series.min()
+            assert values[f"final_{name}"] == series[-1] and values[f"best_{name}"] == best, name
+
+
 def test_a_batch_over_weight_decay_knows_each_points_ridge_solution():
     """Least squares with one l2 per point: each point's Hessian, minimiser and curvature are
     its own, and each point converges to its own ridge solution."""

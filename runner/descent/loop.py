@@ -146,7 +146,7 @@ def descend(problem: Problem, engine: ModuleType, loop: Loop) -> Descent:
     """
     stepper = engine.start(problem)
     tally = Tally(problem.points, loop.tolerance, problem.diverge_above, problem.dtype,
-                  _minimiser(problem), by_norm=problem.recorded is not None)
+                  _minimiser(problem), by_norm=problem.recorded is not None, measure_names=problem.measure_names)
     total = loop.epochs + 1
     size = piece_rows(problem, loop)
     keep = kept_points(problem, loop)

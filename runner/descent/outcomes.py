@@ -18,8 +18,8 @@ one value per point of each summary quantity (the definitions below, and nowhere
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Optional
+from dataclasses import dataclass, field
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -31,6 +31,22 @@ CONVERGED, NOT_CONVERGED, DIVERGED = "converged", "not_converged", "diverged"
 # compared by runner.reproduce. A point leaves out steps_to_tolerance when it never got within
 # the tolerance, diverged_at when it did not diverge, and rate when it is unknown.
 QUANTITIES = ("final_loss", "final_grad_norm", "epochs_run", "steps_to_tolerance", "diverged_at", "rate")
+
+
+
+def measure_columns(names: Sequence[str]) -> list[str]:
+    """What a model's per-epoch measures add to the summary: each one's final value and its best
+    over the epochs (the highest of an accuracy, else the lowest).
+
+    >>> measure_columns(["val_loss", "val_accuracy"])
+    ['final_val_loss', 'best_val_loss', 'final_val_accuracy', 'best_val_accuracy']
+    """
+    return [f"{kind}_{name}" for name in names for kind in ("final", "best")]
+
+
+def higher_is_better(name: str) -> bool:
+    return name.endswith("accuracy")
+
 
 # |x - x*| is measured until it comes within this many units of the last place of x* (or, for
 # x* = 0, of the dtype's smallest normal number / eps): below that, rounding, not the rule,
@@ -60,9 +76,11 @@ class Summary:
     steps_to_tolerance: np.ndarray  # -1: never within the tolerance
     diverged_at: np.ndarray  # -1: did not diverge
     rate: np.ndarray  # NaN: unknown
+    measured: Mapping[str, np.ndarray] = field(default_factory=dict)  # `measure_columns`: one value per point
 
     def values(self, point: int) -> dict[str, float]:
-        """The point's summary quantities, leaving out those it has none of.
+        """The point's summary quantities, leaving out those it has none of, then the final and
+        best of what a model measures.
 
         >>> s = Summary(np.array(["converged"]), np.array([0.0]), np.array([0.0]), np.array([0.0]),
         ...             np.array([15]), np.array([13]), np.array([-1]), np.array([0.4]))
@@ -75,6 +93,9 @@ class Summary:
             if (isinstance(value, int) and value >= 0) or (isinstance(value, float) and not (
                     name == "rate" and np.isnan(value))):
                 out[name] = value
+        for name, values in self.measured.items():
+            if np.isfinite(values[point]):
+                out[name] = float(values[point])
         return out
 
 
@@ -106,7 +127,8 @@ class Tally:
     """Builds the Summary of a batch from its rows, piece by piece (`add`, then `summary`)."""
 
     def __init__(self, points: int, tolerance: float, bound: float, dtype: str,
-                 minimiser: Optional[np.ndarray] = None, by_norm: bool = False) -> None:
+                 minimiser: Optional[np.ndarray] = None, by_norm: bool = False,
+                 measure_names: Sequence[str] = ()) -> None:
         """`minimiser`: x* broadcastable against one row of x (points, *recorded shape); with
         `by_norm` x is recorded by its head and norms, and |x - x*| is the norm of x where x* = 0,
         else the distance of the head (the same asymptotic rate: the slowest mode's)."""
@@ -125,6 +147,9 @@ class Tally:
             dtype, np.sqrt(np.sum(np.square(minimiser.reshape(-1, np.prod(minimiser.shape[1:], dtype=int))), axis=1)))
         self.e0, self.e1 = np.full(points, np.nan), np.full(points, np.nan)
         self.k_last, self.e_last = np.full(points, -1), np.full(points, np.nan)
+        self.measure_names = tuple(measure_names)
+        self.measured_final = np.full((points, len(measure_names)), np.nan)
+        self.measured_best = np.full((points, len(measure_names)), np.nan)
 
     def add(self, rows: Rows) -> None:
         with np.errstate(over="ignore", invalid="ignore"):  # a diverged point's values overflow
@@ -154,7 +179,23 @@ class Tally:
 
         if self.resolution is not None:
             self._add_distances(rows, np.where(counted, last, -1))
+        if rows.measured is not None:
+            self._add_measures(rows.measured, counted, last)
         self.rows += n
+
+    def _add_measures(self, measured: np.ndarray, counted: np.ndarray, last: np.ndarray) -> None:
+        """Each measure's value at each point's last row so far, and its best over the rows that count."""
+        n, points = measured.shape[:2]
+        values = measured.astype(np.float64)
+        self.measured_final[counted] = values[last, np.arange(points)][counted]
+        counts = (np.arange(n)[:, None] <= last[None]) & counted[None]
+        for m, name in enumerate(self.measure_names):
+            column = np.where(counts & np.isfinite(values[..., m]), values[..., m], np.nan)
+            if not np.isfinite(column).any():
+                continue
+            better = np.fmax if higher_is_better(name) else np.fmin
+            piece = better.reduce(column, axis=0)  # NaN only where a point has no value here
+            self.measured_best[:, m] = better(self.measured_best[:, m], piece)
 
     def _grad_norm(self, rows: Rows) -> np.ndarray:
         if rows.norms is not None:
@@ -190,8 +231,11 @@ class Tally:
     def summary(self) -> Summary:
         outcome = np.where(self.diverged_at >= 0, DIVERGED,
                            np.where(self.final_grad_norm <= self.tolerance, CONVERGED, NOT_CONVERGED))
+        measured = {}
+        for m, name in enumerate(self.measure_names):
+            measured[f"final_{name}"], measured[f"best_{name}"] = self.measured_final[:, m], self.measured_best[:, m]
         return Summary(outcome, self.final_x, self.final_loss, self.final_grad_norm, self.last,
-                       self.steps, self.diverged_at, self._rate())
+                       self.steps, self.diverged_at, self._rate(), measured)
 
     def _rate(self) -> np.ndarray:
         rate = np.full(len(self.alive), np.nan)

@@ -99,6 +99,7 @@ def point_table(grid: Points, result: Descent, radius: Optional[np.ndarray],
     table["outcome"] = s.outcome
     for name in outcomes.QUANTITIES:
         table[name] = getattr(s, name)
+    table.update(s.measured)  # a model's final and best training and validation loss and accuracy
     if radius is not None:
         table["spectral_radius"] = radius
     trajectory = np.full(grid.count, -1)
