@@ -26,6 +26,11 @@ def from_config(cfg: DictConfig) -> tuple[engines.Problem, Loop, ModuleType, Opt
     """The problem of `cfg`, its loop, its engine, and its points when it is a batch (else None)."""
     grid = points.parse(cfg.batch.sweep) if cfg.batch.sweep else None
     values = grid.all_values() if grid else {}
+    if grid and "seed" in grid.keys and cfg.batch.spread:
+        seeds = grid.axes[grid.keys.index("seed")]
+        if len(seeds) < 2:  # a sample's spread needs two
+            raise ConfigError(f"seed={int(seeds[0])} is one seed: a spread over seeds (batch.spread=true) needs two or "
+                              f"more, e.g. 'seed=range(0,5)'; or set batch.spread=false")
     try:
         schema.check_ranges(cfg, values)
     except ConfigError as error:

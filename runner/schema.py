@@ -131,6 +131,7 @@ class MlflowConfig:
 class BatchConfig:
     sweep: List[str] = MISSING  # set by the runner's sweeper (hydra.sweeper.batch=true)
     trajectory_mb: int = MISSING
+    spread: bool = MISSING  # with seed batched: mean ± std over the seeds of each setting
 
 
 @dataclass

@@ -314,6 +314,8 @@ def test_a_batch_over_weight_decay_knows_each_points_ridge_solution():
     ('["seed=0,1.5"]', "model=linear", "seed=1.5 is not allowed in a batch: a seed is an integer >= 0"),
     ('["model.l2=0.1,-0.2"]', "model=linear",
      "point #1 (model.l2=-0.2): model.l2=-0.2 is not allowed: it must be a finite number >= 0"),
+    ('["lr=0.1,0.2","seed=3"]', "model=linear", "seed=3 is one seed: a spread over seeds (batch.spread=true) needs two "
+                                                "or more, e.g. 'seed=range(0,5)'; or set batch.spread=false"),
 ])
 def test_bad_model_batch_is_one_line_naming_the_key(sweep, model, message):
     overrides = [f"batch.sweep={sweep}", *([model, "data=diabetes"] if model else [])]
@@ -360,6 +362,34 @@ def test_a_sweep_of_a_model_over_every_framework_records_its_measures_and_its_da
     for backend, history in histories.items():
         for name, values in history.items():
             np.testing.assert_allclose(values, numpy[name], rtol=1e-10, err_msg=f"{backend} {name}")
+
+
+@pytest.mark.slow
+def test_a_batch_over_seeds_reports_the_mean_and_std_of_each_setting(here, store_uri):
+    """`lr=0.1,1 seed=range(0,4)` batched on two backends: each batch's seeds.csv and the report's
+    give, per lr, the mean and sample std over the four seeds of what points.csv holds per point;
+    the parent run carries the best setting's, the table and the figure with bands."""
+    import pandas
+    import runner
+    from mlflow import MlflowClient
+
+    sweep = runner.sweep("model=mlp", "data=breast_cancer", "model.hidden=[8]", "batch_size=100", "epochs=4",
+                         "lr=0.1,1", "seed=range(0,4)", "backend=numpy,torch", batch=True)
+    assert len(sweep.table) == 2 and sweep.table["over_seeds"].str.match(
+        r"final_val_accuracy 0\.9\d* ± [\d.e-]+ over 4 seeds at lr=").all()
+    points = pandas.read_csv(sweep.report_file("points.csv"))
+    spread = pandas.read_csv(sweep.report_file("seeds.csv"))
+    assert len(spread) == 4 and (spread["seeds"] == 4).all() and (spread["diverged"] == 0).all()
+    for _, row in spread.iterrows():
+        mine = points[(points["backend"] == row["backend"]) & (points["lr"] == row["lr"])]
+        assert sorted(mine["seed"]) == [0, 1, 2, 3]
+        for name in ("final_val_accuracy", "best_val_loss", "final_train_loss"):
+            assert row[f"{name}.mean"] == pytest.approx(mine[name].mean(), rel=1e-12)
+            assert row[f"{name}.std"] == pytest.approx(mine[name].std(ddof=1), rel=1e-12)
+    parent = MlflowClient(store_uri).get_run(sweep.parent_run_id).data.metrics
+    assert parent["seeds/final_val_accuracy.mean"] == pytest.approx(spread["final_val_accuracy.mean"].max())
+    assert parent["seeds/settings"] == 4
+    assert sweep.report_file("seeds.png").stat().st_size > 10_000
 
 
 @pytest.mark.slow

@@ -31,7 +31,7 @@ from omegaconf import DictConfig
 from runner import engines
 from runner.descent import outcomes, theory
 from runner.descent.loop import Descent, evenly_spaced
-from runner.records import plots, tables
+from runner.records import plots, seeds, tables
 from runner.records.recording import Records
 from runner.sweeps.points import Points
 
@@ -75,16 +75,41 @@ def point_records(cfg: DictConfig, problem: engines.Problem, grid: Points, resul
         files.append(tables.write_table(out_dir / "stability.csv", stability))
     summary = summary_metrics(grid, table, stability)
     kept = len(result.kept)
+    lines = _lines(grid, summary, stability, kept, wall_time)
     shown = evenly_spaced(grid.count, TABLE_ROWS)
+    more_tables = {}
+    if seeds.SEED in grid.keys and cfg.batch.spread:
+        names = seeds.quantities(problem.measure_names)
+        spread = seeds.aggregate(grid, table, names)
+        files.append(tables.write_table(out_dir / "seeds.csv", spread))
+        more_tables["seeds.json"] = {k: tables.json_column(v) for k, v in spread.items()}
+        summary.update(seeds.metrics(spread, names))
+        lines.append(f"mean ± std over seeds: best {seeds.describe(spread, names)} (seeds.csv)")
+        files += seed_figure(out_dir, cfg, problem, spread, names)
     return Records(
         value=float(summary.get("best_final_loss", math.nan)),
         metrics=summary,
         tags={"device": result.device, "points": grid.count, "trajectories_kept": f"{kept} of {grid.count}"},
-        lines=_lines(grid, summary, stability, kept, wall_time),
+        lines=lines,
         files=files,
         series=_history(stability),
-        tables={"points.json": {k: tables.json_column(v[shown]) for k, v in table.items()}},
+        tables={"points.json": {k: tables.json_column(v[shown]) for k, v in table.items()}, **more_tables},
     )
+
+
+def seed_figure(out_dir: Path, cfg: DictConfig, problem: engines.Problem, spread: dict[str, np.ndarray],
+                names: list[str]) -> list[Path]:
+    """`seeds.png`: the headline quantity's final and best value, mean ± std over seeds, against
+    the first other batched key; none with no other key."""
+    headline = seeds.headline(names)
+    label = f"{cfg.backend.name} {problem.optimizer.name}"
+    panels = [(name, seeds.bands(spread, label, name)) for name in
+              (headline, "best" + headline[len("final"):]) if f"{name}.mean" in spread]
+    if not panels[0][1]:
+        return []
+    path = out_dir / "seeds.png"
+    plots.seed_bands_figure(seeds.setting_keys(spread)[0], panels, int(spread["seeds"][0])).savefig(path)
+    return [path]
 
 
 def point_table(grid: Points, result: Descent, radius: Optional[np.ndarray],

@@ -3,9 +3,11 @@ report does (`runner.report.finish`).
 
 One row per batch (backend, optimizer, loss, its grid, outcome counts, best final loss, fastest
 rate, the largest stable lr against theory, how far measured rates stray from the spectral
-radius, wall time, parity across backends), every batch's points in one `report/points.csv`,
-and a figure of every batch against its batched key (with one key batched) beside copies of the
-batches' rate maps (with two). Logged to the sweep's parent run under `report/`.
+radius, wall time, parity across backends, the best setting's mean ± std over seeds), every
+batch's points in one `report/points.csv`, a figure of every batch against its batched key
+(with one key batched) beside copies of the batches' rate maps (with two), and with a seed axis
+every batch's mean ± std over seeds in `report/seeds.csv` and `report/seeds.png` (a band per
+batch), also a table in MLflow's UI. Logged to the sweep's parent run under `report/`.
 """
 
 from __future__ import annotations
@@ -20,10 +22,11 @@ import numpy as np
 
 from runner import report
 from runner.descent.outcomes import CONVERGED, DIVERGED, NOT_CONVERGED
-from runner.records import plots, tables
+from runner.records import plots, seeds, tables
 
 COLUMNS = ["backend", "optimizer", "loss", "batched", "points", CONVERGED, NOT_CONVERGED, DIVERGED, "best_final_loss",
            "fastest_rate", "largest_stable_lr", "largest_stable_lr_theory", "rate_vs_theory", "wall_time_s", "parity"]
+OVER_SEEDS = "over_seeds"  # a column only in a report whose batches have a seed axis
 
 
 def report_batches(store, parent_id: str, folder: Path, records: Sequence[Any], reused: int = 0) -> bool:
@@ -37,8 +40,16 @@ def report_batches(store, parent_id: str, folder: Path, records: Sequence[Any], 
     rows.sort(key=lambda r: (r["loss"], r["optimizer"], r["batched"], r["backend"]))
     _write_points(out / "points.csv", batches)
     points = sum(int(r["points"] or 0) for r in rows)
-    return report.finish(store, parent_id, out, rows, COLUMNS, f"{len(rows)} batch runs ({points} points)", figures,
-                         metrics={"points": points}, more_tables=[out / "points.csv"])
+    columns, more_tables, metrics = COLUMNS, [out / "points.csv"], {"points": points}
+    if any(b.seeds for b in batches):
+        columns = [*COLUMNS, OVER_SEEDS]
+        more_tables.append(_write_points(out / "seeds.csv", batches, "seeds"))
+        store.log_table(parent_id, {k: [tables.number(v) if v else None for v in column]
+                                    for k, column in tables.read_table(more_tables[-1]).items()}, "report/seeds.json")
+        figures += _seed_figure(batches, out)
+        metrics.update(_best_over_seeds(batches))
+    return report.finish(store, parent_id, out, rows, columns, f"{len(rows)} batch runs ({points} points)", figures,
+                         metrics=metrics, more_tables=more_tables)
 
 
 class _Batch:
@@ -52,6 +63,8 @@ class _Batch:
         self.points = tables.read_table(path) if path else {}
         found = store.download(record.run_id, "trajectories.npz", folder)
         self.trajectories = dict(np.load(found)) if found else {}
+        found = store.download(record.run_id, "seeds.csv", folder)
+        self.seeds = tables.read_table(found) if found else {}  # mean ± std over seeds, a row per setting
         self.figures = {name: store.download(record.run_id, name, folder)
                         for name in store.artifact_paths(record.run_id) if name.endswith(".png")}
 
@@ -59,8 +72,19 @@ class _Batch:
     def batched(self) -> list[str]:
         return [k[: -len(".count")] for k in self.record.params if k.endswith(".count")]
 
-    def column(self, name: str) -> np.ndarray:
-        return np.array([float(v) if v else math.nan for v in self.points.get(name, [])])
+    def column(self, name: str, table: str = "points") -> np.ndarray:
+        return np.array([float(v) if v else math.nan for v in getattr(self, table).get(name, [])])
+
+    @property
+    def label(self) -> str:
+        return f"{self.record.params.get('backend')} {self.record.params.get('optimizer')} {tables.minimised(self.record.params)}"
+
+    def spread(self) -> dict[str, np.ndarray]:
+        """seeds.csv as numbers (the keys' and statistics' columns), and the quantities averaged."""
+        return {k: self.column(k, "seeds") for k in self.seeds}
+
+    def quantities(self) -> list[str]:
+        return [k[:-len(".mean")] for k in self.seeds if k.endswith(".mean")]
 
 
 def _row(batch: _Batch, batches: list[_Batch]) -> dict:
@@ -75,6 +99,7 @@ def _row(batch: _Batch, batches: list[_Batch]) -> dict:
         **({"largest_stable_lr": f"{int(m['stability/within_one_step'])} of {int(m['stability/settings'])} "
                                  f"settings within one lr step"} if "stability/settings" in m else {}),
         "rate_vs_theory": _rate_vs_theory(batch), "parity": report.parity(batch, batches, _kept_x),
+        OVER_SEEDS: seeds.describe(batch.spread(), batch.quantities()) if batch.seeds else "",
         "status": r.status, "run_id": r.run_id, "run_name": r.name, "error": r.tags.get("error", ""),
     }
 
@@ -98,19 +123,53 @@ def _kept_x(batch: _Batch) -> Optional[np.ndarray]:
     return batch.trajectories.get("x")
 
 
-def _write_points(path: Path, batches: list[_Batch]) -> None:
-    """Every batch's points.csv in one table, each row headed by its batch's backend, optimizer,
-    loss and run id."""
-    names = list(dict.fromkeys(n for b in batches for n in b.points))
+def _write_points(path: Path, batches: list[_Batch], table: str = "points") -> Path:
+    """Every batch's points.csv (or seeds.csv) in one table, each row headed by its batch's
+    backend, optimizer, loss and run id."""
+    names = list(dict.fromkeys(n for b in batches for n in getattr(b, table)))
     with path.open("w", newline="") as file:
         writer = csv.writer(file)
         writer.writerow(["backend", "optimizer", "loss", "run_id", *names])
         for b in batches:
             head = [b.record.params.get("backend", ""), b.record.params.get("optimizer", ""),
                     tables.minimised(b.record.params), b.record.run_id]
-            count = len(next(iter(b.points.values()), []))
-            for i in range(count):
-                writer.writerow(head + [b.points[n][i] if n in b.points else "" for n in names])
+            rows = getattr(b, table)
+            for i in range(len(next(iter(rows.values()), []))):
+                writer.writerow(head + [rows[n][i] if n in rows else "" for n in names])
+    return path
+
+
+def _seed_figure(batches: list[_Batch], out: Path) -> list[Path]:
+    """Every batch's headline quantity, mean ± std over seeds, against the first other batched
+    key they share: a band per batch (and per setting of any further key)."""
+    spread = [(b, b.spread()) for b in batches if b.seeds]
+    keys = {tuple(seeds.setting_keys(rows)[:1]) for _, rows in spread}
+    names = {seeds.headline(b.quantities()) for b, _ in spread}
+    if len(keys) != 1 or not next(iter(keys)) or len(names) != 1:
+        return []
+    name = names.pop()
+    lines = [line for b, rows in spread for line in seeds.bands(rows, b.label, name)]
+    path = out / "seeds.png"
+    counts = {int(rows["seeds"][0]) for _, rows in spread}
+    plots.seed_bands_figure(keys.pop()[0], [(name, lines)], counts.pop() if len(counts) == 1 else 0).savefig(path)
+    return [path]
+
+
+def _best_over_seeds(batches: list[_Batch]) -> dict[str, float]:
+    """The parent's metrics: the best setting over every batch by the headline quantity's mean
+    (`seeds/<name>.mean`, `.std`), and how many settings were averaged."""
+    spread = [(b, b.spread()) for b in batches if b.seeds]
+    names = {seeds.headline(b.quantities()) for b, _ in spread}
+    out = {"seeds/settings": float(sum(len(rows["seeds"]) for _, rows in spread))}
+    if len(names) != 1:
+        return out
+    name = names.pop()
+    candidates = [(rows[f"{name}.mean"][at], rows[f"{name}.std"][at]) for _, rows in spread
+                  if (at := seeds.best(rows, name)) is not None]
+    if candidates:
+        mean, std = (max if "accuracy" in name else min)(candidates, key=lambda c: c[0])
+        out.update({f"seeds/{name}.mean": float(mean), f"seeds/{name}.std": float(std)})
+    return out
 
 
 def _figures(batches: list[_Batch], out: Path) -> list[Path]:

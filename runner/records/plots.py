@@ -205,6 +205,26 @@ def batch_figure(key: str, series: list[tuple[str, np.ndarray, np.ndarray, np.nd
     return figure
 
 
+def seed_bands_figure(key: str, panels: list[tuple[str, list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]]],
+                      seeds: int) -> Figure:
+    """Means over seeds against `key`, each with a band of ± one standard deviation: one panel per
+    quantity, `panels` holding (quantity, lines), each line (label, the key's values, mean, std)."""
+    figure = Figure(figsize=(6 * len(panels), 4.6), layout="constrained")
+    for axes, (name, lines) in zip(np.atleast_1d(figure.subplots(1, len(panels))), panels):
+        for (label, x, mean, std), colour, style in zip(lines, _colours(len(lines)), ["-", "--", ":", "-."] * 8):
+            order = np.argsort(x, kind="stable")
+            x, mean, std = x[order], mean[order], std[order]
+            axes.plot(x, mean, color=colour, linestyle=style, linewidth=1.8, label=label)
+            axes.fill_between(x, mean - std, mean + std, color=colour, alpha=0.2, linewidth=0)
+        if "accuracy" not in name and all(np.nanmin(mean) > 0 for _, _, mean, _ in lines if np.isfinite(mean).any()):
+            axes.set_yscale("log")
+        axes.set_xlabel(key)
+        axes.set_ylabel(f"{name.replace('_', ' ')}: mean ± std over {seeds} seeds")
+        axes.set_title(f"{name.replace('_', ' ')} against {key}")
+        axes.legend(fontsize="x-small")
+    return figure
+
+
 def rate_map_figure(x_key: str, x_values: np.ndarray, y_key: str, y_values: np.ndarray, rate: np.ndarray,
                     boundary: Optional[Callable[[np.ndarray], np.ndarray]] = None,
                     optimum: Optional[tuple[float, float, float]] = None,
