@@ -28,6 +28,7 @@ def test_the_notebook_runs_in_a_kernel_and_keeps_its_figures(tmp_path, migrated_
     figures = [cell.source.splitlines()[-1] for cell in code
                if any("image/png" in o.get("data", {}) for o in cell.outputs)]
     assert figures == ['article["tf"].figure', 'Image(filename=lr_sweep.report_file("final_loss_vs_lr.png"))',
-                       'Image(filename=batch.artifact_file("rate_map.png"))', 'network["torch"].figure']
+                       'Image(filename=batch.artifact_file("rate_map.png"))', 'network["torch"].figure',
+                       'Image(filename=networks.report_file("validation.png"))']
     # The runs it made are where a reader finds them: beside the notebook.
     assert (tmp_path / "outputs" / "multirun").is_dir() and (tmp_path / "mlflow.db").stat().st_size > 0

@@ -162,11 +162,14 @@ def rerun_overrides(hydra_cfg: Any, grid: Points) -> list[str]:
 def write_trajectories(path: Path, grid: Points, result: Descent) -> Path:
     """The kept rows in one compressed file: `points` (their indices), `x`, `loss`, `grad`
     ((rows, kept, ...): column k is the k-th kept point, NaN after its last row), `norms` past
-    RECORDED coordinates, and each batched key's values at those points (`lr`, ...)."""
+    RECORDED coordinates, a model's measures by name (`val_accuracy`, ... (rows, kept)), and each
+    batched key's values at those points (`lr`, ...)."""
     arrays = {"points": result.kept, "x": result.x, "loss": result.loss, "grad": result.grad,
               **{key: values[result.kept] for key, values in grid.all_values().items()}}
     if result.norms is not None:
         arrays["norms"] = result.norms
+    for m, name in enumerate(result.measure_names):
+        arrays[name] = result.measured[..., m]
     # np.savez_compressed, at zlib's fastest level: a third of its time, files a tenth larger
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
         for name, array in arrays.items():

@@ -46,7 +46,7 @@ def report_batches(store, parent_id: str, folder: Path, records: Sequence[Any], 
         more_tables.append(_write_points(out / "seeds.csv", batches, "seeds"))
         store.log_table(parent_id, {k: [tables.number(v) if v else None for v in column]
                                     for k, column in tables.read_table(more_tables[-1]).items()}, "report/seeds.json")
-        figures += _seed_figure(batches, out)
+        figures += _seed_figure(batches, out) + _validation_figure(batches, out)
         metrics.update(_best_over_seeds(batches))
     return report.finish(store, parent_id, out, rows, columns, f"{len(rows)} batch runs ({points} points)", figures,
                          metrics=metrics, more_tables=more_tables)
@@ -152,6 +152,35 @@ def _seed_figure(batches: list[_Batch], out: Path) -> list[Path]:
     path = out / "seeds.png"
     counts = {int(rows["seeds"][0]) for _, rows in spread}
     plots.seed_bands_figure(keys.pop()[0], [(name, lines)], counts.pop() if len(counts) == 1 else 0).savefig(path)
+    return [path]
+
+
+def _validation_figure(batches: list[_Batch], out: Path) -> list[Path]:
+    """A batch of models over seeds: each setting's validation accuracy (or loss) per epoch, mean
+    ± std over its seeds (from the kept trajectories), a panel per setting, a line per backend."""
+    name = next((n for n in ("val_accuracy", "val_loss") if all(n in b.trajectories for b in batches if b.seeds)), None)
+    spread = [b for b in batches if b.seeds and b.trajectories]
+    if name is None or not spread:
+        return []
+    series, counts = [], set()
+    for b in spread:
+        kept = b.trajectories["points"]
+        if len(kept) != len(b.points.get("point", [])):
+            continue  # an evenly spaced subset of points: not every seed of a setting
+        keys = [k for k in b.batched if k != seeds.SEED]
+        settings: dict[tuple, list[int]] = {}
+        for column, point in enumerate(kept):
+            settings.setdefault(tuple(b.points[k][point] for k in keys), []).append(column)
+        for values, columns in settings.items():
+            curves = b.trajectories[name][:, columns].astype(np.float64)
+            where = " ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in zip(keys, values))
+            panel = f"{tables.minimised(b.record.params)}, {b.record.params.get('optimizer')}\n{where}"
+            series.append((panel, b.record.params.get("backend", "?"), curves.mean(axis=1), curves.std(axis=1, ddof=1)))
+            counts.add(len(columns))
+    if not series:
+        return []
+    path = out / "validation.png"
+    plots.validation_figure(series, name, counts.pop() if len(counts) == 1 else 0).savefig(path)
     return [path]
 
 

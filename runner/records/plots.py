@@ -73,26 +73,30 @@ def training_figure(trajectory: Trajectory) -> Figure:
     return figure
 
 
-def validation_figure(series: list[tuple[str, str, np.ndarray]], name: str) -> Figure:
+def validation_figure(series: list[tuple], name: str, seeds: int = 0) -> Figure:
     """Every model's `name` (validation accuracy or loss) against the epoch, one panel per setting
     other than the backend, one line per backend: where the frameworks agree, one line shows.
 
-    `series` holds (panel, backend, values) per job."""
-    panels_named = sorted({panel for panel, _, _ in series})
+    `series` holds (panel, backend, values) per job, or (panel, backend, mean, std) per setting of
+    a batch over `seeds` seeds: the mean, with a band of ± one std."""
+    panels_named = sorted({line[0] for line in series})
     columns = min(4, max(1, len(panels_named)))
     rows = -(-len(panels_named) // columns) or 1
     figure = Figure(figsize=(4 * columns, 3.4 * rows), layout="constrained")
     panels = np.atleast_1d(figure.subplots(rows, columns, sharey=True, squeeze=False)).reshape(-1)
     for axes, panel in zip(panels, panels_named):
-        mine = sorted((backend, values) for p, backend, values in series if p == panel)
-        for (backend, values), colour, style in zip(mine, _colours(len(mine)), ["-", "--", ":", "-."] * 4):
-            axes.plot(np.arange(len(values)), values, label=backend, color=colour, linestyle=style, linewidth=1.2)
+        mine = sorted((line[1:] for line in series if line[0] == panel), key=lambda line: line[0])
+        for (backend, values, *std), colour, style in zip(mine, _colours(len(mine)), ["-", "--", ":", "-."] * 4):
+            epochs = np.arange(len(values))
+            axes.plot(epochs, values, label=backend, color=colour, linestyle=style, linewidth=1.2)
+            if std:
+                axes.fill_between(epochs, values - std[0], values + std[0], color=colour, alpha=0.15, linewidth=0)
         axes.set_title(panel, fontsize="x-small")
         axes.set_xlabel("epoch")
         axes.legend(fontsize="x-small")
     for axes in panels[len(panels_named):]:
         axes.set_visible(False)
-    panels[0].set_ylabel(name.replace("_", " "))
+    panels[0].set_ylabel(name.replace("_", " ") + (f": mean ± std over {seeds} seeds" if seeds else ""))
     return figure
 
 
@@ -218,6 +222,9 @@ def seed_bands_figure(key: str, panels: list[tuple[str, list[tuple[str, np.ndarr
             axes.fill_between(x, mean - std, mean + std, color=colour, alpha=0.2, linewidth=0)
         if "accuracy" not in name and all(np.nanmin(mean) > 0 for _, _, mean, _ in lines if np.isfinite(mean).any()):
             axes.set_yscale("log")
+        xs = np.concatenate([x for _, x, _, _ in lines])
+        if xs.min() > 0 and xs.max() >= 10 * xs.min():  # learning rates a decade or more apart
+            axes.set_xscale("log")
         axes.set_xlabel(key)
         axes.set_ylabel(f"{name.replace('_', ' ')}: mean ± std over {seeds} seeds")
         axes.set_title(f"{name.replace('_', ' ')} against {key}")

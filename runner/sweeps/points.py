@@ -151,6 +151,10 @@ def split(overrides: Sequence[Any], setting: Any) -> tuple[list[Any], list[Any]]
     """The sweep's overrides split into those that make groups (jobs) and those batched within a
     group. `setting` is `hydra.sweeper.batch`: true batches every sweep of a batchable key whose
     values are numbers; a list batches exactly those keys (each must be batchable).
+
+    >>> given = OverridesParser.create().parse_overrides(["lr=0.1,0.2", "backend=numpy,tf", "lr=0.3,0.4"])
+    >>> [[o.input_line for o in part] for part in split(given, True)]
+    [['backend=numpy,tf'], ['lr=0.3,0.4']]
     """
     if setting is True:
         wanted = None
@@ -161,7 +165,10 @@ def split(overrides: Sequence[Any], setting: Any) -> tuple[list[Any], list[Any]]
                 raise ConfigError(f"hydra.sweeper.batch={list(wanted)}: {key} cannot be batched "
                                   f"(it changes the program); allowed: {ALLOWED}")
     grouped, batched = [], []
-    for override in overrides:
+    # A key given twice (a preset's hydra.sweeper.params, then the command line) takes its last
+    # value in its first place, as Hydra's own sweeper does.
+    last = {override.get_key_element(): override for override in overrides}
+    for override in (last[k] for k in dict.fromkeys(o.get_key_element() for o in overrides)):
         key = override.get_key_element()
         chosen = (wanted is None and override.is_sweep_override() and batchable(key)) or (
             wanted is not None and key in wanted)
