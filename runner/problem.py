@@ -27,9 +27,9 @@ def from_config(cfg: DictConfig) -> tuple[engines.Problem, Loop, ModuleType, Opt
     grid = points.parse(cfg.batch.sweep) if cfg.batch.sweep else None
     values = grid.all_values() if grid else {}
     if grid and "seed" in grid.keys and cfg.batch.spread:
-        seeds = grid.axes[grid.keys.index("seed")]
-        if len(seeds) < 2:  # a sample's spread needs two
-            raise ConfigError(f"seed={int(seeds[0])} is one seed: a spread over seeds (batch.spread=true) needs two or "
+        axis = grid.axes[grid.keys.index("seed")]
+        if len(axis) < 2:  # a sample's spread needs two
+            raise ConfigError(f"seed={int(axis[0])} is one seed: a spread over seeds (batch.spread=true) needs two or "
                               f"more, e.g. 'seed=range(0,5)'; or set batch.spread=false")
     try:
         schema.check_ranges(cfg, values)
@@ -43,8 +43,7 @@ def from_config(cfg: DictConfig) -> tuple[engines.Problem, Loop, ModuleType, Opt
         loss = _model(cfg, constants, values)
         if "model.l2" in values:
             loss = loss.with_constants({"l2": values["model.l2"]})
-        starts = np.stack([loss.initial(int(s)) for s in seeds]) if seeds is not None else loss.initial(cfg.seed)[None]
-        shape = (loss.size,)
+        starts, shape = None, (loss.size,)  # drawn once the batch is known to fit
     else:
         if "model.l2" in values:
             raise ConfigError(f"hydra.sweeper.batch: model.l2 is a model's weight decay: set model={'|'.join(models.MODELS)}")
@@ -56,7 +55,12 @@ def from_config(cfg: DictConfig) -> tuple[engines.Problem, Loop, ModuleType, Opt
     count = grid.count if grid else 1
     keep_bytes = cfg.batch.trajectory_mb * 2**20 if grid else None
     if grid:  # before any array of the batch is made
-        _check_memory(grid, shape, np.dtype(cfg.dtype.value).itemsize, keep_bytes)
+        itemsize = np.dtype(cfg.dtype.value).itemsize
+        working = loss.working_bytes(grid.count, itemsize, seeds is not None) if isinstance(loss, models.Model) else 0
+        _check_memory(grid, shape, itemsize, keep_bytes, working)
+    if starts is None:  # a model's: each seed's initial weights, drawn once per seed
+        unique, each = np.unique(seeds if seeds is not None else [cfg.seed], return_inverse=True)
+        starts = np.stack([loss.initial(int(s)) for s in unique])[each]
     x_start = np.broadcast_to((starts if shape else starts[:, 0]).reshape(len(starts), *([-1] if shape else [])),
                               (count, *shape)).copy()
     engine = engines.load(cfg.backend.name, cfg.backend.module)
@@ -123,12 +127,14 @@ def _shape(cfg: DictConfig, loss: losses.Loss, starts: np.ndarray) -> tuple[int,
     return shape
 
 
-def _check_memory(grid: points.Points, shape: tuple[int, ...], itemsize: int, keep_bytes: int) -> None:
+def _check_memory(grid: points.Points, shape: tuple[int, ...], itemsize: int, keep_bytes: int,
+                  working: int = 0) -> None:
     coordinates = int(np.prod(shape))
-    needed = points.memory_needed(grid.count, coordinates, itemsize, keep_bytes)
+    needed = points.memory_needed(grid.count, coordinates, itemsize, keep_bytes) + working
     available = points.memory_available()
     if available is not None and needed > available:
+        layers = f", {working / 2**30:.1f} GB of it the models' layer outputs" if working else ""
         raise ConfigError(
             f"hydra.sweeper.batch: a batch of {grid.count} points ({grid.name()}, x of {coordinates} coordinates) "
-            f"needs about {needed / 2**30:.1f} GB of memory, more than the {available / 2**30:.1f} GB available: "
-            f"sweep fewer values, or batch fewer keys (hydra.sweeper.batch=[lr])")
+            f"needs about {needed / 2**30:.1f} GB of memory{layers}, more than the {available / 2**30:.1f} GB "
+            f"available: sweep fewer values, or batch fewer keys (hydra.sweeper.batch=[lr])")

@@ -314,11 +314,16 @@ def test_a_batch_over_weight_decay_knows_each_points_ridge_solution():
     ('["seed=0,1.5"]', "model=linear", "seed=1.5 is not allowed in a batch: a seed is an integer >= 0"),
     ('["model.l2=0.1,-0.2"]', "model=linear",
      "point #1 (model.l2=-0.2): model.l2=-0.2 is not allowed: it must be a finite number >= 0"),
+    # 10^5 networks on digits: 13 GB of weights and their updates, 72 GB of layer outputs
+    ('["lr=range(0.001,1,0.001)","seed=range(0,100)"]', "model=mlp",
+     "hydra.sweeper.batch: a batch of 99900 points (lr×seed [999×100], x of 2442 coordinates) needs about 8"),
     ('["lr=0.1,0.2","seed=3"]', "model=linear", "seed=3 is one seed: a spread over seeds (batch.spread=true) needs two "
                                                 "or more, e.g. 'seed=range(0,5)'; or set batch.spread=false"),
 ])
 def test_bad_model_batch_is_one_line_naming_the_key(sweep, model, message):
     overrides = [f"batch.sweep={sweep}", *([model, "data=diabetes"] if model else [])]
+    if model == "model=mlp":
+        overrides[-1] = "data=digits"
     with pytest.raises(ConfigError) as error:
         problem.from_config(composed(*overrides))
     assert str(error.value).startswith(message) and "\n" not in str(error.value), str(error.value)

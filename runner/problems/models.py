@@ -240,6 +240,16 @@ class Model:
         weights /= weights.sum(axis=-1, keepdims=True)
         return (indices if np.ndim(seed) else indices[:, :, 0]), weights
 
+    def working_bytes(self, points: int, itemsize: int, per_point_rows: bool) -> int:
+        """Bytes a step of `points` models holds beyond their parameters, about: every layer's
+        output for the rows of a step (a mini-batch, or every training row; the validation rows
+        when they are more), before and after its activation and its gradient, and the rows
+        themselves where each point takes its own mini-batch (`per_point_rows`)."""
+        rows = max(self.batch_size or len(self.data.y_train), len(self.data.y_val))
+        widths = sum(layer.outputs for layer in self.layers)
+        taken = (self.batch_size or 0) * (self.data.features + self.outputs) if per_point_rows else 0
+        return points * (3 * rows * widths + taken) * itemsize
+
     def order_bytes(self, points: int, per_point: bool) -> int:
         """Bytes of one epoch's mini-batch indices (`epoch_batches`): none for the full batch."""
         if not self.batch_size:
