@@ -46,7 +46,8 @@ def from_config(cfg: DictConfig) -> tuple[engines.Problem, Loop, ModuleType, Opt
         starts, shape = None, (loss.size,)  # drawn once the batch is known to fit
     else:
         if "model.l2" in values:
-            raise ConfigError(f"hydra.sweeper.batch: model.l2 is a model's weight decay: set model={'|'.join(models.MODELS)}")
+            raise ConfigError(f"hydra.sweeper.batch: model.l2 is a model's weight decay: "
+                              f"set model={'|'.join(models.MODELS)}")
         loss = losses.from_config(cfg.loss)
         if constants:
             loss = loss.with_constants(constants)

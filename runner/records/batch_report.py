@@ -21,7 +21,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from runner import report
-from runner.descent.outcomes import CONVERGED, DIVERGED, NOT_CONVERGED
+from runner.descent.outcomes import CONVERGED, DIVERGED, NOT_CONVERGED, higher_is_better
 from runner.records import plots, seeds, tables
 
 COLUMNS = ["backend", "optimizer", "loss", "batched", "points", CONVERGED, NOT_CONVERGED, DIVERGED, "best_final_loss",
@@ -77,7 +77,8 @@ class _Batch:
 
     @property
     def label(self) -> str:
-        return f"{self.record.params.get('backend')} {self.record.params.get('optimizer')} {tables.minimised(self.record.params)}"
+        params = self.record.params
+        return f"{params.get('backend')} {params.get('optimizer')} {tables.minimised(params)}"
 
     def spread(self) -> dict[str, np.ndarray]:
         """seeds.csv as numbers (the keys' and statistics' columns), and the quantities averaged."""
@@ -196,7 +197,7 @@ def _best_over_seeds(batches: list[_Batch]) -> dict[str, float]:
     candidates = [(rows[f"{name}.mean"][at], rows[f"{name}.std"][at]) for _, rows in spread
                   if (at := seeds.best(rows, name)) is not None]
     if candidates:
-        mean, std = (max if "accuracy" in name else min)(candidates, key=lambda c: c[0])
+        mean, std = (max if higher_is_better(name) else min)(candidates, key=lambda c: c[0])
         out.update({f"seeds/{name}.mean": float(mean), f"seeds/{name}.std": float(std)})
     return out
 

@@ -74,7 +74,7 @@ def best(rows: Mapping[str, np.ndarray], name: str) -> Optional[int]:
     if not np.isfinite(mean).any():
         return None
     finite = np.where(np.isfinite(mean), mean, np.nan)
-    return int(np.nanargmax(finite) if outcomes.higher_is_better(name[len("final_"):]) else np.nanargmin(finite))
+    return int(np.nanargmax(finite) if outcomes.higher_is_better(name) else np.nanargmin(finite))
 
 
 def setting_keys(rows: Mapping[str, np.ndarray]) -> list[str]:
@@ -112,7 +112,7 @@ def describe(rows: Mapping[str, np.ndarray], names: Sequence[str]) -> str:
             + (f" at {where}" if where else ""))
 
 
-def bands(rows: Mapping[str, np.ndarray], label: str, name: str) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
+def bands(rows: Mapping[str, np.ndarray], label: str, name: str) -> list[tuple]:
     """(label, the first other key's values, mean, std) of `name`, one line per setting of the
     keys after it (at most eight), for `plots.seed_bands_figure`; empty with no other key."""
     keys = [k for k in setting_keys(rows) if np.ndim(rows[k][0]) == 0]
