@@ -190,8 +190,8 @@ def _compare_run(store, record, cfg, result, lines: list[str]) -> bool:
         lines.append(f"  {name}: {len(fresh)} logged steps, {'identical' if same else _first_difference(stored, fresh)}")
     for name in (*QUANTITIES, *result.summary.measured):  # and a model's final and best measures
         stored, value = record.metrics.get(name), summary.get(name)
-        if stored is None and value is None:
-            continue
+        if stored is None and (value is None or name in result.summary.measured):
+            continue  # a measure's final and best: not logged by runs recorded before they were
         same = stored is not None and value is not None and np.array_equal(
             np.float64(stored), np.float64(value), equal_nan=True)
         all_match &= bool(same)

@@ -397,6 +397,29 @@ def test_a_batch_over_seeds_reports_the_mean_and_std_of_each_setting(here, store
     assert sweep.report_file("seeds.png").stat().st_size > 10_000
 
 
+def test_a_model_run_reproduces_even_one_recorded_before_its_measures_summary(here, store_uri, monkeypatch, capsys):
+    """`runner.reproduce RUN_ID` of a model's run compares its final and best measures too; a run
+    recorded before the runner logged them (no `final_val_loss` metric) still reproduces."""
+    import runner
+    from runner import reproduce
+    from runner.records import tracking
+
+    run = runner.run("model=logistic", "data=breast_cancer", "epochs=5", "batch_size=100")
+    assert {"final_val_loss", "best_val_accuracy"} <= set(run.summary)
+    assert reproduce.main([run.run_id]) == 0
+    assert "final_val_loss: identical" in capsys.readouterr().out
+
+    recorded = tracking._record
+
+    def before(mlflow_run):  # the run as the last release recorded it
+        record = recorded(mlflow_run)
+        kept = {k: v for k, v in record.metrics.items() if not k.startswith(("final_val", "best_", "final_train"))}
+        return dataclasses.replace(record, metrics=kept)
+
+    monkeypatch.setattr(tracking, "_record", before)
+    assert reproduce.main([run.run_id]) == 0, capsys.readouterr().out
+
+
 @pytest.mark.slow
 def test_the_classify_preset_reports_validation_accuracy_over_seeds(here, store_uri):
     """experiment=classify on one backend, one lr, three seeds and 3 epochs (the preset's own is
