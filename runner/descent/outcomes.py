@@ -33,7 +33,6 @@ CONVERGED, NOT_CONVERGED, DIVERGED = "converged", "not_converged", "diverged"
 QUANTITIES = ("final_loss", "final_grad_norm", "epochs_run", "steps_to_tolerance", "diverged_at", "rate")
 
 
-
 def measure_columns(names: Sequence[str]) -> list[str]:
     """What a model's per-epoch measures add to the summary: each one's final value and its best
     over the epochs (the highest of an accuracy, else the lowest).
@@ -45,6 +44,7 @@ def measure_columns(names: Sequence[str]) -> list[str]:
 
 
 def higher_is_better(name: str) -> bool:
+    """Whether a measure (or its summary, `final_val_accuracy`) is best at its highest: an accuracy."""
     return name.endswith("accuracy")
 
 

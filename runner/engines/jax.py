@@ -92,7 +92,8 @@ def start(problem: Problem) -> Stepper:
 
         def step(carry, epoch_batches):
             """A row, then an update, or an epoch of mini-batch updates (`epoch_batches`: indices
-            and weights, (steps, batch_size) each)."""
+            (steps, batch_size), or (steps, points, batch_size) with a seed per point, and
+            weights (steps, batch_size))."""
             x, state = carry
             y, pullback = jax.vjp(value, x)
             (grad,) = pullback(ones)

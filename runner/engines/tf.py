@@ -88,7 +88,7 @@ def start(problem: Problem) -> Stepper:
         @tf.function(jit_compile=True)  # XLA: about 3x fewer microseconds a step than the graph alone
         def run(x, state, count: tf.Tensor, indices: tf.Tensor, weights: tf.Tensor):
             """`count` rows, each followed by an update (or an epoch of mini-batch updates, at
-            `indices` with `weights`, one (steps, batch_size) each row); fewer if every point diverges."""
+            `indices` with `weights`: `Problem.epoch_batches`); fewer if every point diverges."""
             rows = [tf.TensorArray(dt, size=count) for _ in range(fixed + len(problem.measure_names))]
             done = count
             for k in tf.range(count):

@@ -228,12 +228,12 @@ class Model:
         has one shape (a compiled loop compiles once)."""
         rows, size = len(self.data.y_train), self.batch_size
         steps = -(-rows // size)
-        seeds = np.reshape(seed, -1)
+        seeds, each = np.unique(np.reshape(seed, -1), return_inverse=True)  # lr x seed: each seed's order once
         indices = np.zeros((count, len(seeds), steps * size), dtype=np.int64)
         for k in range(count):
             for p, s in enumerate(seeds):
                 indices[k, p, :rows] = np.random.default_rng([int(s), first + k]).permutation(rows)
-        indices = indices.reshape(count, len(seeds), steps, size).swapaxes(1, 2)
+        indices = indices[:, each].reshape(count, len(each), steps, size).swapaxes(1, 2)
         weights = np.zeros((count, steps * size))
         weights[:, :rows] = 1.0
         weights = weights.reshape(count, steps, size)
