@@ -8,8 +8,9 @@ never pays for importing TensorFlow or PyTorch. Each engine module provides:
     OPS: dict[str, callable]          the framework's sin, cos, exp, ..., pow for expressions and
                                       update rules; sum(v, axes) and stack(list) (on the last
                                       axis); maximum and where, elementwise (AMSGrad, Armijo);
-                                      matmul, reshape, logsumexp and log_softmax (on the last
-                                      axis) and take (rows at indices) for models
+                                      matmul, reshape, logsumexp, log_softmax and argmax (on the
+                                      last axis; the index in v's dtype) and take (rows at
+                                      indices) for models
     resolve_device(requested) -> str "cpu" | "cuda" | "auto" -> the device to use, or a
                                       ConfigError naming the backend
     start(problem) -> Stepper         the descent, ready to run: `stepper(count)` computes the next

@@ -39,7 +39,7 @@ OPS = {"sin": jnp.sin, "cos": jnp.cos, "tanh": jnp.tanh, "exp": jnp.exp, "log": 
        "sum": lambda v, axes: jnp.sum(v, axis=axes), "stack": lambda parts: jnp.stack(parts, axis=-1),
        "matmul": jnp.matmul, "reshape": jnp.reshape, "logsumexp": lambda v: jax.nn.logsumexp(v, axis=-1),
        "take": lambda v, indices: jnp.take(v, indices, axis=0),
-       "log_softmax": lambda v: jax.nn.log_softmax(v, axis=-1)}
+       "log_softmax": lambda v: jax.nn.log_softmax(v, axis=-1), "argmax": lambda v: jnp.argmax(v, axis=-1).astype(v.dtype)}
 
 
 def _gpus() -> list:

@@ -47,7 +47,8 @@ OPS = {"sin": tf.sin, "cos": tf.cos, "tanh": tf.tanh, "exp": tf.exp, "log": tf.m
        "sqrt": tf.sqrt, "abs": tf.abs, "maximum": tf.maximum, "where": tf.where, "pow": operator.pow,
        "sum": lambda v, axes: tf.reduce_sum(v, axis=axes), "stack": lambda parts: tf.stack(parts, axis=-1),
        "matmul": tnp.matmul, "reshape": tf.reshape, "logsumexp": lambda v: tf.reduce_logsumexp(v, axis=-1),
-       "take": lambda v, indices: tf.gather(v, indices), "log_softmax": lambda v: tf.nn.log_softmax(v, axis=-1)}
+       "take": lambda v, indices: tf.gather(v, indices), "log_softmax": lambda v: tf.nn.log_softmax(v, axis=-1),
+       "argmax": lambda v: tf.cast(tf.argmax(v, axis=-1), v.dtype)}
 
 
 def resolve_device(requested: str) -> str:

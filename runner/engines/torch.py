@@ -24,7 +24,7 @@ OPS = {"sin": torch.sin, "cos": torch.cos, "tanh": torch.tanh, "exp": torch.exp,
        "stack": lambda parts: torch.stack(parts, dim=-1),
        "matmul": torch.matmul, "reshape": torch.reshape, "logsumexp": lambda v: torch.logsumexp(v, dim=-1),
        "take": lambda v, indices: v[indices],
-       "log_softmax": lambda v: torch.log_softmax(v, dim=-1)}
+       "log_softmax": lambda v: torch.log_softmax(v, dim=-1), "argmax": lambda v: torch.argmax(v, dim=-1).to(v.dtype)}
 
 
 def resolve_device(requested: str) -> str:

@@ -398,7 +398,8 @@ NUMPY_OPS = {"sin": np.sin, "cos": np.cos, "tanh": np.tanh, "exp": np.exp, "log"
              "stack": lambda parts: np.stack(np.broadcast_arrays(*parts), axis=-1),
              "matmul": np.matmul, "reshape": np.reshape, "logsumexp": lambda v: _logsumexp(v),
              "take": lambda v, indices: np.take(v, indices, axis=0),
-             "log_softmax": lambda v: v - _logsumexp(v)[..., None]}
+             "log_softmax": lambda v: v - _logsumexp(v)[..., None],
+             "argmax": lambda v: np.argmax(v, axis=-1).astype(v.dtype)}
 
 
 def _logsumexp(v: np.ndarray) -> np.ndarray:

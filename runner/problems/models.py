@@ -175,23 +175,17 @@ class Model:
 
     def _accuracy(self, ops: Mapping[str, Callable], convert: Callable, y: np.ndarray) -> Callable[[Any, Any], Any]:
         """(x, scores of these rows) -> the fraction of rows whose predicted class is theirs, (...).
-        The prediction is scikit-learn's: class 1 where the score is > 0; the first of the highest
-        scores (argmax), so that at w = 0, every score equal, every row is predicted class 0."""
-        rows, outputs = len(y), self.outputs
-        target = convert(self.targets(y))
+        The prediction is scikit-learn's: class 1 where the score is > 0; else the first of the
+        highest scores (argmax), so that at w = 0, every score equal, every row is predicted class 0."""
+        rows, labels = len(y), convert(y.astype(np.float64))
         one, zero = convert(np.ones(())), convert(np.zeros(()))
-        reshape, total, where = ops["reshape"], ops["sum"], ops["where"]
-        # before[n, k] = 1 for the classes k ranked before row n's own when scores tie
-        before = convert((np.arange(outputs)[None] < y[:, None]).astype(np.float64))
+        reshape, total, where, argmax = ops["reshape"], ops["sum"], ops["where"], ops["argmax"]
 
         def accuracy(x, scores):
-            if outputs == 1:
-                z = reshape(scores, (*x.shape[:-1], rows))
-                right = where(z > 0, target, one - target)
+            if self.outputs == 1:
+                right = where(reshape(scores, (*x.shape[:-1], rows)) > 0, labels, one - labels)
             else:
-                own = total(target * scores, (-1,))[..., None]
-                beaten = where(scores > own, one, zero) + before * where(scores == own, one, zero)
-                right = where(total(beaten, (-1,)) > 0, zero, one)
+                right = where(argmax(scores) == labels, one, zero)
             return total(right, (-1,)) / rows
 
         return accuracy
