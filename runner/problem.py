@@ -77,7 +77,12 @@ def from_config(cfg: DictConfig) -> tuple[engines.Problem, Loop, ModuleType, Opt
     device = engine.resolve_device(cfg.device.value)
     problem = engines.Problem(loss, x_start, optimizer, cfg.dtype.value, device, cfg.stop.diverge_above, cfg.seed,
                               None if seeds is None else np.asarray(seeds, dtype=np.int64))
-    return problem, Loop(cfg.epochs, cfg.stop.tolerance, keep_bytes), engine, grid
+    if cfg.sharpness_every is not None and not loss.twice_differentiable:
+        raise ConfigError(f"sharpness_every={cfg.sharpness_every} needs the loss's second derivative: loss={loss.name}'s "
+                          f"value uses abs, whose second derivative is 0 or undefined; use a smooth loss, or "
+                          f"sharpness_every=null")
+    loop = Loop(cfg.epochs, cfg.stop.tolerance, keep_bytes, cfg.sharpness_every, cfg.sharpness_iterations)
+    return problem, loop, engine, grid
 
 
 def _model(cfg: DictConfig, constants: dict, values: dict) -> models.Model:

@@ -180,10 +180,8 @@ def _compare_run(store, record, cfg, result, lines: list[str]) -> bool:
     from runner.records import tracking
 
     trajectory, summary = result.trajectory(0), result.summary.values(0)
-    steps = tracking.logged_steps(len(trajectory.x), cfg.mlflow.max_logged_steps)
     all_match = True
-    for name, series in trajectory.columns().items():
-        fresh = series[steps].astype(np.float64)
+    for name, (_, fresh) in tracking.logged_series(trajectory, cfg.mlflow.max_logged_steps).items():
         stored = store.metric_series(record.run_id, name)
         same = stored.shape == fresh.shape and np.array_equal(stored, fresh, equal_nan=True)
         all_match &= same

@@ -151,6 +151,8 @@ class RunnerConfig:
     stop: StopConfig = field(default_factory=StopConfig)
     seed: int = MISSING
     skip_done: bool = MISSING
+    sharpness_every: Optional[int] = MISSING
+    sharpness_iterations: int = MISSING
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     batch: BatchConfig = field(default_factory=BatchConfig)
 
@@ -201,6 +203,12 @@ def check_ranges(cfg: DictConfig, points: Optional[Mapping[str, np.ndarray]] = N
     positive = (lambda v: np.isfinite(v) & (v > 0))
     for h in HYPERPARAMETERS.values():
         check(h.key, h.allowed, f"{h.key} must be {h.says}")
+    if cfg.sharpness_every is not None and cfg.sharpness_every < 1:
+        raise ConfigError(f"sharpness_every={cfg.sharpness_every} is not allowed: an integer >= 1 (measure the "
+                          f"sharpness every that many epochs), or null (never)")
+    if cfg.sharpness_iterations < 1:
+        raise ConfigError(f"sharpness_iterations={cfg.sharpness_iterations} is not allowed: an integer >= 1 "
+                          f"(power iterations a measurement)")
     if cfg.dim is not None and cfg.dim < 1:
         raise ConfigError(f"dim={cfg.dim} is not allowed: dim must be an integer >= 1, or null")
     if cfg.mlflow.max_logged_steps is not None and cfg.mlflow.max_logged_steps < 2:

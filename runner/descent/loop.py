@@ -23,6 +23,7 @@ from typing import Callable, Mapping, Optional
 
 import numpy as np
 
+from runner.descent import sharpness
 from runner.descent.outcomes import Summary, Tally
 from runner.engines import CHECK_EVERY, Problem, Rows
 
@@ -40,6 +41,8 @@ class Loop:
     epochs: int
     tolerance: float  # converged: the gradient norm is at most this at the last row
     keep_bytes: Optional[int] = None  # whole trajectories kept: at most this many bytes (None: all)
+    sharpness_every: Optional[int] = None  # measure the sharpness at epochs 0, K, 2K, ... (None: never)
+    sharpness_iterations: int = 20  # power iterations per measurement (`runner.descent.sharpness`)
     progress: Optional[Callable[[int], None]] = field(default=None, compare=False, repr=False)
 
 
@@ -145,24 +148,30 @@ def descend(problem: Problem, engine: ModuleType, loop: Loop) -> Descent:
     ([5.0, -2.5, 1.25], [0.4, 0.5])
     """
     stepper = engine.start(problem)
+    every = loop.sharpness_every
+    measure_names = problem.measure_names + ((sharpness.NAME,) if every else ())
     tally = Tally(problem.points, loop.tolerance, problem.diverge_above, problem.dtype,
-                  _minimiser(problem), by_norm=problem.recorded is not None, measure_names=problem.measure_names)
+                  _minimiser(problem), by_norm=problem.recorded is not None, measure_names=measure_names)
     total = loop.epochs + 1
     size = piece_rows(problem, loop)
     keep = kept_points(problem, loop)
-    every = len(keep) == problem.points  # then the rows are kept as they come, without a copy
+    whole = len(keep) == problem.points  # then the rows are kept as they come, without a copy
     pieces = []
     done = 0
     while done < total and tally.alive.any():
         # Every piece asks for the same number of rows, so that a compiled loop (TensorFlow,
         # JAX) compiles once; the last piece's rows past the last epoch are dropped.
+        # a piece starts at each measurement of the sharpness (piece_rows): at the x the engine holds
+        measured = stepper.sharpness(loop.sharpness_iterations) if every and done % every == 0 else None
         rows = stepper(size)
+        if every:
+            rows = _with_sharpness(rows, measured)
         if len(rows) > total - done:
             rows = rows.map(lambda a: a[: total - done])
         if len(rows) == 0:
             break
         tally.add(rows)
-        pieces.append(rows if every else rows.map(lambda a: a[:, keep]))
+        pieces.append(rows if whole else rows.map(lambda a: a[:, keep]))
         done += len(rows)
         if loop.progress:
             loop.progress(done)
@@ -173,7 +182,16 @@ def descend(problem: Problem, engine: ModuleType, loop: Loop) -> Descent:
             if array is not None:
                 array[summary.epochs_run[keep[k]] + 1:, k] = np.nan
     x, loss, grad, norms, measured = arrays
-    return Descent(summary, keep, x, loss, grad, norms, stepper.device, measured, problem.measure_names)
+    return Descent(summary, keep, x, loss, grad, norms, stepper.device, measured, measure_names)
+
+
+def _with_sharpness(rows: Rows, measured: Optional[np.ndarray]) -> Rows:
+    """The rows with a last measure, the sharpness: `measured` at the piece's first row, NaN after."""
+    column = np.full((len(rows), rows.loss.shape[1], 1), np.nan, rows.loss.dtype)
+    if measured is not None:
+        column[0, :, 0] = measured
+    return dataclasses.replace(rows, measured=column if rows.measured is None else
+                               np.concatenate([rows.measured, column], axis=-1))
 
 
 def timed(problem: Problem, engine: ModuleType, loop: Loop, bar_label: Optional[str]) -> tuple[Descent, float]:
@@ -215,17 +233,19 @@ def _minimiser(problem: Problem) -> Optional[np.ndarray]:
     return values if values.shape[1] == problem.shape[-1] else values[:, :1]
 
 
-def row_values(problem: Problem) -> int:
-    """Values one point records a row: x, loss, grad (and two norms past RECORDED coordinates)."""
+def row_values(problem: Problem, loop: Loop) -> int:
+    """Values one point records a row: x, loss, grad (and two norms past RECORDED coordinates),
+    the measures."""
     head = problem.recorded
     size = int(np.prod(problem.shape)) if head is None else head
-    return 2 * size + 1 + (0 if head is None else 2) + len(problem.measure_names)
+    return 2 * size + 1 + (0 if head is None else 2) + len(problem.measure_names) + bool(loop.sharpness_every)
 
 
 def piece_rows(problem: Problem, loop: Loop) -> int:
     """Rows per piece: all of them when they fit PIECE_BYTES (with a model's mini-batch orders,
     drawn a piece at a time); about PROGRESS_PIECES pieces of
-    at least CHECK_EVERY rows with a progress bar. Every piece has this many (the last is cut).
+    at least CHECK_EVERY rows with a progress bar; with the sharpness measured every K epochs, a
+    divisor of K, so that each measurement starts a piece. Every piece has this many (the last is cut).
 
     >>> from runner.problems.losses import Loss
     >>> from runner.descent.optimizers import Optimizer
@@ -239,19 +259,23 @@ def piece_rows(problem: Problem, loop: Loop) -> int:
     5
     >>> piece_rows(points(10**4), Loop(1200, 1e-4))  # not 559, 559, 83
     401
+    >>> piece_rows(points(1), Loop(999, 1e-4, sharpness_every=30)), piece_rows(points(10**6), Loop(200, 1e-4, sharpness_every=9))
+    (30, 3)
     """
     rows = loop.epochs + 1
-    per_row = problem.points * row_values(problem) * np.dtype(problem.dtype).itemsize + problem.order_bytes
+    per_row = problem.points * row_values(problem, loop) * np.dtype(problem.dtype).itemsize + problem.order_bytes
     size = min(rows, max(1, PIECE_BYTES // per_row))
     if loop.progress is not None:
         size = min(size, max(CHECK_EVERY, math.ceil(rows / PROGRESS_PIECES)))
-    return math.ceil(rows / math.ceil(rows / size))  # as many pieces, evened out: the last wastes little
+    size = math.ceil(rows / math.ceil(rows / size))  # as many pieces, evened out: the last wastes little
+    every = loop.sharpness_every
+    return size if not every else max(d for d in range(1, min(size, every) + 1) if every % d == 0)
 
 
 def kept_points(problem: Problem, loop: Loop) -> np.ndarray:
     """The points whose whole rows are kept: all, or past `loop.keep_bytes` an evenly
     spaced subset that includes the first and the last point."""
-    per_point = (loop.epochs + 1) * row_values(problem) * np.dtype(problem.dtype).itemsize
+    per_point = (loop.epochs + 1) * row_values(problem, loop) * np.dtype(problem.dtype).itemsize
     if loop.keep_bytes is None or problem.points * per_point <= loop.keep_bytes:
         return np.arange(problem.points)
     return evenly_spaced(problem.points, max(1, loop.keep_bytes // per_point))

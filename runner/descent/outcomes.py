@@ -23,6 +23,7 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
+from runner.descent.sharpness import NAME as SHARPNESS
 from runner.engines import Rows, alive
 
 CONVERGED, NOT_CONVERGED, DIVERGED = "converged", "not_converged", "diverged"
@@ -34,13 +35,14 @@ QUANTITIES = ("final_loss", "final_grad_norm", "epochs_run", "steps_to_tolerance
 
 
 def measure_columns(names: Sequence[str]) -> list[str]:
-    """What a model's per-epoch measures add to the summary: each one's final value and its best
-    over the epochs (the highest of an accuracy, else the lowest).
+    """What the per-epoch measures add to the summary: each one's final value and its best over
+    the epochs (the highest of an accuracy, else the lowest); of the sharpness, measured every
+    few epochs, the last value measured alone (no value of it is better than another).
 
-    >>> measure_columns(["val_loss", "val_accuracy"])
-    ['final_val_loss', 'best_val_loss', 'final_val_accuracy', 'best_val_accuracy']
+    >>> measure_columns(["val_loss", "val_accuracy", "sharpness"])
+    ['final_val_loss', 'best_val_loss', 'final_val_accuracy', 'best_val_accuracy', 'final_sharpness']
     """
-    return [f"{kind}_{name}" for name in names for kind in ("final", "best")]
+    return [f"{kind}_{name}" for name in names for kind in (("final",) if name == SHARPNESS else ("final", "best"))]
 
 
 def higher_is_better(name: str) -> bool:
@@ -150,6 +152,7 @@ class Tally:
         self.measure_names = tuple(measure_names)
         self.measured_final = np.full((points, len(measure_names)), np.nan)
         self.measured_best = np.full((points, len(measure_names)), np.nan)
+        self.measured_before = np.full((points, len(measure_names)), np.nan)  # the sharpness's last measured
 
     def add(self, rows: Rows) -> None:
         with np.errstate(over="ignore", invalid="ignore"):  # a diverged point's values overflow
@@ -184,12 +187,21 @@ class Tally:
         self.rows += n
 
     def _add_measures(self, measured: np.ndarray, counted: np.ndarray, last: np.ndarray) -> None:
-        """Each measure's value at each point's last row so far, and its best over the rows that count."""
+        """Each measure's value at each point's last row so far, and its best over the rows that
+        count; the sharpness's last value measured (NaN at the rows between measurements)."""
         n, points = measured.shape[:2]
         values = measured.astype(np.float64)
         self.measured_final[counted] = values[last, np.arange(points)][counted]
         counts = (np.arange(n)[:, None] <= last[None]) & counted[None]
         for m, name in enumerate(self.measure_names):
+            if name == SHARPNESS:
+                taken = counts & ~np.isnan(values[..., m])
+                has = taken.any(axis=0)
+                latest = n - 1 - taken[::-1].argmax(axis=0)
+                self.measured_final[has, m] = values[latest[has], np.flatnonzero(has), m]
+                self.measured_final[counted & ~has, m] = self.measured_before[counted & ~has, m]
+                self.measured_before[has, m] = self.measured_final[has, m]
+                continue
             column = np.where(counts & np.isfinite(values[..., m]), values[..., m], np.nan)
             if not np.isfinite(column).any():
                 continue
@@ -233,7 +245,9 @@ class Tally:
                            np.where(self.final_grad_norm <= self.tolerance, CONVERGED, NOT_CONVERGED))
         measured = {}
         for m, name in enumerate(self.measure_names):
-            measured[f"final_{name}"], measured[f"best_{name}"] = self.measured_final[:, m], self.measured_best[:, m]
+            measured[f"final_{name}"] = self.measured_final[:, m]
+            if name != SHARPNESS:
+                measured[f"best_{name}"] = self.measured_best[:, m]
         return Summary(outcome, self.final_x, self.final_loss, self.final_grad_norm, self.last,
                        self.steps, self.diverged_at, self._rate(), measured)
 

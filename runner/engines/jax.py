@@ -29,7 +29,7 @@ chatter.quiet_loggers("jax._src.xla_bridge")  # "Unable to initialize backend 't
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from runner.descent import optimizers  # noqa: E402
+from runner.descent import optimizers, sharpness  # noqa: E402
 from runner.engines import Problem, Rows, Stepper, broadcast_shape, no_gpu, record  # noqa: E402
 
 FRAMEWORK = "jax"
@@ -125,5 +125,25 @@ def start(problem: Problem) -> Stepper:
         return Rows(*rows[:3], None if head is None else np.stack(rows[3:fixed], axis=-1),
                     np.stack(rows[fixed:], axis=-1) if problem.measure_names else None)
 
+    @functools.partial(jax.jit, static_argnums=3)
+    def power_iteration(x, direction, values, iterations):
+        loss = problem.loss.with_constants(values["loss"])
+        value = loss.objective(OPS, shape, lambda v: jnp.asarray(v, dtype))
+        grad = jax.grad(lambda z: jnp.sum(value(z)))
+
+        def power_step(_, carry):
+            hv = jax.jvp(grad, (x,), (carry[1],))[1]  # forward-over-reverse
+            return sharpness.power_step(carry[1], hv, OPS)
+
+        return jax.lax.fori_loop(0, iterations, power_step, (jnp.zeros(problem.points, dtype), direction))
+
+    direction = [on_device(sharpness.start(problem.points, shape, problem.seed))]
+
+    def measure_sharpness(iterations: int) -> np.ndarray:
+        """The largest Hessian eigenvalue of each point at the current x (`runner.descent.sharpness`)."""
+        quotient, direction[0] = power_iteration(carry[0][0], direction[0], batched, iterations)
+        return np.asarray(jax.device_get(quotient), np.float64)
+
     step.device = str(x0.devices().pop())
+    step.sharpness = measure_sharpness
     return step

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from runner.descent import optimizers
+from runner.descent import optimizers, sharpness
 from runner.engines import CHECK_EVERY, Problem, Rows, Stepper, alive, broadcast_shape, no_gpu, record
 from runner.problems.expressions import NUMPY_OPS
 
@@ -110,7 +110,24 @@ def start(problem: Problem) -> Stepper:
                 return Rows(xs[:done], value(xs[:done]), grads[:done], None, _cut(measured, done))
             return Rows(xs[:done], ys[:done], grads[:done], norms[:done], _cut(measured, done))
 
+    exact_gradient = problem.loss.gradient(OPS, problem.shape)  # float64, as the difference needs
+    direction = sharpness.start(points, problem.shape, problem.seed)
+
+    def measure_sharpness(iterations: int) -> np.ndarray:
+        """The largest Hessian eigenvalue of each point at the current x: power iteration on central
+        differences of the hand-written gradient, in float64."""
+        nonlocal direction
+        at = np.asarray(x, np.float64).reshape(points, *problem.shape)
+        h = sharpness.difference_step(at).reshape(points, *([1] * len(problem.shape)))
+        quotient = np.zeros(points)
+        with np.errstate(all="ignore"):
+            for _ in range(iterations):
+                hv = (exact_gradient(at + h * direction) - exact_gradient(at - h * direction)) / (2 * h)
+                quotient, direction = sharpness.power_step(direction, np.broadcast_to(hv, at.shape), OPS)
+        return np.asarray(quotient, np.float64)
+
     step.device = "cpu"
+    step.sharpness = measure_sharpness
     return step
 
 

@@ -24,7 +24,7 @@ with chatter.held_back(chatter.TENSORFLOW_IMPORT):
     import tensorflow as tf  # noqa: E402
     import tensorflow.experimental.numpy as tnp  # noqa: E402
 
-from runner.descent import optimizers  # noqa: E402
+from runner.descent import optimizers, sharpness  # noqa: E402
 from runner.engines import Problem, Rows, Stepper, alive, broadcast_shape, no_gpu, record  # noqa: E402
 
 
@@ -125,7 +125,29 @@ def start(problem: Problem) -> Stepper:
             return Rows(*rows[:3], None if head is None else np.stack(rows[3:fixed], axis=-1),
                         np.stack(rows[fixed:], axis=-1) if measure else None)
 
+        @tf.function
+        def power_iteration(x, direction, iterations: tf.Tensor):
+            quotient = tf.zeros(problem.points, dt)
+            for _ in tf.range(iterations):
+                with tf.autodiff.ForwardAccumulator(x, direction) as forward:  # forward-over-reverse
+                    with tf.GradientTape() as tape:
+                        tape.watch(x)
+                        y = value(x)
+                    grad = tape.gradient(y, x)
+                hv = forward.jvp(grad, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+                quotient, direction = sharpness.power_step(direction, hv, OPS)
+            return quotient, direction
+
+        direction = [convert(sharpness.start(problem.points, problem.shape, problem.seed))]
+
+        def measure_sharpness(iterations: int) -> np.ndarray:
+            """The largest Hessian eigenvalue of each point at the current x (`runner.descent.sharpness`)."""
+            with tf.device(problem.device):
+                quotient, direction[0] = power_iteration(carry[0], direction[0], tf.constant(iterations))
+            return quotient.numpy().astype(np.float64)
+
         step.device = _short(carry[0].device)
+        step.sharpness = measure_sharpness
     return step
 
 

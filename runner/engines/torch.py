@@ -13,7 +13,7 @@ import operator
 import numpy as np
 import torch
 
-from runner.descent import optimizers
+from runner.descent import optimizers, sharpness
 from runner.engines import CHECK_EVERY, Problem, Rows, Stepper, alive, broadcast_shape, no_gpu, record
 
 FRAMEWORK = "torch"
@@ -99,5 +99,22 @@ def start(problem: Problem) -> Stepper:
                 break
         return Rows(*(None if t is None else t[:done].cpu().numpy() for t in (xs, losses, grads, norms, measured)))
 
+    direction = convert(sharpness.start(problem.points, problem.shape, problem.seed))
+
+    def measure_sharpness(iterations: int) -> np.ndarray:
+        """The largest Hessian eigenvalue of each point at the current x: power iteration on
+        Hessian-vector products, each a backward pass through the gradient's graph."""
+        nonlocal direction
+        at = x.detach().requires_grad_()
+        (grad,) = torch.autograd.grad(value(at), at, ones, create_graph=True)
+        quotient = torch.zeros(problem.points, dtype=dt, device=device)
+        for _ in range(iterations):
+            if grad.requires_grad:  # else the loss is linear in x: its Hessian is 0
+                (hv,) = torch.autograd.grad(grad, at, direction, retain_graph=True, allow_unused=True)
+            hv = torch.zeros_like(at) if not grad.requires_grad or hv is None else hv
+            quotient, direction = sharpness.power_step(direction, hv.detach(), OPS)
+        return quotient.cpu().numpy().astype(np.float64)
+
     step.device = str(x.device)
+    step.sharpness = measure_sharpness
     return step

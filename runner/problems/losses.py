@@ -136,6 +136,13 @@ class Loss:
                    for e in expressions]
         return np.stack(columns, axis=1)
 
+    @property
+    def twice_differentiable(self) -> bool:
+        """Whether the loss has a second derivative to measure (its sharpness): not where its value
+        uses abs, whose second derivative is 0 or, at the kink, undefined."""
+        return not any(isinstance(node, ast.Call) and getattr(node.func, "id", None) == "abs"
+                       for node in ast.walk(self.value.tree))
+
     def shape(self, x_start: Sequence[float]) -> tuple[int, ...]:
         """The parameter's shape for a start of these coordinates (one number: a scalar)."""
         if self.dim is not None:

@@ -384,6 +384,10 @@ class Model:
     def curvature(self) -> Optional[float]:
         return None if self.curvatures is None else float(self.curvatures.max())
 
+    # Every model's loss has a second derivative where its sharpness is measured: a ReLU network's
+    # wherever no hidden unit sits exactly at 0, as Cohen et al. measure it.
+    twice_differentiable = True
+
     def spectrum_known(self) -> bool:
         return self.curvatures is not None
 

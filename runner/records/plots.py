@@ -12,6 +12,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from runner.descent.loop import Trajectory
+from runner.descent.sharpness import NAME as SHARPNESS
 
 
 def article_figure(loss_value: Callable[[np.ndarray], np.ndarray], trajectory: Trajectory) -> Figure:
@@ -49,12 +50,14 @@ def path_figure(trajectory: Trajectory) -> Figure:
     return figure
 
 
-def training_figure(trajectory: Trajectory) -> Figure:
+def training_figure(trajectory: Trajectory, lr: Optional[float] = None) -> Figure:
     """A model's run: its training and validation loss against the epoch, and a classifier's
-    validation accuracy."""
+    validation accuracy; where the sharpness was measured, a third panel of it against 2/lr (the
+    edge of stability: gradient descent on a quadratic of that curvature stops converging)."""
     measured = trajectory.measured
-    figure = Figure(figsize=(10, 4.5), layout="constrained")
-    loss_axes, other_axes = figure.subplots(1, 2)
+    sharp = measured.get(SHARPNESS)
+    figure = Figure(figsize=(15 if sharp is not None else 10, 4.5), layout="constrained")
+    loss_axes, other_axes, *sharp_axes = figure.subplots(1, 3 if sharp is not None else 2)
     epochs = np.arange(len(trajectory.loss))
     loss_axes.plot(epochs, measured["train_loss"], label="training", color="tab:blue")
     loss_axes.plot(epochs, measured["val_loss"], label="validation", color="tab:orange")
@@ -69,6 +72,15 @@ def training_figure(trajectory: Trajectory) -> Figure:
         other_axes.plot(epochs, _on_scale(other_axes, [trajectory.grad_norm])[0], color="tab:red")
         other_axes.set_ylabel("gradient norm")
     other_axes.set_xlabel("epoch")
+    if sharp is not None:
+        (axes,) = sharp_axes
+        at = ~np.isnan(sharp)
+        axes.plot(epochs[at], sharp[at], color="tab:purple", marker=".", markersize=3, label="sharpness")
+        if lr:
+            axes.axhline(2 / lr, color="black", linestyle="--", linewidth=1, label=f"2/lr = {2 / lr:.4g}")
+        axes.set_xlabel("epoch")
+        axes.set_ylabel("largest Hessian eigenvalue")
+        axes.legend()
     figure.suptitle("training")
     return figure
 

@@ -37,6 +37,8 @@ def config_hash(cfg: DictConfig) -> str:
     """
     # Not to_container(cfg) whole: in a sweep's job configs the hydra node cannot be resolved yet.
     tree = {key: _plain(cfg[key]) for key in cfg if key not in (*NOT_HASHED, "hydra")}
+    if tree.get("sharpness_every") is None:  # measures nothing: its settings change nothing, nor the hash
+        tree.pop("sharpness_iterations", None)
     if cfg.get("batch") and cfg.batch.sweep:
         tree["batch.sweep"] = list(cfg.batch.sweep)
     text = json.dumps(_canonical(_without_new_nulls(tree)), sort_keys=True, separators=(",", ":"))

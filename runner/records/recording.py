@@ -84,8 +84,8 @@ def trajectory_records(cfg: DictConfig, problem: engines.Problem, grid: None, re
     out_dir = Path(hydra_cfg.runtime.output_dir)
     csv_path = tables.write_series(out_dir / "trajectory.csv", trajectory.columns())
     png_path = out_dir / "gradient_descent.png"
-    if trajectory.measured:
-        figure = plots.training_figure(trajectory)
+    if problem.loss.data is not None:  # a model's
+        figure = plots.training_figure(trajectory, problem.optimizer.lr)
     elif trajectory.x.ndim == 1:
         figure = plots.article_figure(problem.loss.objective(NUMPY_OPS, ()), trajectory)
     else:

@@ -33,6 +33,7 @@ from mlflow.entities import Metric, Param, RunStatus, RunTag  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
 
 from runner.descent.loop import Trajectory  # noqa: E402
+from runner.descent.sharpness import NAME as SHARPNESS  # noqa: E402
 from runner.errors import FAILED, FINISHED, KILLED, RUNNING, ConfigError  # noqa: E402
 from runner.job import NUMBER_TAG  # noqa: E402
 from runner.problems.datasets import Dataset  # noqa: E402
@@ -151,11 +152,10 @@ class Store:
         """Every series of `trajectory.columns()` at the steps `logged_steps` picks, in batches of
         MLflow's maximum size (its SQL store takes about 0.2 ms a value even so)."""
         now = int(time.time() * 1000)
-        steps = logged_steps(len(trajectory.x), max_steps)
         metrics = [
             Metric(name, value, now, step)
-            for name, series in trajectory.columns().items()
-            for step, value in zip(steps.tolist(), series[steps].astype(float).tolist())
+            for name, (steps, values) in logged_series(trajectory, max_steps).items()
+            for step, value in zip(steps.tolist(), values.tolist())
         ]
         self._log_metrics(run_id, metrics)
 
@@ -272,6 +272,21 @@ def logged_steps(rows: int, max_steps: Optional[int]) -> np.ndarray:
     if max_steps is None or rows <= max_steps:
         return np.arange(rows)
     return np.unique(np.linspace(0, rows - 1, max_steps).round().astype(int))
+
+
+def logged_series(trajectory: Trajectory, max_steps: Optional[int]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Each series of `trajectory.columns()` as a run logs it: (steps, float64 values) at the
+    steps `logged_steps` picks; the sharpness, measured every few epochs, at the epochs it was
+    measured (as many of them as `logged_steps` picks)."""
+    rows, logged = len(trajectory.x), {}
+    for name, series in trajectory.columns().items():
+        if name == SHARPNESS:
+            measured = np.flatnonzero(~np.isnan(series))
+            steps = measured[logged_steps(len(measured), max_steps)]
+        else:
+            steps = logged_steps(rows, max_steps)
+        logged[name] = (steps, series[steps].astype(np.float64))
+    return logged
 
 
 def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
