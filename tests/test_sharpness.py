@@ -124,3 +124,25 @@ def test_bad_sharpness_input_is_one_line_naming_the_key(overrides, message):
     with pytest.raises(ConfigError) as error:
         built(*overrides)
     assert str(error.value).startswith(message) and "\n" not in str(error.value), str(error.value)
+
+
+@pytest.mark.slow
+def test_the_edge_of_stability_preset_hovers_at_two_over_lr(here, store_uri):
+    """experiment=edge_of_stability as it ships: at each of its learning rates, once the sharpness
+    has reached 0.9 × 2/lr, its median × lr / 2 over the rest of the run lies in [0.9, 1.2]; at
+    three of them it rose there from below (progressive sharpening)."""
+    import runner
+
+    grid = runner.sweep("experiment=edge_of_stability")
+    assert (grid.table["points"] == 4).all()
+    (npz,) = here.glob("outputs/multirun/*/*/0/trajectories.npz")
+    (figure,) = here.glob("outputs/multirun/*/*/0/sharpness.png")
+    rows = np.load(npz)
+    rose = 0
+    for k, lr in enumerate(rows["lr"]):
+        edge = rows["sharpness"][:, k][~np.isnan(rows["sharpness"][:, k])] * lr / 2
+        reached = int(np.argmax(edge >= 0.9))
+        assert edge[reached] >= 0.9 and 0.9 <= np.median(edge[reached:]) <= 1.2, (lr, edge)
+        rose += reached > 0 and edge[0] < 0.9
+    assert rose >= 3 and len(edge) == 3000 // 20 + 1
+    assert figure.stat().st_size > 20_000

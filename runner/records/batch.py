@@ -29,7 +29,7 @@ import numpy as np
 from omegaconf import DictConfig
 
 from runner import engines
-from runner.descent import outcomes, theory
+from runner.descent import outcomes, sharpness, theory
 from runner.descent.loop import Descent, evenly_spaced
 from runner.records import plots, seeds, tables
 from runner.records.recording import Records
@@ -76,6 +76,9 @@ def point_records(cfg: DictConfig, problem: engines.Problem, grid: Points, resul
     summary = summary_metrics(grid, table, stability)
     kept = len(result.kept)
     lines = _lines(grid, summary, stability, kept, wall_time)
+    if sharpness.NAME in result.measure_names:
+        files.append(sharpness_figure(out_dir / "sharpness.png", problem, grid, result))
+        lines.append(_edge_line(problem, grid, table))
     shown = evenly_spaced(grid.count, TABLE_ROWS)
     more_tables = {}
     if seeds.SEED in grid.keys and cfg.batch.spread:
@@ -95,6 +98,26 @@ def point_records(cfg: DictConfig, problem: engines.Problem, grid: Points, resul
         series=_history(stability),
         tables={"points.json": {k: tables.json_column(v[shown]) for k, v in table.items()}, **more_tables},
     )
+
+
+def sharpness_figure(path: Path, problem: engines.Problem, grid: Points, result: Descent, most: int = 8) -> Path:
+    """`sharpness.png`: the training loss and the sharpness against 2/lr of up to `most` of the
+    kept points, evenly spaced."""
+    lr = np.broadcast_to(problem.optimizer.lr, (grid.count,))
+    names = result.measure_names
+    lines = [(" ".join(grid.overrides(int(result.kept[k]))), float(lr[result.kept[k]]),
+              result.measured[:, k, names.index("train_loss")] if "train_loss" in names else result.loss[:, k],
+              result.measured[:, k, names.index(sharpness.NAME)]) for k in evenly_spaced(len(result.kept), most)]
+    plots.edge_of_stability_figure(lines).savefig(path)
+    return path
+
+
+def _edge_line(problem: engines.Problem, grid: Points, table: dict[str, Any], most: int = 8) -> str:
+    """The last sharpness measured × lr / 2 of up to `most` points: 1 at the edge of stability."""
+    lr = np.broadcast_to(problem.optimizer.lr, (grid.count,))
+    edge = np.asarray(table[f"final_{sharpness.NAME}"], dtype=np.float64) * lr / 2
+    shown = ", ".join(f"{edge[i]:.3g} at {' '.join(grid.overrides(int(i)))}" for i in evenly_spaced(grid.count, most))
+    return f"last sharpness × lr / 2 (1: the edge of stability): {shown} (sharpness.png)"
 
 
 def seed_figure(out_dir: Path, cfg: DictConfig, problem: engines.Problem, spread: dict[str, np.ndarray],

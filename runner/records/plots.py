@@ -85,6 +85,30 @@ def training_figure(trajectory: Trajectory, lr: Optional[float] = None) -> Figur
     return figure
 
 
+def edge_of_stability_figure(lines: list[tuple[str, float, np.ndarray, np.ndarray]]) -> Figure:
+    """Runs of one model at several learning rates, (label, lr, training loss, sharpness) each by
+    epoch (the sharpness NaN between measurements): the training loss, and the sharpness against
+    2/lr in the run's colour: under gradient descent it rises to 2/lr and hovers there (Cohen et
+    al., ICLR 2021) while the loss, going up and down, falls over the long run."""
+    figure = Figure(figsize=(12, 4.5), layout="constrained")
+    loss_axes, sharp_axes = figure.subplots(1, 2)
+    for (label, lr, loss, sharp), colour in zip(lines, _colours(len(lines))):
+        epochs = np.arange(len(loss))
+        loss_axes.plot(epochs, loss, color=colour, linewidth=1, label=label)
+        at = ~np.isnan(sharp)
+        sharp_axes.plot(epochs[at], sharp[at], color=colour, linewidth=1.2, label=label)
+        sharp_axes.axhline(2 / lr, color=colour, linestyle="--", linewidth=1)
+    loss_axes.set_yscale("log")
+    loss_axes.set_xlabel("epoch")
+    loss_axes.set_ylabel("training loss")
+    loss_axes.legend()
+    sharp_axes.set_xlabel("epoch")
+    sharp_axes.set_ylabel("sharpness (dashed: 2/lr)")
+    sharp_axes.legend()
+    figure.suptitle("the edge of stability: full-batch gradient descent")
+    return figure
+
+
 def validation_figure(series: list[tuple], name: str, seeds: int = 0) -> Figure:
     """Every model's `name` (validation accuracy or loss) against the epoch, one panel per setting
     other than the backend, one line per backend: where the frameworks agree, one line shows.
