@@ -15,7 +15,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from runner import engines, schema
-from runner.descent import optimizers
+from runner.descent import optimizers, schedules
 from runner.descent.loop import Loop
 from runner.errors import ConfigError
 from runner.problems import datasets, losses, models
@@ -75,8 +75,9 @@ def from_config(cfg: DictConfig) -> tuple[engines.Problem, Loop, ModuleType, Opt
         raise ConfigError(f"optimizer={o.name} needs the loss's minimum f*: loss={loss.name} has no loss.minimiser "
                           f"(set it, or take a loss that has one: {', '.join(_losses_with_minimiser())})")
     device = engine.resolve_device(cfg.device.value)
+    schedule = schedules.from_config(cfg.get("schedule"), cfg.epochs, values)
     problem = engines.Problem(loss, x_start, optimizer, cfg.dtype.value, device, cfg.stop.diverge_above, cfg.seed,
-                              None if seeds is None else np.asarray(seeds, dtype=np.int64))
+                              None if seeds is None else np.asarray(seeds, dtype=np.int64), schedule)
     if cfg.sharpness_every is not None and not loss.twice_differentiable:
         raise ConfigError(f"sharpness_every={cfg.sharpness_every} needs the loss's second derivative: loss={loss.name}'s "
                           f"value uses abs, whose second derivative is 0 or undefined; use a smooth loss, or "

@@ -205,7 +205,9 @@ def _figures(jobs: list[Job], rows: list[dict], out: Path, varied: Sequence[str]
 
 def _stability_bound(jobs: list[Job]) -> Optional[float]:
     """Theory's largest stable lr, where every run shares one rule, its momentum and the loss's
-    largest curvature (`theory.largest_stable_lr`); else None."""
+    largest curvature (`theory.largest_stable_lr`) at a constant lr; else None."""
+    if any(j.record.params.get("schedule", "constant") != "constant" for j in jobs):
+        return None
     settings = {(j.record.params.get("optimizer"), j.record.params.get("optimizer.momentum"),
                  j.record.tags.get("loss_curvature")) for j in jobs}
     if len(settings) != 1:

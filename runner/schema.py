@@ -24,6 +24,7 @@ from hydra.errors import CompactHydraException
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 from runner.descent.optimizers import HYPERPARAMETERS
+from runner.descent.schedules import PARAMETERS as SCHEDULE_PARAMETERS
 from runner.errors import ConfigError
 
 
@@ -111,6 +112,12 @@ OptimizerConfig = make_dataclass("OptimizerConfig", [("name", str, MISSING), *(
     (name, Optional[float], None) for name, h in HYPERPARAMETERS.items() if h.key == f"optimizer.{name}")])
 
 
+# The learning rate's schedule (see `runner.descent.schedules`): its name, the spacing of a ramp,
+# and a field per parameter under `schedule.`; a schedule reads only its own.
+ScheduleConfig = make_dataclass("ScheduleConfig", [("name", str, MISSING), ("spacing", Optional[str], None), *(
+    (name, Optional[float], None) for name in SCHEDULE_PARAMETERS)])
+
+
 # The run's settings: their types here, their values (and what each means) in conf/config.yaml,
 # the one place that sets a default; `defaults()` reads them back for a config that lacks a key.
 
@@ -141,6 +148,7 @@ class RunnerConfig:
     model: Optional[ModelConfig] = None  # model=NAME: x is its parameters, the loss its own on data
     data: Optional[DataConfig] = None
     optimizer: OptimizerConfig = MISSING
+    schedule: Optional[ScheduleConfig] = None
     x_start: Any = MISSING  # a number, or a list: one number per coordinate
     dim: Optional[int] = MISSING
     epochs: int = MISSING
@@ -201,7 +209,7 @@ def check_ranges(cfg: DictConfig, points: Optional[Mapping[str, np.ndarray]] = N
     if cfg.epochs < 0:
         raise ConfigError(f"epochs={cfg.epochs} is not allowed: epochs must be an integer >= 0")
     positive = (lambda v: np.isfinite(v) & (v > 0))
-    for h in HYPERPARAMETERS.values():
+    for h in (*HYPERPARAMETERS.values(), *SCHEDULE_PARAMETERS.values()):
         check(h.key, h.allowed, f"{h.key} must be {h.says}")
     if cfg.sharpness_every is not None and cfg.sharpness_every < 1:
         raise ConfigError(f"sharpness_every={cfg.sharpness_every} is not allowed: an integer >= 1 (measure the "

@@ -23,7 +23,7 @@ from typing import Callable, Mapping, Optional
 
 import numpy as np
 
-from runner.descent import sharpness
+from runner.descent import schedules, sharpness
 from runner.descent.outcomes import Summary, Tally
 from runner.engines import CHECK_EVERY, Problem, Rows
 
@@ -149,7 +149,8 @@ def descend(problem: Problem, engine: ModuleType, loop: Loop) -> Descent:
     """
     stepper = engine.start(problem)
     every = loop.sharpness_every
-    measure_names = problem.measure_names + ((sharpness.NAME,) if every else ())
+    measure_names = (problem.measure_names + ((schedules.LR,) if problem.schedule else ())
+                     + ((sharpness.NAME,) if every else ()))
     tally = Tally(problem.points, loop.tolerance, problem.diverge_above, problem.dtype,
                   _minimiser(problem), by_norm=problem.recorded is not None, measure_names=measure_names)
     total = loop.epochs + 1
@@ -164,8 +165,13 @@ def descend(problem: Problem, engine: ModuleType, loop: Loop) -> Descent:
         # a piece starts at each measurement of the sharpness (piece_rows): at the x the engine holds
         measured = stepper.sharpness(loop.sharpness_iterations) if every and done % every == 0 else None
         rows = stepper(size)
-        if every:
-            rows = _with_sharpness(rows, measured)
+        if problem.schedule:  # the learning rate each row's update was taken at
+            rows = _with_measure(rows, problem.learning_rates(done, len(rows)))
+        if every:  # the sharpness at the piece's first row, NaN after
+            column = np.full(rows.loss.shape, np.nan)
+            if measured is not None:
+                column[0] = measured
+            rows = _with_measure(rows, column)
         if len(rows) > total - done:
             rows = rows.map(lambda a: a[: total - done])
         if len(rows) == 0:
@@ -185,11 +191,9 @@ def descend(problem: Problem, engine: ModuleType, loop: Loop) -> Descent:
     return Descent(summary, keep, x, loss, grad, norms, stepper.device, measured, measure_names)
 
 
-def _with_sharpness(rows: Rows, measured: Optional[np.ndarray]) -> Rows:
-    """The rows with a last measure, the sharpness: `measured` at the piece's first row, NaN after."""
-    column = np.full((len(rows), rows.loss.shape[1], 1), np.nan, rows.loss.dtype)
-    if measured is not None:
-        column[0, :, 0] = measured
+def _with_measure(rows: Rows, column: np.ndarray) -> Rows:
+    """The rows with one more measure, `column` (rows, points), last, in the rows' dtype."""
+    column = column.astype(rows.loss.dtype)[..., None]
     return dataclasses.replace(rows, measured=column if rows.measured is None else
                                np.concatenate([rows.measured, column], axis=-1))
 
@@ -238,7 +242,8 @@ def row_values(problem: Problem, loop: Loop) -> int:
     the measures."""
     head = problem.recorded
     size = int(np.prod(problem.shape)) if head is None else head
-    return 2 * size + 1 + (0 if head is None else 2) + len(problem.measure_names) + bool(loop.sharpness_every)
+    return (2 * size + 1 + (0 if head is None else 2) + len(problem.measure_names) + bool(problem.schedule)
+            + bool(loop.sharpness_every))
 
 
 def piece_rows(problem: Problem, loop: Loop) -> int:

@@ -11,6 +11,9 @@ the frameworks' own optimizer classes, which take one learning rate per paramete
 per point, are the reference the tests compare against. The adaptive steps also read the loss:
 Polyak's f(x) and its minimum f*, Armijo's line search f(x) at its trial points.
 
+`update(grad, state, x, lr)` takes another learning rate where a schedule sets one each epoch
+(`runner.descent.schedules`): lr multiplies every rule's step, and Armijo's search starts there.
+
 State is a tuple of arrays of fixed structure from the first step on (a momentum buffer starts
 at zero: m * 0 + g = g, PyTorch's first step), as a compiled loop (`tf.while_loop`,
 `lax.scan`) requires.
@@ -105,14 +108,14 @@ def sgd(h: Mapping[str, Any], ops: Mapping[str, Callable]) -> tuple[Init, Update
     2.0
     """
     lr = h["lr"]
-    return (lambda x: ()), (lambda g, state, x: (x - lr * g, state))
+    return (lambda x: ()), (lambda g, state, x, lr=lr: (x - lr * g, state))
 
 
 def momentum(h: Mapping[str, Any], ops: Mapping[str, Callable]) -> tuple[Init, Update]:
     """Heavy ball: b <- m b + g (b = g at the first step); x <- x - lr b."""
     lr, m = h["lr"], h["momentum"]
 
-    def update(g, state, x):
+    def update(g, state, x, lr=lr):
         (b,) = state
         b = m * b + g
         return x - lr * b, (b,)
@@ -124,7 +127,7 @@ def nesterov(h: Mapping[str, Any], ops: Mapping[str, Callable]) -> tuple[Init, U
     """Nesterov momentum: b <- m b + g; x <- x - lr (g + m b)."""
     lr, m = h["lr"], h["momentum"]
 
-    def update(g, state, x):
+    def update(g, state, x, lr=lr):
         (b,) = state
         b = m * b + g
         return x - lr * (g + m * b), (b,)
@@ -163,7 +166,7 @@ def _adam(h: Mapping[str, Any], ops: Mapping[str, Callable], amsgrad: bool) -> t
     sqrt, power, maximum = ops["sqrt"], ops["pow"], ops["maximum"]
     one_minus_b1, one_minus_b2 = 1 - b1, 1 - b2
 
-    def update(g, state, x):
+    def update(g, state, x, lr=lr):
         m, v, *largest, t = state
         t = t + 1
         m = b1 * m + one_minus_b1 * g
@@ -214,7 +217,7 @@ def polyak(h: Mapping[str, Any], ops: Mapping[str, Callable]) -> tuple[Init, Upd
     lr, objective, minimum = h["lr"], h["objective"], h["minimum"]
     maximum = ops["maximum"]
 
-    def update(g, state, x):
+    def update(g, state, x, lr=lr):
         f, squared, _ = _per_point(objective, ops, x, g)
         # At the minimum both f - f* and |g|^2 are 0: the floor (float32's smallest normal) makes
         # the step 0 there instead of 0 / 0.
@@ -244,7 +247,7 @@ def armijo(h: Mapping[str, Any], ops: Mapping[str, Callable]) -> tuple[Init, Upd
     lr, c, shrink, objective = h["lr"], h["decrease"], h["shrink"], h["objective"]
     where = ops["where"]
 
-    def update(g, state, x):
+    def update(g, state, x, lr=lr):
         f, squared, column = _per_point(objective, ops, x, g)
         t = lr + x * 0  # one step size per point (per coordinate of a point: all the same)
         chosen, found = t, t < 0

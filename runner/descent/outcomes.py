@@ -23,6 +23,7 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
+from runner.descent.schedules import LR
 from runner.descent.sharpness import NAME as SHARPNESS
 from runner.engines import Rows, alive
 
@@ -34,15 +35,19 @@ CONVERGED, NOT_CONVERGED, DIVERGED = "converged", "not_converged", "diverged"
 QUANTITIES = ("final_loss", "final_grad_norm", "epochs_run", "steps_to_tolerance", "diverged_at", "rate")
 
 
+# Measures no value of which is better than another: their summary is their final value alone
+# (the sharpness's, measured every few epochs, the last measured).
+UNRANKED = (LR, SHARPNESS)
+
+
 def measure_columns(names: Sequence[str]) -> list[str]:
     """What the per-epoch measures add to the summary: each one's final value and its best over
-    the epochs (the highest of an accuracy, else the lowest); of the sharpness, measured every
-    few epochs, the last value measured alone (no value of it is better than another).
+    the epochs (the highest of an accuracy, else the lowest); of the unranked, the final alone.
 
-    >>> measure_columns(["val_loss", "val_accuracy", "sharpness"])
-    ['final_val_loss', 'best_val_loss', 'final_val_accuracy', 'best_val_accuracy', 'final_sharpness']
+    >>> measure_columns(["val_loss", "val_accuracy", "lr", "sharpness"])
+    ['final_val_loss', 'best_val_loss', 'final_val_accuracy', 'best_val_accuracy', 'final_lr', 'final_sharpness']
     """
-    return [f"{kind}_{name}" for name in names for kind in (("final",) if name == SHARPNESS else ("final", "best"))]
+    return [f"{kind}_{name}" for name in names for kind in (("final",) if name in UNRANKED else ("final", "best"))]
 
 
 def higher_is_better(name: str) -> bool:
@@ -202,6 +207,8 @@ class Tally:
                 self.measured_final[counted & ~has, m] = self.measured_before[counted & ~has, m]
                 self.measured_before[has, m] = self.measured_final[has, m]
                 continue
+            if name in UNRANKED:
+                continue
             column = np.where(counts & np.isfinite(values[..., m]), values[..., m], np.nan)
             if not np.isfinite(column).any():
                 continue
@@ -246,7 +253,7 @@ class Tally:
         measured = {}
         for m, name in enumerate(self.measure_names):
             measured[f"final_{name}"] = self.measured_final[:, m]
-            if name != SHARPNESS:
+            if name not in UNRANKED:
                 measured[f"best_{name}"] = self.measured_best[:, m]
         return Summary(outcome, self.final_x, self.final_loss, self.final_grad_norm, self.last,
                        self.steps, self.diverged_at, self._rate(), measured)

@@ -85,8 +85,9 @@ def heavy_ball_optimum(mu: float, L: float) -> tuple[float, float, float]:
 
 
 def of_problem(problem) -> Optional[np.ndarray]:
-    """ρ of every point of a runner.engines.Problem, where the loss's whole spectrum is known."""
-    if not problem.loss.spectrum_known():
+    """ρ of every point of a runner.engines.Problem, where the loss's whole spectrum is known and
+    the learning rate constant (theory's rate is a constant lr's)."""
+    if not problem.loss.spectrum_known() or problem.schedule is not None:
         return None
     curvatures = np.broadcast_to(problem.loss.curvature_values(), (problem.points, len(problem.loss.curvatures)))
     momentum = problem.optimizer.momentum

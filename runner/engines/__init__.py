@@ -16,7 +16,11 @@ never pays for importing TensorFlow or PyTorch. Each engine module provides:
     start(problem) -> Stepper         the descent, ready to run: `stepper(count)` computes the next
                                       `count` rows for every point of the batch and returns them
                                       as `Rows` on the host (fewer, once every point has
-                                      diverged); `stepper.device` says where x lives
+                                      diverged), each row's update at its learning rates where
+                                      the problem has a schedule (`learning_rates`);
+                                      `stepper.device` says where x lives;
+                                      `stepper.sharpness(iterations)` the largest Hessian
+                                      eigenvalue of each point at the current x
 
 Everything else, the same for every framework, is `runner.descent.loop`'s: the pieces a run is cut
 into, each point's divergence, progress, summaries and kept trajectories. An engine knows
@@ -39,6 +43,7 @@ import numpy as np
 
 from runner.descent import optimizers
 from runner.descent.optimizers import Optimizer
+from runner.descent.schedules import Schedule
 from runner.errors import ConfigError
 from runner.problems.losses import Loss
 
@@ -69,6 +74,7 @@ class Problem:
     diverge_above: float  # |x| beyond this counts as diverged, and the point stops there
     seed: int  # the framework's random generator's, and a model's mini-batch order's
     point_seeds: Optional[np.ndarray] = None  # a batch over seeds: each point's own mini-batch order
+    schedule: Optional[Schedule] = None  # the learning rate's schedule; None: lr every epoch
 
     @property
     def points(self) -> int:
@@ -106,6 +112,13 @@ class Problem:
         batch_size), or (count, steps, points, batch_size) in a batch over seeds, and weights
         (count, steps, batch_size) (`Model.epoch_batches`)."""
         return self.loss.epoch_batches(first, count, self.seed if self.point_seeds is None else self.point_seeds)
+
+    def learning_rates(self, first: int, count: int) -> Optional[np.ndarray]:
+        """Each point's learning rate for the updates after rows first .. first + count - 1,
+        (count, points) float64, as the schedule sets them; None without one (lr throughout)."""
+        if self.schedule is None:
+            return None
+        return self.per_point(self.optimizer.lr)[None] * self.schedule.factors(first, count)
 
     @property
     def order_bytes(self) -> int:
@@ -153,6 +166,8 @@ class Stepper(Protocol):
     device: str
 
     def __call__(self, count: int) -> Rows: ...
+
+    def sharpness(self, iterations: int) -> np.ndarray: ...
 
 
 def load(backend: str, module: Optional[str] = None) -> ModuleType:

@@ -84,29 +84,31 @@ def start(problem: Problem) -> Stepper:
         if problem.loss.batch_size:
             batch_value = loss.batch_objective(OPS, lambda v: jnp.asarray(v, dtype))
 
-        def batch_step(carry, batch):
-            x, state = carry
-            _, pullback = jax.vjp(lambda v: batch_value(v, *batch), x)
-            (grad,) = pullback(ones)
-            return update(grad, state, x), None
-
-        def step(carry, epoch_batches):
-            """A row, then an update, or an epoch of mini-batch updates (`epoch_batches`: indices
-            (steps, batch_size), or (steps, points, batch_size) with a seed per point, and
-            weights (steps, batch_size))."""
-            x, state = carry
+        def step(carry, inputs):
+            """A row, then an update, or an epoch of mini-batch updates (`inputs`: the epoch's
+            mini-batches, indices (steps, batch_size), or (steps, points, batch_size) with a seed
+            per point, and weights (steps, batch_size), or None; its learning rates, or None)."""
+            (x, state), (epoch_batches, rates) = carry, inputs
+            scheduled = {} if rates is None else {"lr": rates}
             y, pullback = jax.vjp(value, x)
             (grad,) = pullback(ones)
             row = record(x, y, grad, head, lambda v: jnp.linalg.norm(v, axis=-1), measure)
             if epoch_batches is None:
-                return update(grad, state, x), row
+                return update(grad, state, x, **scheduled), row
+
+            def batch_step(carry, batch):
+                x, state = carry
+                _, pullback = jax.vjp(lambda v: batch_value(v, *batch), x)
+                (grad,) = pullback(ones)
+                return update(grad, state, x, **scheduled), None
+
             return jax.lax.scan(batch_step, carry, epoch_batches)[0], row
 
         return init, step
 
     @functools.partial(jax.jit, static_argnums=2)
-    def run(carry, values, length, batches):
-        return jax.lax.scan(descent(values)[1], carry, batches, length=length)
+    def run(carry, values, length, inputs):
+        return jax.lax.scan(descent(values)[1], carry, inputs, length=length)
 
     x0 = on_device(problem.x_start)
     carry = [(x0, jax.jit(lambda x, values: descent(values)[0](x))(x0, batched))]
@@ -118,8 +120,10 @@ def start(problem: Problem) -> Stepper:
         if problem.loss.batch_size:
             indices, weights = problem.epoch_batches(epoch[0], count)
             batches = (jax.device_put(indices, device), on_device(weights))
+        rates = problem.learning_rates(epoch[0], count)  # None: the rule's own lr
+        rates = None if rates is None else on_device(rates.reshape(count, *broadcast_shape(problem)))
         epoch[0] += count
-        carry[0], rows = run(carry[0], batched, count, batches)
+        carry[0], rows = run(carry[0], batched, count, (batches, rates))
         rows = [np.asarray(jax.device_get(r)) for r in rows]
         fixed = 3 if head is None else 5  # x, loss, grad (and the norms): then the measures
         return Rows(*rows[:3], None if head is None else np.stack(rows[3:fixed], axis=-1),

@@ -65,13 +65,16 @@ def start(problem: Problem) -> Stepper:
     batch_gradient = problem.loss.batch_gradient(OPS, convert) if problem.loss.batch_size else None
     epoch = 0  # of the first row a call computes: each epoch's mini-batches are drawn from it
     # y = x^2's path, the article's: one check a step (each more costs ~5% of a 0.42-us step)
-    plain = head is None and measure is None and batch_gradient is None
+    plain = head is None and measure is None and batch_gradient is None and problem.schedule is None
 
     def step(count: int) -> Rows:
         nonlocal x, state, epoch
         if batch_gradient:
             indices, weights = problem.epoch_batches(epoch, count)
             weights = weights.astype(dtype)
+        rates = problem.learning_rates(epoch, count)  # None: the rule's own lr
+        if rates is not None:
+            rates = [convert(r.reshape(broadcast_shape(problem))) for r in rates]
         epoch += count
         # Rows go into arrays made once a piece: a list of per-step tuples costs half as much again.
         xs, grads = np.empty((count, points, *row), dtype), np.empty((count, points, *row), dtype)
@@ -98,11 +101,12 @@ def start(problem: Problem) -> Stepper:
                     if measure:
                         for m, values in enumerate(measure(x, y)):
                             measured[k, :, m] = values
+                    scheduled = {} if rates is None else {"lr": rates[k]}
                     if batch_gradient:  # an epoch of mini-batch steps (after the last row: discarded)
                         for batch, weight in zip(indices[k], weights[k]):
-                            x, state = update(batch_gradient(x, batch, weight), state, x)
+                            x, state = update(batch_gradient(x, batch, weight), state, x, **scheduled)
                     else:
-                        x, state = update(grad, state, x)
+                        x, state = update(grad, state, x, **scheduled)
                 if not alive(xs[k], ys[k] if head is not None else value(xs[k]), problem.diverge_above).any():
                     done = k + 1  # every point has diverged
                     break

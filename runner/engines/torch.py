@@ -66,6 +66,9 @@ def start(problem: Problem) -> Stepper:
         if batch_value:
             indices, weights = problem.epoch_batches(epoch, count)
             indices, weights = torch.tensor(indices, device=device), convert(weights)
+        rates = problem.learning_rates(epoch, count)  # None: the rule's own lr
+        if rates is not None:
+            rates = convert(rates.reshape(count, *broadcast_shape(problem)))
         epoch += count
         # Rows go into tensors made once a piece, on x's device: holding each step's own tensors
         # instead keeps the allocator from reusing memory (5x slower a step at 10^4 points).
@@ -86,13 +89,14 @@ def start(problem: Problem) -> Stepper:
                         xs[k], losses[k], grads[k], norms[k, :, 0], norms[k, :, 1] = record(x, y, grad, head, norm)
                     if measure:
                         measured[k] = torch.stack(measure(x, y), dim=-1)
+                scheduled = {} if rates is None else {"lr": rates[k]}
                 if batch_value:  # an epoch of mini-batch steps (after the last row: discarded)
                     for batch, weight in zip(indices[k], weights[k]):
                         (batch_grad,) = torch.autograd.grad(batch_value(x, batch, weight), x, ones)
-                        x, state = update(batch_grad, state, x.detach())
+                        x, state = update(batch_grad, state, x.detach(), **scheduled)
                         x.requires_grad_()
                 else:
-                    x, state = update(grad, state, x.detach())  # the update after the last row is discarded
+                    x, state = update(grad, state, x.detach(), **scheduled)  # after the last row: discarded
                     x.requires_grad_()
             if not alive(xs[k].cpu().numpy(), losses[k].cpu().numpy(), problem.diverge_above).any():
                 done = k + 1  # every point has diverged

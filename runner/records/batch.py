@@ -205,7 +205,7 @@ def _stability(problem: engines.Problem, grid: Points, table: dict[str, Any]) ->
     """`theory.stability` of the batch: where lr is batched, the rate known and the rule linear,
     for each setting of the other batched keys; empty otherwise."""
     curvatures = problem.loss.curvature_values()
-    if "lr" not in grid.keys or curvatures is None:
+    if "lr" not in grid.keys or curvatures is None or problem.schedule is not None:
         return {}
     others = {k: grid.values(k) for k in grid.keys if k not in ("lr", "x_start")}
     momentum = problem.optimizer.momentum
@@ -301,8 +301,8 @@ def rate_map(grid: Points, problem: engines.Problem, rate: np.ndarray, title: st
 def _bound(problem: engines.Problem, grid: Points) -> Optional[float]:
     """Theory's largest stable lr, where the batch's points share the loss's largest curvature."""
     curvatures = problem.loss.curvature_values()
-    if curvatures is None or np.ptp(curvatures.max(axis=1)) > 0:
-        return None
+    if curvatures is None or np.ptp(curvatures.max(axis=1)) > 0 or problem.schedule is not None:
+        return None  # theory's bound is a constant lr's
     momentum = problem.optimizer.momentum
     return theory.largest_stable_lr(problem.optimizer.name, float(curvatures.max()),
                                     None if momentum is None else float(np.reshape(momentum, -1)[0]))

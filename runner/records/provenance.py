@@ -39,6 +39,8 @@ def config_hash(cfg: DictConfig) -> str:
     tree = {key: _plain(cfg[key]) for key in cfg if key not in (*NOT_HASHED, "hydra")}
     if tree.get("sharpness_every") is None:  # measures nothing: its settings change nothing, nor the hash
         tree.pop("sharpness_iterations", None)
+    if (tree.get("schedule") or {}).get("name") == "constant":  # lr throughout, as before schedules were
+        tree.pop("schedule")
     if cfg.get("batch") and cfg.batch.sweep:
         tree["batch.sweep"] = list(cfg.batch.sweep)
     text = json.dumps(_canonical(_without_new_nulls(tree)), sort_keys=True, separators=(",", ":"))

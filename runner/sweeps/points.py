@@ -20,12 +20,14 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from runner.descent.loop import PIECE_BYTES
 from runner.descent.optimizers import HYPERPARAMETERS
+from runner.descent.schedules import PARAMETERS as SCHEDULE_PARAMETERS
 from runner.errors import ConfigError
 
 # Keys whose values a batch may vary, beside any constant of the loss (`loss.params.NAME`).
 # `seed` draws a model's initial weights and each epoch's mini-batch order, per point; for a
 # closed-form loss it changes nothing (the descent draws nothing).
-BATCHABLE = (*(h.key for h in HYPERPARAMETERS.values()), "seed", "x_start", "model.l2")
+BATCHABLE = (*(h.key for h in HYPERPARAMETERS.values()), *(p.key for p in SCHEDULE_PARAMETERS.values()), "seed",
+             "x_start", "model.l2")
 LOSS_CONSTANT = "loss.params."
 # Those a batch of models may vary: the rules' hyperparameters, the seed and the weight decay.
 MODEL_BATCHABLE = tuple(key for key in BATCHABLE if key != "x_start")
