@@ -120,7 +120,8 @@ def test_explicit_modes_and_bad_syntax_are_left_to_hydra(argv):
 
 # Every preset of conf/experiment/, and how many jobs (or batch points) it makes.
 PRESETS = {"article": 3, "lr_sweep": 3 * 15, "optimizers": 3 * 4, "lr_dense": 3 * 1199, "momentum_map": 2 * 200 * 200,
-           "search_lr": 30, "classify": 2 * 2 * 4 * 3 * 5, "regression": 4 * 120, "edge_of_stability": 4}
+           "search_lr": 30, "classify": 2 * 2 * 4 * 3 * 5, "regression": 4 * 120, "edge_of_stability": 4,
+           "lr_range_test": 1}
 
 
 def sweep_values(text: str) -> list:
@@ -152,7 +153,7 @@ def test_every_preset_composes_and_its_corner_jobs_are_valid(preset):
 
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         sweep = compose(config_name="config", overrides=[f"experiment={preset}"], return_hydra_config=True)
-        params = {key: sweep_values(str(text)) for key, text in sweep.hydra.sweeper.params.items()}
+        params = {key: sweep_values(str(text)) for key, text in (sweep.hydra.sweeper.params or {}).items()}
         search = sweep.hydra.sweeper.get("search") or {}
         count = search.get("n_trials") or math.prod(len(values) for values in params.values())
         assert count == PRESETS[preset]

@@ -167,3 +167,17 @@ def test_bad_schedule_input_is_one_line_naming_the_key(overrides, message):
     with pytest.raises(ConfigError) as error:
         built(*overrides)
     assert str(error.value).startswith(message) and "\n" not in str(error.value), str(error.value)
+
+
+def test_the_lr_range_test_on_y_equals_x_squared_rises_at_theorys_bound(here, store_uri):
+    """experiment=lr_range_test as it ships: the loss of y = x^2 falls fastest within one ramp step
+    of lr = 1/2 (one step lands on the minimum) and starts to rise at the first lr past 1 = 2/L."""
+    import runner
+
+    run = runner.run("experiment=lr_range_test")
+    step = 1e5 ** (1 / 400)  # the ramp's ratio from one epoch to the next
+    assert 1.0 < run.summary["lr_blowup"] <= step
+    assert 0.5 / step <= run.summary["lr_suggested"] <= 0.5 * step
+    assert run.summary["final_lr"] > 1 and run.outcome == "diverged"  # it ran past the bound, and blew up
+    model = runner.run("experiment=lr_range_test", "model=mlp", "data=diabetes", "model.hidden=[16]", "epochs=200")
+    assert model.summary["lr_suggested"] < model.summary["lr_blowup"] < 10

@@ -19,6 +19,7 @@ batch's mini-batch order (`engines.Problem.learning_rates`), in its compiled loo
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional
 
@@ -169,6 +170,30 @@ def _shown(value: Any, limit: int) -> str:
     values = np.atleast_1d(np.asarray(value, dtype=np.float64))
     first = values[np.flatnonzero(values > limit)[0]]
     return str(int(first)) if float(first).is_integer() else str(float(first))
+
+
+def range_test(lr: np.ndarray, loss: np.ndarray) -> tuple[float, float]:
+    """The LR range test (Smith, "Cyclical Learning Rates for Training Neural Networks", 2017) read
+    off a run whose lr ramps up: (the suggested lr, where the loss falls fastest, the steepest
+    drop of log loss from one epoch to the next; the lr where the loss starts to blow up, that of
+    the first update after which it rose), NaN where there is none. `lr[t]` is the learning rate
+    of the update from row t to row t + 1. On y = x^2, x <- (1 - 2 lr) x: the loss falls fastest
+    at lr = 1/2 and rises from lr = 1 = 2/L on.
+
+    >>> lr = np.array([0.1, 0.3, 0.45, 0.9, 1.1, 1.3])
+    >>> x = np.cumprod(np.concatenate([[5.0], 1 - 2 * lr[:-1]]))
+    >>> range_test(lr, x * x)
+    (0.45, 1.1)
+    """
+    loss = np.asarray(loss, dtype=np.float64)
+    before, after = loss[:-1], loss[1:]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        fall = np.where(before > 0, np.log(after) - np.log(before), np.nan)  # -inf where it lands on 0
+    fall[~np.isfinite(after)] = np.inf  # the update that diverged rose
+    steps = lr[:len(fall)]
+    suggested = float(steps[np.nanargmin(fall)]) if np.isfinite(fall).any() or np.isneginf(fall).any() else math.nan
+    rising = np.flatnonzero(fall > 0)
+    return suggested, float(steps[rising[0]]) if rising.size else math.nan
 
 
 def describe(schedule: Optional[Schedule]) -> str:

@@ -109,6 +109,29 @@ def edge_of_stability_figure(lines: list[tuple[str, float, np.ndarray, np.ndarra
     return figure
 
 
+def range_test_figure(lr: np.ndarray, loss: np.ndarray, suggested: float, blowup: float,
+                      bound: Optional[float]) -> Figure:
+    """The LR range test: the loss against the learning rate that reached it (the rate of the
+    update before each row, both on log scales), the suggested lr, where the loss began to rise,
+    and theory's stability bound where the loss knows its curvature."""
+    figure = Figure(figsize=(7, 4.5), layout="constrained")
+    axes = figure.subplots()
+    shown = np.isfinite(loss[1:]) & (loss[1:] > 0)
+    axes.plot(lr[:-1][shown], loss[1:][shown], color="tab:blue", linewidth=1.2)
+    axes.set_xscale("log")
+    axes.set_yscale("log")
+    for value, colour, style, label in ((suggested, "tab:green", "-", "suggested (fastest fall)"),
+                                        (blowup, "tab:red", "-", "the loss starts to rise"),
+                                        (bound, "black", "--", "theory's stability bound")):
+        if value is not None and np.isfinite(value):
+            axes.axvline(value, color=colour, linestyle=style, linewidth=1, label=f"{label}: {value:.4g}")
+    axes.set_xlabel("learning rate (of the update before)")
+    axes.set_ylabel("loss")
+    axes.legend()
+    axes.set_title("LR range test")
+    return figure
+
+
 def validation_figure(series: list[tuple], name: str, seeds: int = 0) -> Figure:
     """Every model's `name` (validation accuracy or loss) against the epoch, one panel per setting
     other than the backend, one line per backend: where the frameworks agree, one line shows.

@@ -21,7 +21,7 @@ import numpy as np
 from omegaconf import DictConfig
 
 from runner import engines, job
-from runner.descent import theory
+from runner.descent import schedules, theory
 from runner.descent.loop import Descent, Loop, Trajectory, timed
 from runner.problems.expressions import NUMPY_OPS
 from runner.records import plots, tables
@@ -91,13 +91,29 @@ def trajectory_records(cfg: DictConfig, problem: engines.Problem, grid: None, re
     else:
         figure = plots.path_figure(trajectory)
     figure.savefig(png_path)
+    files = [png_path, csv_path]
     radius = theory.of_problem(problem)
+    metrics = {**summary.values(0), **({} if radius is None else {"spectral_radius": float(radius[0])})}
+    lines = _lines(problem, trajectory, summary)
+    if problem.schedule is not None and problem.schedule.name == "ramp":
+        metrics["lr_suggested"], metrics["lr_blowup"] = suggested, blowup = schedules.range_test(
+            trajectory.measured[schedules.LR], trajectory.loss)
+        curvature, momentum = problem.loss.curvature, problem.optimizer.momentum
+        bound = None if curvature is None else theory.largest_stable_lr(problem.optimizer.name, curvature, momentum)
+        theory_says = "" if bound is None else f" (theory's stability bound: {float(bound):.4g})"
+        rose = (f"started to rise at lr {blowup:.4g}" if np.isfinite(blowup) else
+                f"did not rise up to lr {float(trajectory.measured[schedules.LR][-1]):.4g}")
+        lines.append(f"LR range test: the loss fell fastest at lr {suggested:.4g} (suggested), and {rose}{theory_says} "
+                     f"(lr_range_test.png)")
+        files.append(out_dir / "lr_range_test.png")
+        plots.range_test_figure(trajectory.measured[schedules.LR], trajectory.loss, suggested, blowup,
+                                None if bound is None else float(bound)).savefig(files[-1])
     return Records(
         value=float(trajectory.loss[-1]),
-        metrics={**summary.values(0), **({} if radius is None else {"spectral_radius": float(radius[0])})},
+        metrics=metrics,
         tags={"device": trajectory.device, "outcome": summary.outcome[0]},
-        lines=_lines(problem, trajectory, summary),
-        files=[png_path, csv_path],
+        lines=lines,
+        files=files,
         trajectory=trajectory,
     )
 
