@@ -181,3 +181,21 @@ def test_the_lr_range_test_on_y_equals_x_squared_rises_at_theorys_bound(here, st
     assert run.summary["final_lr"] > 1 and run.outcome == "diverged"  # it ran past the bound, and blew up
     model = runner.run("experiment=lr_range_test", "model=mlp", "data=diabetes", "model.hidden=[16]", "epochs=200")
     assert model.summary["lr_suggested"] < model.summary["lr_blowup"] < 10
+
+
+BATCHED = {"step": "schedule.factor=0.5,0.8", "cosine": "schedule.floor=0,0.3", "warmup": "schedule.start=0.1,0.5",
+           "wsd": "schedule.decay=2,5", "ramp": "schedule.end=1,3"}
+
+
+@pytest.mark.parametrize("name", sorted(BATCHED))
+def test_each_schedules_parameters_batch(name):
+    key, values = BATCHED[name].split("=")
+    common = ("loss=quadratic", "optimizer=adam", "lr=0.2", "epochs=12", "dtype=float64", f"schedule={name}",
+              *(o for o in SCHEDULES[name] if not o.startswith(key)))
+    together = descend(*built(*common, f'batch.sweep=["{BATCHED[name]}"]', f"{key}={values.split(',')[0]}"))
+    for point, value in enumerate(values.split(",")):
+        alone = descend(*built(*common, f"{key}={value}"))
+        np.testing.assert_array_equal(together.x[:, point], alone.x[:, 0])
+        lr = schedules.LR
+        np.testing.assert_array_equal(together.measured[:, point, together.measure_names.index(lr)],
+                                      alone.measured[:, 0, alone.measure_names.index(lr)])

@@ -132,7 +132,7 @@ def start(problem: Problem) -> Stepper:
             return Rows(*rows[:3], None if head is None else np.stack(rows[3:fixed], axis=-1),
                         np.stack(rows[fixed:], axis=-1) if measure else None)
 
-        @tf.function
+        @tf.function(jit_compile=True)
         def power_iteration(x, direction, iterations: tf.Tensor):
             quotient = tf.zeros(problem.points, dt)
             for _ in tf.range(iterations):
