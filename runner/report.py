@@ -180,14 +180,19 @@ def _int_or_blank(value: Optional[float]) -> object:
 
 
 def _figures(jobs: list[Job], rows: list[dict], out: Path, varied: Sequence[str] = ()) -> list[Path]:
-    series = [(j.record.params.get("backend", "?"),
-               f"{j.record.params.get('optimizer', '')} lr={j.record.params.get('lr', '')}",
-               j.series["loss"]) for j in jobs if "loss" in j.series]
+    def line(j: Job, name: str) -> tuple[str, str, np.ndarray]:
+        params = j.record.params
+        return params.get("backend", "?"), f"{params.get('optimizer', '')} lr={params.get('lr', '')}", j.series[name]
+
+    series = [line(j, "loss") for j in jobs if "loss" in j.series]
     paths = [out / "trajectories.png", out / "final_loss_vs_lr.png"]
     plots.trajectories_figure(series).savefig(paths[0])
     points = [(f"{r['backend']} {r['optimizer']}", float(r["lr"]), float(r["final_loss"]),
                r["outcome"] == DIVERGED) for r in rows if r["final_loss"] != "" and r["lr"] != ""]
     plots.final_loss_figure(points, _stability_bound(jobs)).savefig(paths[1])
+    if jobs and all("x" in j.series for j in jobs):  # a scalar parameter: its path too, as the article draws it
+        paths.append(out / "paths.png")
+        plots.trajectories_figure([line(j, "x") for j in jobs], "x").savefig(paths[-1])
     name = next((n for n in ("val_accuracy", "val_loss") if any(n in j.series for j in jobs)), None)
     if name:  # a sweep of models: each setting's validation curve, one line per backend
         by_row = {r["run_id"]: r for r in rows}

@@ -77,6 +77,8 @@ class LossConfig:
     minimiser: Any = None  # a number, a list (one per coordinate) or an expression of params
     curvature: Any = None  # largest 2nd derivative at the minimiser: GD is stable for lr < 2/L
     expr: Optional[str] = None  # loss=expr: the expression typed on the command line
+    online: Optional[List[str]] = None  # an online loss: f_t = online[t mod n], one step each
+    domain: Optional[List[float]] = None  # [low, high]: every update projected onto it
 
 
 @dataclass

@@ -121,7 +121,7 @@ def test_explicit_modes_and_bad_syntax_are_left_to_hydra(argv):
 # Every preset of conf/experiment/, and how many jobs (or batch points) it makes.
 PRESETS = {"article": 3, "lr_sweep": 3 * 15, "optimizers": 3 * 4, "lr_dense": 3 * 1199, "momentum_map": 2 * 200 * 200,
            "search_lr": 30, "classify": 2 * 2 * 4 * 3 * 5, "regression": 4 * 120, "edge_of_stability": 4,
-           "lr_range_test": 1}
+           "lr_range_test": 1, "reddi": 2}
 
 
 def sweep_values(text: str) -> list:

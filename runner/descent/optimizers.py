@@ -285,10 +285,18 @@ def needs_objective(name: str) -> bool:
 
 
 def rule(optimizer: Optimizer, ops: Mapping[str, Callable], convert: Optional[Callable] = None,
-         objective: Optional[Callable] = None, minimum: Optional[np.ndarray] = None) -> tuple[Init, Update]:
+         objective: Optional[Callable] = None, minimum: Optional[np.ndarray] = None,
+         domain: Optional[tuple[float, float]] = None) -> tuple[Init, Update]:
     """`init` and `update` of the optimizer's rule, each hyperparameter and the minimum f* (one
     per point) passed through `convert` (an engine's: a per-point array -> its own array shaped to
-    broadcast against x); `objective` is the engine's f(x)."""
+    broadcast against x); `objective` is the engine's f(x); with a `domain` (low, high), every
+    new x projected onto it (AMSGrad's analysis, and Reddi's counterexample, are projected).
+
+    >>> from runner.engines.numpy import OPS
+    >>> init, update = rule(Optimizer("sgd", 1.0), OPS, domain=(-1.0, 1.0))
+    >>> update(np.array([-5.0, 0.5, 5.0]), (), np.zeros(3))[0].tolist()
+    [1.0, -0.5, -1.0]
+    """
     function, reads = RULES[optimizer.name]
     values = {name: getattr(optimizer, name) for name in reads if name in HYPERPARAMETERS}
     if "minimum" in reads:
@@ -298,4 +306,13 @@ def rule(optimizer: Optimizer, ops: Mapping[str, Callable], convert: Optional[Ca
     h = {k: convert(v) if convert else v for k, v in values.items()}
     if "objective" in reads:
         h["objective"] = objective
-    return function(h, ops)
+    init, update = function(h, ops)
+    if domain is None:
+        return init, update
+    low, high, where = domain[0], domain[1], ops["where"]
+
+    def projected(g, state, x, **lr):
+        x, state = update(g, state, x, **lr)
+        return where(x < low, x * 0 + low, where(x > high, x * 0 + high, x)), state
+
+    return init, projected

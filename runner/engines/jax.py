@@ -78,7 +78,7 @@ def start(problem: Problem) -> Stepper:
         value = loss.objective(OPS, shape, lambda v: jnp.asarray(v, dtype))
         rule = optimizers.Optimizer(problem.optimizer.name, **values["rule"])
         init, update = optimizers.rule(rule, OPS, lambda v: jnp.reshape(v, broadcast_shape(problem)), value,
-                                       values["minimum"])
+                                       values["minimum"], problem.loss.domain)
         ones = jnp.ones(problem.points, dtype)
         measure = problem.measure(OPS, lambda v: jnp.asarray(v, dtype))
         if problem.loss.batch_size:

@@ -55,7 +55,7 @@ def start(problem: Problem) -> Stepper:
     value_and_derivative = problem.loss.value_and_gradient(OPS, problem.shape, convert)
     init, update = optimizers.rule(problem.optimizer, OPS,
                                    lambda v: convert(problem.per_point(v).reshape(broadcast_shape(problem))),
-                                   value, problem.minimum())
+                                   value, problem.minimum(), problem.loss.domain)
     x = problem.x_start.astype(dtype)
     x = x.reshape(-1)[0] if scalar else x
     state = init(x)

@@ -75,7 +75,7 @@ def start(problem: Problem) -> Stepper:
         value = tf.autograph.experimental.do_not_convert(problem.loss.objective(OPS, problem.shape, convert))
         init, update = optimizers.rule(problem.optimizer, OPS,
                                        lambda v: convert(problem.per_point(v).reshape(broadcast_shape(problem))),
-                                       value, problem.minimum())
+                                       value, problem.minimum(), problem.loss.domain)
         measure = problem.measure(OPS, convert)
         batch_value = None
         if problem.loss.batch_size:

@@ -49,7 +49,7 @@ def start(problem: Problem) -> Stepper:
     value = problem.loss.objective(OPS, problem.shape, convert)
     init, update = optimizers.rule(problem.optimizer, OPS,
                                    lambda v: convert(problem.per_point(v).reshape(broadcast_shape(problem))),
-                                   value, problem.minimum())
+                                   value, problem.minimum(), problem.loss.domain)
     x = torch.tensor(problem.x_start, dtype=dt, device=device, requires_grad=True)
     state = init(x.detach())
     ones = torch.ones(problem.points, dtype=dt, device=device)

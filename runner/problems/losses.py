@@ -50,6 +50,10 @@ class Loss:
     minimiser: Optional[tuple[Expression, ...]] = None
     curvatures: Optional[tuple[Expression, ...]] = None
     constants: Mapping[str, Any] = field(default_factory=dict)
+    # An online loss: f_t = online[t mod n], one step each, an epoch a cycle (`value` is what a
+    # row records, their mean); `domain` (low, high): every update is projected onto it.
+    online: Optional[tuple[Expression, ...]] = None
+    domain: Optional[tuple[float, float]] = None
 
     def objective(self, ops: Mapping[str, Callable], shape: tuple[int, ...],
                   convert: Optional[Callable] = None) -> Callable[[Any], Any]:
@@ -86,7 +90,42 @@ class Loss:
 
     measure_names: ClassVar[tuple[str, ...]] = ()  # a loss of x alone measures nothing more (a model does)
     data: ClassVar[None] = None  # nor is it trained on data
-    batch_size: ClassVar[None] = None  # in mini-batches
+
+    @property
+    def batch_size(self) -> Optional[int]:
+        """An online loss takes one of its functions a step, as a model takes a mini-batch."""
+        return 1 if self.online else None
+
+    def epoch_batches(self, first: int, count: int, seed: Any) -> tuple[np.ndarray, np.ndarray]:
+        """An online loss's steps in epochs first .. first + count - 1: each epoch one cycle, f_0,
+        f_1, ... in order, the same for every point: indices (count, n, 1) and weights of 1."""
+        n = len(self.online)
+        return np.broadcast_to(np.arange(n)[None, :, None], (count, n, 1)).copy(), np.ones((count, n, 1))
+
+    def order_bytes(self, points: int, per_point: bool) -> int:
+        return len(self.online) * 8
+
+    def batch_objective(self, ops: Mapping[str, Callable], convert: Callable) -> Callable[[Any, Any, Any], Any]:
+        """The online loss of a step: (x, indices (1,), weights (1,)) -> f_t(x) of each point, the
+        function at `indices` (`epoch_batches`)."""
+        return self._online(ops, convert, [e.bind(ops, self._constants((), convert)) for e in self.online], True)
+
+    def batch_gradient(self, ops: Mapping[str, Callable], convert: Callable) -> Callable[[Any, Any, Any], Any]:
+        """`batch_objective`'s derivative, from each function's own (symbolic) derivative."""
+        parts = [derivative(e, None).bind(ops, self._constants((), convert)) for e in self.online]
+        return self._online(ops, convert, parts, False)
+
+    def _online(self, ops: Mapping[str, Callable], convert: Callable, parts: list, summed: bool) -> Callable:
+        where, total = ops["where"], ops["sum"]
+
+        def step(x, indices, weights):
+            # Each function weighed by the step's weight where the step's index is its own, else 0
+            chosen = sum(total(where(indices == k, weights, weights * 0), (0,)) * part(x) for k, part in enumerate(parts))
+            if not summed or len(x.shape) <= 1:
+                return chosen
+            return total(chosen, tuple(range(1, len(x.shape))))  # an elementwise loss: summed over coordinates
+
+        return step
 
     def measure(self, ops: Mapping[str, Callable], convert: Optional[Callable] = None) -> Optional[Callable]:
         return None
@@ -178,9 +217,20 @@ def from_config(cfg: Any) -> Loss:
     if curvatures is not None and len(curvatures) not in (1, dim or 1):
         raise ConfigError(f"loss.curvature has {len(curvatures)} values: give the largest, or one per "
                           f"coordinate (loss.dim={dim})")
+    online = None
+    if cfg.get("online"):
+        if dim is not None:
+            raise ConfigError(f"loss.online is an elementwise loss's: loss.dim={dim} is not allowed with it")
+        online = tuple(parse_expression("loss.online", str(text), constants) for text in cfg.online)
+    domain = None
+    if cfg.get("domain") is not None:
+        domain = tuple(float(v) for v in cfg.domain)
+        if len(domain) != 2 or not all(math.isfinite(v) for v in domain) or domain[0] >= domain[1]:
+            raise ConfigError(f"loss.domain={list(cfg.domain)} is not allowed: two finite numbers [low, high], "
+                              f"low < high")
     return Loss(name=cfg.name, value=value, grad=grad, dim=dim,
                 minimiser=_constants("loss.minimiser", cfg.minimiser, constants),
-                curvatures=curvatures, constants=constants)
+                curvatures=curvatures, constants=constants, online=online, domain=domain)
 
 
 def _depends_on_whole_x(expression: Expression) -> bool:

@@ -384,6 +384,9 @@ class Model:
     def curvature(self) -> Optional[float]:
         return None if self.curvatures is None else float(self.curvatures.max())
 
+    domain = None  # its parameters are unconstrained
+    online = None
+
     # Every model's loss has a second derivative where its sharpness is measured: a ReLU network's
     # wherever no hidden unit sits exactly at 0, as Cohen et al. measure it.
     twice_differentiable = True

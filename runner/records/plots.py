@@ -159,23 +159,24 @@ def validation_figure(series: list[tuple], name: str, seeds: int = 0) -> Figure:
     return figure
 
 
-def trajectories_figure(series: list[tuple[str, str, np.ndarray]]) -> Figure:
-    """Every job's loss against the epoch (symmetric log scale), one panel per backend.
+def trajectories_figure(series: list[tuple[str, str, np.ndarray]], quantity: str = "loss") -> Figure:
+    """Every job's loss (symmetric log scale), or another quantity such as a scalar x (linear),
+    against the epoch, one panel per backend.
 
-    `series` holds (backend, label, losses) per job.
+    `series` holds (backend, label, values) per job.
     """
     backends = sorted({backend for backend, _, _ in series})
     figure = Figure(figsize=(5 * max(1, len(backends)), 4.5), layout="constrained")
     panels = np.atleast_1d(figure.subplots(1, max(1, len(backends)), sharey=True))
     for axes, backend in zip(panels, backends):
-        mine = [(label, losses) for b, label, losses in series if b == backend]
-        shown = _on_scale(axes, [losses for _, losses in mine])
-        for (label, _), losses, colour in zip(mine, shown, _colours(len(mine))):
-            axes.plot(np.arange(len(losses)), losses, label=label, color=colour, linewidth=1)
+        mine = [(label, values) for b, label, values in series if b == backend]
+        shown = _on_scale(axes, [values for _, values in mine]) if quantity == "loss" else [v for _, v in mine]
+        for (label, _), values, colour in zip(mine, shown, _colours(len(mine))):
+            axes.plot(np.arange(len(values)), values, label=label, color=colour, linewidth=1)
         axes.set_title(f"backend={backend}")
         axes.set_xlabel("epoch")
         axes.legend(fontsize="x-small", ncol=2)
-    panels[0].set_ylabel(f"loss (0 drawn at {LOG_FLOOR:g})")
+    panels[0].set_ylabel(f"loss (0 drawn at {LOG_FLOOR:g})" if quantity == "loss" else quantity)
     return figure
 
 
