@@ -81,8 +81,8 @@ def test_every_rule_steps_at_the_learning_rate_it_is_given(rule):
         np.testing.assert_array_equal(x, expected)
 
 
-@pytest.mark.parametrize("backend", backend_params())
-@pytest.mark.parametrize("name", sorted(SCHEDULES))
+@pytest.mark.parametrize("backend", [b for b in backend_params() if b.values[0] != "numpy"])
+@pytest.mark.parametrize("name", sorted(set(SCHEDULES) - {"constant"}))  # constant: the engines' own parity tests
 def test_every_engine_takes_the_scheduled_steps_as_numpy_does(backend, name):
     for rule in ("sgd", "momentum", "adam", "armijo"):
         overrides = ("loss=ill_conditioned", "x_start=[1,1]", f"optimizer={rule}", "lr=0.5", "epochs=12",
@@ -90,10 +90,9 @@ def test_every_engine_takes_the_scheduled_steps_as_numpy_does(backend, name):
         expected = descend(*built(*overrides))
         result = descend(*built(*overrides, backend=backend))
         np.testing.assert_allclose(result.x, expected.x, rtol=1e-12, atol=1e-300, err_msg=f"{rule} on {backend}")
-        if name != "constant":
-            lr = result.measured[:, 0, result.measure_names.index(schedules.LR)]
-            factors = schedules.from_config(_node(name), 12).factors(0, 13)[:, 0]
-            np.testing.assert_allclose(lr, 0.5 * factors, rtol=1e-15)
+        lr = result.measured[:, 0, result.measure_names.index(schedules.LR)]
+        factors = schedules.from_config(_node(name), 12).factors(0, 13)[:, 0]
+        np.testing.assert_allclose(lr, 0.5 * factors, rtol=1e-15)
 
 
 def _node(name: str):
