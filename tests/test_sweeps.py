@@ -47,7 +47,7 @@ def test_lr_sweep_preset_and_its_report(tmp_path, store_uri):
 
     assert parent.info.status == "FINISHED" and parent.info.run_name == "sweep experiment=lr_sweep"
     report = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
-    assert report == {"report/runs.csv", "report/trajectories.png", "report/final_loss_vs_lr.png"}
+    assert report == {"report/runs.csv", "report/trajectories.png", "report/final_loss_vs_lr.png", "report/paths.png"}
     table = client.download_artifacts(parent.info.run_id, "report/runs.csv", str(tmp_path))
     rows = list(csv.DictReader(open(table)))
     assert len(rows) == 30 and {r["backend"] for r in rows} == {"numpy", "torch"}
