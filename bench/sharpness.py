@@ -16,27 +16,17 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from hydra import compose, initialize_config_dir  # noqa: E402
 
+from models import fastest  # noqa: E402  (bench/models.py: the fastest of a few repeats, after a warm-up)
 from runner import problem, schema  # noqa: E402
 
 NETWORK = ["model=mlp", "data=diabetes", "model.hidden=[64]", "model.l2=0", "lr=0.1", "dtype=float64"]
 FRAMEWORKS = {"numpy": "numpy", "torch": "torch", "jax": "jax", "tf": "tensorflow"}
-
-
-def fastest(function, repeats: int) -> float:
-    function()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - started)
-    return min(times)
 
 
 def main() -> None:
