@@ -123,7 +123,8 @@ def flat_params(cfg: DictConfig) -> dict[str, Any]:
 
     The `mlflow` node says where results go, not what was run (and a URI may hold a password),
     and the `batch` node how a batch runs (its points are params of their own, `batch.params`):
-    both are left out; so are, for a model, the loss and x_start, which it does not read.
+    both are left out; so are, for a model, the loss and x_start, which it does not read, and
+    `sharpness_iterations` where no sharpness is measured.
 
     >>> flat_params(OmegaConf.create({"lr": 0.3, "backend": {"name": "tf"}, "mlflow": {}}))
     {'lr': 0.3, 'backend': 'tf'}
@@ -134,6 +135,8 @@ def flat_params(cfg: DictConfig) -> dict[str, Any]:
     if tree.get("model") is not None:
         tree.pop("loss", None)
         tree.pop("x_start", None)
+    if tree.get("sharpness_every") is None:  # nothing measured: its power iterations are not a setting of the run
+        tree.pop("sharpness_iterations", None)
     params: dict[str, Any] = {}
 
     def walk(prefix: str, node: dict) -> None:
