@@ -278,7 +278,10 @@ def test_an_unreachable_server_is_said_within_seconds(tmp_path, args):
     assert result.returncode != 0
     assert f"mlflow.tracking_uri={uri}: no MLflow tracking server answers there" in result.stderr
     assert "Traceback" not in result.stderr
-    assert elapsed < 10, elapsed  # MLflow's own retries would take about four minutes
+    # MLflow's own retries would take about four minutes; the probe gives up after 5 s. The bound
+    # leaves room for the process's start on a loaded machine (11.8 s seen under a CI run beside
+    # other work), and still tells the two apart.
+    assert elapsed < 60, elapsed
     assert not (tmp_path / "outputs").exists() or not any((tmp_path / "outputs").rglob("trajectory.csv"))
 
 
