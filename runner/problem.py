@@ -53,6 +53,11 @@ def from_config(cfg: DictConfig) -> tuple[engines.Problem, Loop, ModuleType, Opt
             loss = loss.with_constants(constants)
         starts = values["x_start"] if "x_start" in values else np.array([schema.start_point(cfg.x_start)])
         shape = _shape(cfg, loss, starts)
+    if cfg.sharpness_every is not None and not loss.twice_differentiable:
+        raise ConfigError(f"sharpness_every={cfg.sharpness_every} needs the loss's second derivative: loss={loss.name}'s "
+                          f"value uses abs, whose second derivative is 0 or undefined; use a smooth loss, or "
+                          f"sharpness_every=null")
+    schedule = schedules.from_config(cfg.get("schedule"), cfg.epochs, values)
     count = grid.count if grid else 1
     keep_bytes = cfg.batch.trajectory_mb * 2**20 if grid else None
     if grid:  # before any array of the batch is made
@@ -75,13 +80,8 @@ def from_config(cfg: DictConfig) -> tuple[engines.Problem, Loop, ModuleType, Opt
         raise ConfigError(f"optimizer={o.name} needs the loss's minimum f*: loss={loss.name} has no loss.minimiser "
                           f"(set it, or take a loss that has one: {', '.join(_losses_with_minimiser())})")
     device = engine.resolve_device(cfg.device.value)
-    schedule = schedules.from_config(cfg.get("schedule"), cfg.epochs, values)
     problem = engines.Problem(loss, x_start, optimizer, cfg.dtype.value, device, cfg.stop.diverge_above, cfg.seed,
                               None if seeds is None else np.asarray(seeds, dtype=np.int64), schedule)
-    if cfg.sharpness_every is not None and not loss.twice_differentiable:
-        raise ConfigError(f"sharpness_every={cfg.sharpness_every} needs the loss's second derivative: loss={loss.name}'s "
-                          f"value uses abs, whose second derivative is 0 or undefined; use a smooth loss, or "
-                          f"sharpness_every=null")
     loop = Loop(cfg.epochs, cfg.stop.tolerance, keep_bytes, cfg.sharpness_every, cfg.sharpness_iterations)
     return problem, loop, engine, grid
 

@@ -161,16 +161,16 @@ def descend(problem: Problem, engine: ModuleType, loop: Loop) -> Descent:
     done = 0
     while done < total and tally.alive.any():
         # Every piece asks for the same number of rows, so that a compiled loop (TensorFlow,
-        # JAX) compiles once; the last piece's rows past the last epoch are dropped.
-        # a piece starts at each measurement of the sharpness (piece_rows): at the x the engine holds
-        measured = stepper.sharpness(loop.sharpness_iterations) if every and done % every == 0 else None
+        # JAX) compiles once; the last piece's rows past the last epoch are dropped. With the
+        # sharpness measured, a measurement starts a piece (piece_rows): at the x the engine holds.
+        sharp = stepper.sharpness(loop.sharpness_iterations) if every and done % every == 0 else None
         rows = stepper(size)
         if problem.schedule:  # the learning rate each row's update was taken at
             rows = _with_measure(rows, problem.learning_rates(done, len(rows)))
         if every:  # the sharpness at the piece's first row, NaN after
             column = np.full(rows.loss.shape, np.nan)
-            if measured is not None:
-                column[0] = measured
+            if sharp is not None:
+                column[0] = sharp
             rows = _with_measure(rows, column)
         if len(rows) > total - done:
             rows = rows.map(lambda a: a[: total - done])

@@ -157,7 +157,6 @@ class Tally:
         self.measure_names = tuple(measure_names)
         self.measured_final = np.full((points, len(measure_names)), np.nan)
         self.measured_best = np.full((points, len(measure_names)), np.nan)
-        self.measured_before = np.full((points, len(measure_names)), np.nan)  # the sharpness's last measured
 
     def add(self, rows: Rows) -> None:
         with np.errstate(over="ignore", invalid="ignore"):  # a diverged point's values overflow
@@ -196,17 +195,15 @@ class Tally:
         count; the sharpness's last value measured (NaN at the rows between measurements)."""
         n, points = measured.shape[:2]
         values = measured.astype(np.float64)
-        self.measured_final[counted] = values[last, np.arange(points)][counted]
         counts = (np.arange(n)[:, None] <= last[None]) & counted[None]
         for m, name in enumerate(self.measure_names):
-            if name == SHARPNESS:
+            if name == SHARPNESS:  # measured every few rows, NaN between: its last value measured
                 taken = counts & ~np.isnan(values[..., m])
                 has = taken.any(axis=0)
                 latest = n - 1 - taken[::-1].argmax(axis=0)
                 self.measured_final[has, m] = values[latest[has], np.flatnonzero(has), m]
-                self.measured_final[counted & ~has, m] = self.measured_before[counted & ~has, m]
-                self.measured_before[has, m] = self.measured_final[has, m]
                 continue
+            self.measured_final[counted, m] = values[last, np.arange(points), m][counted]
             if name in UNRANKED:
                 continue
             column = np.where(counts & np.isfinite(values[..., m]), values[..., m], np.nan)

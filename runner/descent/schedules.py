@@ -155,9 +155,9 @@ def from_config(cfg: Any, epochs: int, values: Optional[Mapping[str, np.ndarray]
         if value is None:
             raise ConfigError(f"schedule={cfg.name} needs {key}: {PARAMETERS[name].says}")
         parameters[name] = value
-    for name, limit in (("warmup", epochs), ("decay", epochs)):
-        if name in parameters and np.any(np.asarray(parameters[name]) > limit):
-            raise ConfigError(f"{PARAMETERS[name].key}={_shown(parameters[name], limit)} is not allowed: at most "
+    for name in ("warmup", "decay"):
+        if name in parameters and np.any(np.asarray(parameters[name]) > epochs):
+            raise ConfigError(f"{PARAMETERS[name].key}={_shown(parameters[name], epochs)} is not allowed: at most "
                               f"epochs={epochs}, the run's length")
     if cfg.name == "wsd" and np.any(np.asarray(parameters["warmup"]) + np.asarray(parameters["decay"]) > epochs):
         raise ConfigError(f"schedule.warmup + schedule.decay is more than epochs={epochs}: the warm-up and the "
@@ -191,19 +191,6 @@ def range_test(lr: np.ndarray, loss: np.ndarray) -> tuple[float, float]:
         fall = np.where(before > 0, np.log(after) - np.log(before), np.nan)  # -inf where it lands on 0
     fall[~np.isfinite(after)] = np.inf  # the update that diverged rose
     steps = lr[:len(fall)]
-    suggested = float(steps[np.nanargmin(fall)]) if np.isfinite(fall).any() or np.isneginf(fall).any() else math.nan
+    suggested = math.nan if np.isnan(fall).all() else float(steps[np.nanargmin(fall)])
     rising = np.flatnonzero(fall > 0)
     return suggested, float(steps[rising[0]]) if rising.size else math.nan
-
-
-def describe(schedule: Optional[Schedule]) -> str:
-    """A few words for a run's line: 'cosine (floor 0.1)'.
-
-    >>> describe(Schedule("step", 10, {"every": 4, "factor": 0.5}))
-    'step (every 4, factor 0.5)'
-    """
-    if schedule is None:
-        return CONSTANT
-    shown = ", ".join(f"{k} {v:g}" if np.ndim(v) == 0 else f"{k} batched" for k, v in schedule.parameters.items())
-    return f"{schedule.name} ({shown})" + (" geometric" if schedule.spacing == "geometric" else "")
-

@@ -141,10 +141,12 @@ def start(problem: Problem) -> Stepper:
 
         return jax.lax.fori_loop(0, iterations, power_step, (jnp.zeros(problem.points, dtype), direction))
 
-    direction = [on_device(sharpness.start(problem.points, shape, problem.seed))]
+    direction = [None]  # the last measurement's eigenvectors: drawn at the first
 
     def measure_sharpness(iterations: int) -> np.ndarray:
         """The largest Hessian eigenvalue of each point at the current x (`runner.descent.sharpness`)."""
+        if direction[0] is None:
+            direction[0] = on_device(sharpness.start(problem.points, shape, problem.seed))
         quotient, direction[0] = power_iteration(carry[0][0], direction[0], batched, iterations)
         return np.asarray(jax.device_get(quotient), np.float64)
 

@@ -114,13 +114,15 @@ def start(problem: Problem) -> Stepper:
                 return Rows(xs[:done], value(xs[:done]), grads[:done], None, _cut(measured, done))
             return Rows(xs[:done], ys[:done], grads[:done], norms[:done], _cut(measured, done))
 
-    exact_gradient = problem.loss.gradient(OPS, problem.shape)  # float64, as the difference needs
-    direction = sharpness.start(points, problem.shape, problem.seed)
+    direction = None  # the last measurement's eigenvectors: drawn at the first
 
     def measure_sharpness(iterations: int) -> np.ndarray:
         """The largest Hessian eigenvalue of each point at the current x: power iteration on central
         differences of the hand-written gradient, in float64."""
         nonlocal direction
+        exact_gradient = problem.loss.gradient(OPS, problem.shape)  # float64, as the difference needs
+        if direction is None:
+            direction = sharpness.start(points, problem.shape, problem.seed)
         at = np.asarray(x, np.float64).reshape(points, *problem.shape)
         h = sharpness.difference_step(at).reshape(points, *([1] * len(problem.shape)))
         quotient = np.zeros(points)

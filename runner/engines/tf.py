@@ -145,11 +145,13 @@ def start(problem: Problem) -> Stepper:
                 quotient, direction = sharpness.power_step(direction, hv, OPS)
             return quotient, direction
 
-        direction = [convert(sharpness.start(problem.points, problem.shape, problem.seed))]
+        direction = [None]  # the last measurement's eigenvectors: drawn at the first
 
         def measure_sharpness(iterations: int) -> np.ndarray:
             """The largest Hessian eigenvalue of each point at the current x (`runner.descent.sharpness`)."""
             with tf.device(problem.device):
+                if direction[0] is None:
+                    direction[0] = convert(sharpness.start(problem.points, problem.shape, problem.seed))
                 quotient, direction[0] = power_iteration(carry[0], direction[0], tf.constant(iterations))
             return quotient.numpy().astype(np.float64)
 

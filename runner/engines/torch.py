@@ -103,20 +103,22 @@ def start(problem: Problem) -> Stepper:
                 break
         return Rows(*(None if t is None else t[:done].cpu().numpy() for t in (xs, losses, grads, norms, measured)))
 
-    direction = convert(sharpness.start(problem.points, problem.shape, problem.seed))
+    direction = None  # the last measurement's eigenvectors: drawn at the first
 
     def measure_sharpness(iterations: int) -> np.ndarray:
         """The largest Hessian eigenvalue of each point at the current x: power iteration on
         Hessian-vector products, each a backward pass through the gradient's graph."""
         nonlocal direction
+        if direction is None:
+            direction = convert(sharpness.start(problem.points, problem.shape, problem.seed))
         at = x.detach().requires_grad_()
         (grad,) = torch.autograd.grad(value(at), at, ones, create_graph=True)
+        linear = not grad.requires_grad  # the gradient does not depend on x: the Hessian is 0
         quotient = torch.zeros(problem.points, dtype=dt, device=device)
         for _ in range(iterations):
-            if grad.requires_grad:  # else the loss is linear in x: its Hessian is 0
-                (hv,) = torch.autograd.grad(grad, at, direction, retain_graph=True, allow_unused=True)
-            hv = torch.zeros_like(at) if not grad.requires_grad or hv is None else hv
-            quotient, direction = sharpness.power_step(direction, hv.detach(), OPS)
+            hv = None if linear else torch.autograd.grad(grad, at, direction, retain_graph=True, allow_unused=True)[0]
+            hv = torch.zeros_like(at) if hv is None else hv.detach()
+            quotient, direction = sharpness.power_step(direction, hv, OPS)
         return quotient.cpu().numpy().astype(np.float64)
 
     step.device = str(x.device)

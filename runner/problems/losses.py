@@ -108,14 +108,14 @@ class Loss:
     def batch_objective(self, ops: Mapping[str, Callable], convert: Callable) -> Callable[[Any, Any, Any], Any]:
         """The online loss of a step: (x, indices (1,), weights (1,)) -> f_t(x) of each point, the
         function at `indices` (`epoch_batches`)."""
-        return self._online(ops, convert, [e.bind(ops, self._constants((), convert)) for e in self.online], True)
+        return self._online(ops, [e.bind(ops, self._constants((), convert)) for e in self.online], True)
 
     def batch_gradient(self, ops: Mapping[str, Callable], convert: Callable) -> Callable[[Any, Any, Any], Any]:
         """`batch_objective`'s derivative, from each function's own (symbolic) derivative."""
         parts = [derivative(e, None).bind(ops, self._constants((), convert)) for e in self.online]
-        return self._online(ops, convert, parts, False)
+        return self._online(ops, parts, False)
 
-    def _online(self, ops: Mapping[str, Callable], convert: Callable, parts: list, summed: bool) -> Callable:
+    def _online(self, ops: Mapping[str, Callable], parts: list, summed: bool) -> Callable:
         where, total = ops["where"], ops["sum"]
 
         def step(x, indices, weights):

@@ -103,7 +103,7 @@ def point_records(cfg: DictConfig, problem: engines.Problem, grid: Points, resul
 def sharpness_figure(path: Path, problem: engines.Problem, grid: Points, result: Descent, most: int = 8) -> Path:
     """`sharpness.png`: the training loss and the sharpness against 2/lr of up to `most` of the
     kept points, evenly spaced."""
-    lr = np.broadcast_to(problem.optimizer.lr, (grid.count,))
+    lr = problem.per_point(problem.optimizer.lr)
     names = result.measure_names
     lines = [(" ".join(grid.overrides(int(result.kept[k]))), float(lr[result.kept[k]]),
               result.measured[:, k, names.index("train_loss")] if "train_loss" in names else result.loss[:, k],
@@ -114,7 +114,7 @@ def sharpness_figure(path: Path, problem: engines.Problem, grid: Points, result:
 
 def _edge_line(problem: engines.Problem, grid: Points, table: dict[str, Any], most: int = 8) -> str:
     """The last sharpness measured × lr / 2 of up to `most` points: 1 at the edge of stability."""
-    lr = np.broadcast_to(problem.optimizer.lr, (grid.count,))
+    lr = problem.per_point(problem.optimizer.lr)
     edge = np.asarray(table[f"final_{sharpness.NAME}"], dtype=np.float64) * lr / 2
     shown = ", ".join(f"{edge[i]:.3g} at {' '.join(grid.overrides(int(i)))}" for i in evenly_spaced(grid.count, most))
     return f"last sharpness × lr / 2 (1: the edge of stability): {shown} (sharpness.png)"

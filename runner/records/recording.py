@@ -96,18 +96,10 @@ def trajectory_records(cfg: DictConfig, problem: engines.Problem, grid: None, re
     metrics = {**summary.values(0), **({} if radius is None else {"spectral_radius": float(radius[0])})}
     lines = _lines(problem, trajectory, summary)
     if problem.schedule is not None and problem.schedule.name == "ramp":
-        metrics["lr_suggested"], metrics["lr_blowup"] = suggested, blowup = schedules.range_test(
-            trajectory.measured[schedules.LR], trajectory.loss)
-        curvature, momentum = problem.loss.curvature, problem.optimizer.momentum
-        bound = None if curvature is None else theory.largest_stable_lr(problem.optimizer.name, curvature, momentum)
-        theory_says = "" if bound is None else f" (theory's stability bound: {float(bound):.4g})"
-        rose = (f"started to rise at lr {blowup:.4g}" if np.isfinite(blowup) else
-                f"did not rise up to lr {float(trajectory.measured[schedules.LR][-1]):.4g}")
-        lines.append(f"LR range test: the loss fell fastest at lr {suggested:.4g} (suggested), and {rose}{theory_says} "
-                     f"(lr_range_test.png)")
-        files.append(out_dir / "lr_range_test.png")
-        plots.range_test_figure(trajectory.measured[schedules.LR], trajectory.loss, suggested, blowup,
-                                None if bound is None else float(bound)).savefig(files[-1])
+        found, line, figure_path = _range_test(problem, trajectory, out_dir)
+        metrics.update(found)
+        lines.append(line)
+        files.append(figure_path)
     return Records(
         value=float(trajectory.loss[-1]),
         metrics=metrics,
@@ -116,6 +108,23 @@ def trajectory_records(cfg: DictConfig, problem: engines.Problem, grid: None, re
         files=files,
         trajectory=trajectory,
     )
+
+
+def _range_test(problem: engines.Problem, trajectory: Trajectory, out_dir: Path) -> tuple[dict, str, Path]:
+    """The LR range test of a run whose lr ramps up (`schedules.range_test`): its metrics
+    `lr_suggested` and `lr_blowup`, its line beside theory's stability bound where the loss knows
+    its curvature, and `lr_range_test.png`."""
+    lr = trajectory.measured[schedules.LR]
+    suggested, blowup = schedules.range_test(lr, trajectory.loss)
+    curvature, momentum = problem.loss.curvature, problem.optimizer.momentum
+    bound = None if curvature is None else theory.largest_stable_lr(problem.optimizer.name, curvature, momentum)
+    bound = None if bound is None else float(bound)
+    rose = f"started to rise at lr {blowup:.4g}" if np.isfinite(blowup) else f"did not rise up to lr {float(lr[-1]):.4g}"
+    theory_says = "" if bound is None else f" (theory's stability bound: {bound:.4g})"
+    path = out_dir / "lr_range_test.png"
+    plots.range_test_figure(lr, trajectory.loss, suggested, blowup, bound).savefig(path)
+    line = f"LR range test: the loss fell fastest at lr {suggested:.4g} (suggested), and {rose}{theory_says} ({path.name})"
+    return {"lr_suggested": suggested, "lr_blowup": blowup}, line, path
 
 
 def _lines(problem: engines.Problem, trajectory: Trajectory, summary: Any) -> list[str]:
