@@ -13,14 +13,17 @@ never pays for importing TensorFlow or PyTorch. Each engine module provides:
                                       indices) for models
     resolve_device(requested) -> str "cpu" | "cuda" | "auto" -> the device to use, or a
                                       ConfigError naming the backend
-    start(problem) -> Stepper         the descent, ready to run: `stepper(count)` computes the next
+    start(problem, resume=None)       the descent, ready to run (from `resume`, a State, where given:
+        -> Stepper                    a pruned batch carries on with its kept points so):
+                                      `stepper(count)` computes the next
                                       `count` rows for every point of the batch and returns them
                                       as `Rows` on the host (fewer, once every point has
                                       diverged), each row's update at its learning rates where
                                       the problem has a schedule (`learning_rates`);
                                       `stepper.device` says where x lives;
                                       `stepper.sharpness(iterations)` the largest Hessian
-                                      eigenvalue of each point at the current x
+                                      eigenvalue of each point at the current x;
+                                      `stepper.state()` where it stands, as a State
 
 Everything else, the same for every framework, is `runner.descent.loop`'s: the pieces a run is cut
 into, each point's divergence, progress, summaries and kept trajectories. An engine knows
@@ -34,6 +37,7 @@ constant is a number or an array of one number per point. A single run is one po
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from dataclasses import dataclass
 from types import ModuleType
@@ -129,6 +133,29 @@ class Problem:
         """A hyperparameter or constant as an array of one float64 per point."""
         return np.broadcast_to(np.asarray(value, dtype=np.float64), (self.points,))
 
+    def subset(self, indices: np.ndarray) -> "Problem":
+        """The problem of the points at `indices` alone: every value given per point (the start,
+        hyperparameters, loss constants, seeds, schedule parameters) taken at them.
+
+        >>> p = Problem(Loss("square", None, (), constants={"a": np.array([1.0, 2.0, 3.0]), "b": 1.0}),
+        ...             np.zeros(3), Optimizer("momentum", np.array([0.1, 0.2, 0.3]), momentum=0.9),
+        ...             "float64", "cpu", 1e6, 0)
+        >>> q = p.subset(np.array([0, 2]))
+        >>> q.points, q.loss.constants, q.optimizer
+        (2, {'a': array([1., 3.]), 'b': 1.0}, Optimizer('momentum', lr=array([0.1, 0.3]), momentum=0.9))
+        """
+        def taken(value: Any) -> Any:
+            return value[indices] if np.ndim(value) and np.size(value) == self.points else value
+
+        constants = {name: taken(value) for name, value in self.loss.constants.items() if np.ndim(value)}
+        hyperparameters = {name: taken(value) for name, value in self.optimizer.hyperparameters().items()}
+        schedule = self.schedule and dataclasses.replace(
+            self.schedule, parameters={name: taken(value) for name, value in self.schedule.parameters.items()})
+        return dataclasses.replace(
+            self, loss=self.loss.with_constants(constants) if constants else self.loss, x_start=self.x_start[indices],
+            optimizer=Optimizer(self.optimizer.name, **hyperparameters), schedule=schedule,
+            point_seeds=None if self.point_seeds is None else self.point_seeds[indices])
+
 
 def single(loss: Loss, x_start: object, *args, **kwargs) -> Problem:
     """The problem of one run: x_start is one parameter (a number, or one per coordinate).
@@ -162,12 +189,39 @@ class Rows:
                                                                    self.measured)))
 
 
+@dataclass(frozen=True)
+class State:
+    """Where a stepper stands between two pieces, on the host: x (points, *shape), the update
+    rule's state (its arrays, each with the point axis first), the epoch of the next row, and
+    the sharpness's last eigenvectors (None before the first measurement). A stepper started
+    from it (`start(problem, resume=state)`) computes the rows the stepper it came from would
+    have; from `state.subset(kept)` and `problem.subset(kept)`, those of the kept points alone."""
+
+    x: np.ndarray
+    rule: tuple[np.ndarray, ...]
+    epoch: int
+    direction: Optional[np.ndarray] = None
+
+    @classmethod
+    def held(cls, x: Any, rule: tuple, epoch: int, direction: Any = None) -> "State":
+        """The state from an engine's values converted to NumPy; a single run's scalars (NumPy's
+        engine steps them so) get their point axis back."""
+        return cls(np.atleast_1d(x), tuple(np.atleast_1d(v) for v in rule), epoch,
+                   None if direction is None else np.asarray(direction))
+
+    def subset(self, indices: np.ndarray) -> "State":
+        return State(self.x[indices], tuple(v[indices] for v in self.rule), self.epoch,
+                     None if self.direction is None else self.direction[indices])
+
+
 class Stepper(Protocol):
     device: str
 
     def __call__(self, count: int) -> Rows: ...
 
     def sharpness(self, iterations: int) -> np.ndarray: ...
+
+    def state(self) -> State: ...
 
 
 def load(backend: str, module: Optional[str] = None) -> ModuleType:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import operator
 import os
+from typing import Optional
 
 # JAX takes 75% of a GPU's memory when it starts; a sweep that ran torch first in the same
 # process then sees jax fail its first allocations. Allocate as needed instead.
@@ -30,7 +31,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from runner.descent import optimizers, sharpness  # noqa: E402
-from runner.engines import Problem, Rows, Stepper, broadcast_shape, no_gpu, record  # noqa: E402
+from runner.engines import Problem, Rows, State, Stepper, broadcast_shape, no_gpu, record  # noqa: E402
 
 FRAMEWORK = "jax"
 VERSION = jax.__version__
@@ -59,8 +60,8 @@ def resolve_device(requested: str) -> str:
     raise no_gpu("jax", requested, "sees no GPU (jax.devices('gpu') finds none; a CUDA build of jaxlib is needed)")
 
 
-def start(problem: Problem) -> Stepper:
-    """Gradient descent of the batch, each piece one call of the compiled scan."""
+def start(problem: Problem, resume: Optional[State] = None) -> Stepper:
+    """Gradient descent of the batch (from `resume` where given), each piece one call of the compiled scan."""
     platform, index = problem.device.split(":")
     device = jax.devices(platform)[int(index)]
     dtype, head, shape = problem.dtype, problem.recorded, problem.shape
@@ -110,10 +111,13 @@ def start(problem: Problem) -> Stepper:
     def run(carry, values, length, inputs):
         return jax.lax.scan(descent(values)[1], carry, inputs, length=length)
 
-    x0 = on_device(problem.x_start)
-    carry = [(x0, jax.jit(lambda x, values: descent(values)[0](x))(x0, batched))]
-
-    epoch = [0]  # of the first row a call computes: each epoch's mini-batches are drawn from it
+    if resume is None:
+        x0 = on_device(problem.x_start)
+        carry = [(x0, jax.jit(lambda x, values: descent(values)[0](x))(x0, batched))]
+    else:
+        x0 = on_device(resume.x)
+        carry = [(x0, tuple(on_device(v) for v in resume.rule))]
+    epoch = [0 if resume is None else resume.epoch]  # of the next row: each epoch's mini-batches are drawn from it
 
     def step(count: int) -> Rows:  # runner.descent.loop asks for pieces of one length: one compilation
         batches = None
@@ -141,7 +145,8 @@ def start(problem: Problem) -> Stepper:
 
         return jax.lax.fori_loop(0, iterations, power_step, (jnp.zeros(problem.points, dtype), direction))
 
-    direction = [None]  # the last measurement's eigenvectors: drawn at the first
+    # the last measurement's eigenvectors: drawn at the first
+    direction = [None if resume is None or resume.direction is None else on_device(resume.direction)]
 
     def measure_sharpness(iterations: int) -> np.ndarray:
         """The largest Hessian eigenvalue of each point at the current x (`runner.descent.sharpness`)."""
@@ -150,6 +155,11 @@ def start(problem: Problem) -> Stepper:
         quotient, direction[0] = power_iteration(carry[0][0], direction[0], batched, iterations)
         return np.asarray(jax.device_get(quotient), np.float64)
 
+    def where() -> State:
+        x, rule = jax.device_get(carry[0])
+        return State.held(x, tuple(rule), epoch[0], None if direction[0] is None else jax.device_get(direction[0]))
+
     step.device = str(x0.devices().pop())
     step.sharpness = measure_sharpness
+    step.state = where
     return step

@@ -8,10 +8,12 @@ times one on a scalar (array dispatch and allocation), and a step is a handful o
 
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 
 from runner.descent import optimizers, sharpness
-from runner.engines import CHECK_EVERY, Problem, Rows, Stepper, alive, broadcast_shape, no_gpu, record
+from runner.engines import CHECK_EVERY, Problem, Rows, State, Stepper, alive, broadcast_shape, no_gpu, record
 from runner.problems.expressions import NUMPY_OPS
 
 FRAMEWORK = "numpy"
@@ -31,8 +33,8 @@ def resolve_device(requested: str) -> str:
     return "cpu"
 
 
-def start(problem: Problem) -> Stepper:
-    """Gradient descent with NumPy values of the problem's dtype.
+def start(problem: Problem, resume: Optional[State] = None) -> Stepper:
+    """Gradient descent with NumPy values of the problem's dtype, from `resume` where given.
 
     >>> from runner.engines import single
     >>> from runner.problems.expressions import parse_expression as p
@@ -56,14 +58,14 @@ def start(problem: Problem) -> Stepper:
     init, update = optimizers.rule(problem.optimizer, OPS,
                                    lambda v: convert(problem.per_point(v).reshape(broadcast_shape(problem))),
                                    value, problem.minimum(), problem.loss.domain)
-    x = problem.x_start.astype(dtype)
+    x = (problem.x_start if resume is None else resume.x).astype(dtype)
     x = x.reshape(-1)[0] if scalar else x
-    state = init(x)
+    state = init(x) if resume is None else tuple(convert(v) for v in resume.rule)
     points, head = problem.points, problem.recorded
     row = problem.shape if head is None else (head,)
     measure = problem.measure(OPS, convert)
     batch_gradient = problem.loss.batch_gradient(OPS, convert) if problem.loss.batch_size else None
-    epoch = 0  # of the first row a call computes: each epoch's mini-batches are drawn from it
+    epoch = 0 if resume is None else resume.epoch  # of the next row: each epoch's mini-batches are drawn from it
     # y = x^2's path, the article's: one check a step (each more costs ~5% of a 0.42-us step)
     plain = head is None and measure is None and batch_gradient is None and problem.schedule is None
 
@@ -114,7 +116,7 @@ def start(problem: Problem) -> Stepper:
                 return Rows(xs[:done], value(xs[:done]), grads[:done], None, _cut(measured, done))
             return Rows(xs[:done], ys[:done], grads[:done], norms[:done], _cut(measured, done))
 
-    direction = None  # the last measurement's eigenvectors: drawn at the first
+    direction = None if resume is None else resume.direction  # the last measurement's eigenvectors: drawn at the first
 
     def measure_sharpness(iterations: int) -> np.ndarray:
         """The largest Hessian eigenvalue of each point at the current x: power iteration on central
@@ -134,6 +136,7 @@ def start(problem: Problem) -> Stepper:
 
     step.device = "cpu"
     step.sharpness = measure_sharpness
+    step.state = lambda: State.held(x, state, epoch, direction)
     return step
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import operator
 import os
+from typing import Optional
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TF's C++ info and warnings off the console
 
@@ -25,7 +26,7 @@ with chatter.held_back(chatter.TENSORFLOW_IMPORT):
     import tensorflow.experimental.numpy as tnp  # noqa: E402
 
 from runner.descent import optimizers, sharpness  # noqa: E402
-from runner.engines import Problem, Rows, Stepper, alive, broadcast_shape, no_gpu, record  # noqa: E402
+from runner.engines import Problem, Rows, State, Stepper, alive, broadcast_shape, no_gpu, record  # noqa: E402
 
 
 class _NoRetracingWarning(logging.Filter):
@@ -61,9 +62,9 @@ def resolve_device(requested: str) -> str:
     raise no_gpu("tf", requested, "sees no GPU (tf.config.list_physical_devices('GPU') is empty)")
 
 
-def start(problem: Problem) -> Stepper:
-    """Gradient descent of the batch, each piece one call of a compiled loop that stops early
-    once every point has diverged."""
+def start(problem: Problem, resume: Optional[State] = None) -> Stepper:
+    """Gradient descent of the batch (from `resume` where given), each piece one call of a
+    compiled loop that stops early once every point has diverged."""
     tf.random.set_seed(problem.seed)
     dt = tf.as_dtype(problem.dtype)
     head = problem.recorded
@@ -80,10 +81,10 @@ def start(problem: Problem) -> Stepper:
         batch_value = None
         if problem.loss.batch_size:
             batch_value = tf.autograph.experimental.do_not_convert(problem.loss.batch_objective(OPS, convert))
-        epoch = [0]  # of the first row a call computes: each epoch's mini-batches are drawn from it
+        epoch = [0 if resume is None else resume.epoch]  # of the next row: each epoch's mini-batches are drawn from it
         fixed = 3 if head is None else 5  # x, loss, grad (and the norms): then the measures
-        x0 = tf.constant(problem.x_start, dt)
-        carry = [x0, init(x0)]
+        x0 = tf.constant(problem.x_start if resume is None else resume.x, dt)
+        carry = [x0, init(x0) if resume is None else tuple(convert(v) for v in resume.rule)]
         bound = tf.constant(problem.diverge_above, dt)
 
         scheduled = problem.schedule is not None
@@ -145,7 +146,8 @@ def start(problem: Problem) -> Stepper:
                 quotient, direction = sharpness.power_step(direction, hv, OPS)
             return quotient, direction
 
-        direction = [None]  # the last measurement's eigenvectors: drawn at the first
+        # the last measurement's eigenvectors: drawn at the first
+        direction = [None if resume is None or resume.direction is None else convert(resume.direction)]
 
         def measure_sharpness(iterations: int) -> np.ndarray:
             """The largest Hessian eigenvalue of each point at the current x (`runner.descent.sharpness`)."""
@@ -155,8 +157,13 @@ def start(problem: Problem) -> Stepper:
                 quotient, direction[0] = power_iteration(carry[0], direction[0], tf.constant(iterations))
             return quotient.numpy().astype(np.float64)
 
+        def where() -> State:
+            return State.held(carry[0].numpy(), tuple(v.numpy() for v in carry[1]), epoch[0],
+                              None if direction[0] is None else direction[0].numpy())
+
         step.device = _short(carry[0].device)
         step.sharpness = measure_sharpness
+        step.state = where
     return step
 
 

@@ -9,12 +9,13 @@ scalar, within a few percent of a bare loop that keeps x alone (bench/run.py mea
 from __future__ import annotations
 
 import operator
+from typing import Optional
 
 import numpy as np
 import torch
 
 from runner.descent import optimizers, sharpness
-from runner.engines import CHECK_EVERY, Problem, Rows, Stepper, alive, broadcast_shape, no_gpu, record
+from runner.engines import CHECK_EVERY, Problem, Rows, State, Stepper, alive, broadcast_shape, no_gpu, record
 
 FRAMEWORK = "torch"
 VERSION = torch.__version__
@@ -37,8 +38,8 @@ def resolve_device(requested: str) -> str:
     raise no_gpu("torch", requested, "sees no CUDA GPU (torch.cuda.is_available() is False)")
 
 
-def start(problem: Problem) -> Stepper:
-    """Gradient descent of the batch; rows stay on the device until a piece is done (and once
+def start(problem: Problem, resume: Optional[State] = None) -> Stepper:
+    """Gradient descent of the batch (from `resume` where given); rows stay on the device until a piece is done (and once
     per CHECK_EVERY steps, to see whether every point has diverged)."""
     torch.manual_seed(problem.seed)
     dt, device = getattr(torch, problem.dtype), problem.device
@@ -50,8 +51,8 @@ def start(problem: Problem) -> Stepper:
     init, update = optimizers.rule(problem.optimizer, OPS,
                                    lambda v: convert(problem.per_point(v).reshape(broadcast_shape(problem))),
                                    value, problem.minimum(), problem.loss.domain)
-    x = torch.tensor(problem.x_start, dtype=dt, device=device, requires_grad=True)
-    state = init(x.detach())
+    x = torch.tensor(problem.x_start if resume is None else resume.x, dtype=dt, device=device, requires_grad=True)
+    state = init(x.detach()) if resume is None else tuple(convert(v) for v in resume.rule)
     ones = torch.ones(problem.points, dtype=dt, device=device)
     head = problem.recorded
     norm = (lambda v: torch.linalg.vector_norm(v, dim=-1))
@@ -59,7 +60,7 @@ def start(problem: Problem) -> Stepper:
     row = problem.shape if head is None else (head,)
     measure = problem.measure(OPS, convert)
     batch_value = problem.loss.batch_objective(OPS, convert) if problem.loss.batch_size else None
-    epoch = 0  # of the first row a call computes: each epoch's mini-batches are drawn from it
+    epoch = 0 if resume is None else resume.epoch  # of the next row: each epoch's mini-batches are drawn from it
 
     def step(count: int) -> Rows:
         nonlocal x, state, epoch
@@ -103,7 +104,8 @@ def start(problem: Problem) -> Stepper:
                 break
         return Rows(*(None if t is None else t[:done].cpu().numpy() for t in (xs, losses, grads, norms, measured)))
 
-    direction = None  # the last measurement's eigenvectors: drawn at the first
+    # the last measurement's eigenvectors: drawn at the first
+    direction = None if resume is None or resume.direction is None else convert(resume.direction)
 
     def measure_sharpness(iterations: int) -> np.ndarray:
         """The largest Hessian eigenvalue of each point at the current x: power iteration on
@@ -121,6 +123,13 @@ def start(problem: Problem) -> Stepper:
             quotient, direction = sharpness.power_step(direction, hv, OPS)
         return quotient.cpu().numpy().astype(np.float64)
 
+    def where() -> State:
+        def host(t):
+            return t.detach().cpu().numpy()
+
+        return State.held(host(x), tuple(host(v) for v in state), epoch, None if direction is None else host(direction))
+
     step.device = str(x.device)
     step.sharpness = measure_sharpness
+    step.state = where
     return step
