@@ -15,7 +15,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from runner import engines, schema
-from runner.descent import optimizers, schedules
+from runner.descent import optimizers, pruning, schedules
 from runner.descent.loop import Loop
 from runner.errors import ConfigError
 from runner.problems import datasets, losses, models
@@ -58,6 +58,7 @@ def from_config(cfg: DictConfig) -> tuple[engines.Problem, Loop, ModuleType, Opt
                           f"value uses abs, whose second derivative is 0 or undefined; use a smooth loss, or "
                           f"sharpness_every=null")
     schedule = schedules.from_config(cfg.get("schedule"), cfg.epochs, values)
+    prune = pruning.from_config(cfg.batch.get("prune"), cfg.epochs, grid is not None, loss.measure_names)
     count = grid.count if grid else 1
     keep_bytes = cfg.batch.trajectory_mb * 2**20 if grid else None
     if grid:  # before any array of the batch is made
@@ -82,7 +83,7 @@ def from_config(cfg: DictConfig) -> tuple[engines.Problem, Loop, ModuleType, Opt
     device = engine.resolve_device(cfg.device.value)
     problem = engines.Problem(loss, x_start, optimizer, cfg.dtype.value, device, cfg.stop.diverge_above, cfg.seed,
                               None if seeds is None else np.asarray(seeds, dtype=np.int64), schedule)
-    loop = Loop(cfg.epochs, cfg.stop.tolerance, keep_bytes, cfg.sharpness_every, cfg.sharpness_iterations)
+    loop = Loop(cfg.epochs, cfg.stop.tolerance, keep_bytes, cfg.sharpness_every, cfg.sharpness_iterations, prune)
     return problem, loop, engine, grid
 
 

@@ -137,10 +137,18 @@ class MlflowConfig:
 
 
 @dataclass
+class PruneConfig:  # set by the runner's sweeper from hydra.sweeper.prune (runner.descent.pruning)
+    rungs: Optional[List[int]] = MISSING
+    keep: Optional[float] = MISSING
+    metric: Optional[str] = MISSING
+
+
+@dataclass
 class BatchConfig:
     sweep: List[str] = MISSING  # set by the runner's sweeper (hydra.sweeper.batch=true)
     trajectory_mb: int = MISSING
     spread: bool = MISSING  # with seed batched: mean ± std over the seeds of each setting
+    prune: PruneConfig = field(default_factory=PruneConfig)
 
 
 @dataclass

@@ -11,7 +11,7 @@ MODULES = ["runner.schema", "runner.errors", "runner.app", "runner.__main__", "r
            "runner.problems.expressions", "runner.problems.losses", "runner.problems.datasets",
            "runner.engines", "runner.engines.numpy",
            "runner.descent.loop", "runner.descent.optimizers", "runner.descent.outcomes", "runner.descent.theory",
-           "runner.descent.sharpness", "runner.descent.schedules",
+           "runner.descent.sharpness", "runner.descent.schedules", "runner.descent.pruning",
            "runner.sweeps.points", "runner.sweeps.search", "runner.sweeps.sweep",
            "runner.records.batch", "runner.records.provenance", "runner.records.tracking", "runner.records.progress"]
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from conftest import backend_params
-from test_batches import composed
+from test_batches import batch, composed
 
 from runner.problem import from_config
 
@@ -49,3 +49,110 @@ def test_the_kept_points_carry_on_as_in_the_whole_batch(backend, case):
         if rows.measured is not None:
             np.testing.assert_allclose(tail.measured, rows.measured[5:, kept], rtol=1e-12, atol=1e-12)
         np.testing.assert_allclose(resumed.sharpness(5), after[kept], rtol=1e-9)
+
+
+GRID = (["loss=ill_conditioned", "optimizer=momentum", "epochs=60", "dtype=float64"],
+        ["lr=range(0.2,4.2,0.2)", "optimizer.momentum=0,0.5,0.8,0.9"])  # 80 points, the largest lr diverge
+RUNGS, KEEP = (5, 15, 40), 0.3
+
+
+def by_hand(full, metric: np.ndarray, higher_is_better: bool = False):
+    """Successive halving done by hand on the whole batch's rows: at each rung, the running points
+    (those that have not diverged) ranked by `metric` (rows, points) and the best KEEP kept; each
+    point's rung of pruning (-1: none), and the rungs' (epoch, running, kept)."""
+    pruned_at = np.full(metric.shape[1], -1)
+    running = np.arange(metric.shape[1])
+    rungs = []
+    for rung in RUNGS:
+        running = np.array([p for p in running if full.summary.diverged_at[p] < 0 or full.summary.diverged_at[p] > rung])
+        score = -metric[rung, running] if higher_is_better else metric[rung, running]
+        kept = np.sort(running[np.argsort(score, kind="stable")[:int(np.ceil(KEEP * len(running)))]])
+        pruned_at[np.setdiff1d(running, kept)] = rung
+        rungs.append((rung, len(running), len(kept)))
+        running = kept
+    return pruned_at, rungs, running
+
+
+@pytest.mark.parametrize("backend", backend_params())
+def test_a_pruned_batch_keeps_at_each_rung_the_best_and_steps_them_alone(backend):
+    overrides, sweeps = GRID
+    full, grid, _ = batch(f"backend={backend}", *overrides, sweeps=sweeps)
+    pruned, _, _ = batch(f"backend={backend}", *overrides, f"batch.prune.rungs=[{','.join(map(str, RUNGS))}]",
+                         f"batch.prune.keep={KEEP}", "batch.prune.metric=loss", sweeps=sweeps)
+    pruned_at, rungs, survivors = by_hand(full, full.loss)
+    assert (full.summary.outcome == "diverged").sum() >= 5 and len(survivors) >= 2
+    assert [(r.epoch, r.running, r.kept) for r in pruned.rungs] == rungs
+    np.testing.assert_array_equal(pruned.summary.pruned_at, pruned_at)
+    np.testing.assert_array_equal(pruned.summary.outcome == "pruned", pruned_at >= 0)
+    np.testing.assert_array_equal(pruned.summary.epochs_run[pruned_at >= 0], pruned_at[pruned_at >= 0])
+    for point in range(grid.count):  # every point's rows as in the whole batch, up to where it stopped
+        ours, theirs = pruned.trajectory(point), full.trajectory(point)
+        assert len(ours.x) == (pruned_at[point] + 1 if pruned_at[point] >= 0 else len(theirs.x))
+        difference = np.max(np.abs(ours.x - theirs.x[:len(ours.x)]) / np.maximum(1.0, np.abs(ours.x)))
+        assert difference <= (0 if backend == "numpy" else 1e-12), point
+    # the work: every point up to the first rung, then the kept ones alone
+    stepped = [grid.count] + [kept for _, _, kept in rungs]
+    assert pruned.computed == sum(n * (end - start) for n, start, end in zip(stepped, (0, *(r + 1 for r in RUNGS)),
+                                                                            (*(r + 1 for r in RUNGS), 61)))
+    assert pruned.computed < full.computed / 3
+
+
+def test_a_batch_of_models_pruned_by_validation_accuracy_keeps_the_most_accurate():
+    common = ["model=logistic", "data=breast_cancer", "epochs=60", "batch_size=64"]
+    sweeps = ["lr=0.001,0.003,0.01,0.03,0.1,0.3", "seed=0,1,2"]
+    full, grid, problem = batch(*common, sweeps=sweeps)
+    pruned, _, _ = batch(*common, f"batch.prune.rungs=[{','.join(map(str, RUNGS))}]", f"batch.prune.keep={KEEP}",
+                         "batch.prune.metric=val_accuracy", sweeps=sweeps)
+    accuracy = full.measured[..., full.measure_names.index("val_accuracy")]
+    pruned_at, rungs, survivors = by_hand(full, accuracy, higher_is_better=True)
+    assert [(r.epoch, r.running, r.kept) for r in pruned.rungs] == rungs
+    np.testing.assert_array_equal(pruned.summary.pruned_at, pruned_at)
+    np.testing.assert_array_equal(pruned.summary.measured["final_val_accuracy"][survivors],
+                                  full.summary.measured["final_val_accuracy"][survivors])
+
+
+def test_a_pruned_sweep_records_its_rungs_and_the_report_shows_them(here):
+    import runner
+    from runner import reproduce
+
+    sweep = runner.sweep("loss=ill_conditioned", "optimizer=momentum", "epochs=60", "lr=range(0.2,4.2,0.2)",
+                         "optimizer.momentum=0,0.5,0.8,0.9", "hydra.sweeper.prune.rungs=[5,15,40]",
+                         "hydra.sweeper.prune.keep=0.3", batch=True)
+    (run,) = sweep.runs()
+    assert run.summary["points"] == 80 and run.summary["pruned"] == 80 - 3 - run.summary["diverged"]
+    assert 0 < run.summary["computed_fraction"] < 1 / 3
+    assert run.summary["converged"] + run.summary["not_converged"] == 3
+    best = run.points[run.points["outcome"] != "pruned"]["final_loss"].min()
+    assert run.summary["best_final_loss"] == best
+    rungs = run.artifact_file("rungs.csv").read_text().splitlines()
+    assert rungs[0] == "epoch,running,kept,best,bar" and [line.split(",")[0] for line in rungs[1:]] == ["5", "15", "40"]
+    (row,) = sweep.table.to_dict("records")
+    assert row["rungs"].startswith("5: ") and row["rungs"].endswith("->3") and row["pruned"] == run.summary["pruned"]
+    assert (run.points["pruned_at"].fillna(-1) >= 0).sum() == run.summary["pruned"]
+    assert "batch.prune" not in run.points["overrides"][0]  # a point alone runs every epoch
+    assert reproduce.main([run.run_id]) == 0  # the same rungs prune the same points
+
+
+BAD_PRUNES = [
+    (["hydra.sweeper.prune.metric=val_accuracy"], "hydra.sweeper.prune.metric=val_accuracy is not a metric this run "
+                                                  "records each epoch: allowed are loss"),
+    (["hydra.sweeper.prune.rungs=[10,100]"], "hydra.sweeper.prune.rungs=[10, 100] is not allowed: increasing epochs "
+                                             "from 1 to 99 (epochs=100)"),
+    (["hydra.sweeper.prune.rungs=[30,10]"], "hydra.sweeper.prune.rungs=[30, 10] is not allowed: increasing epochs"),
+    (["hydra.sweeper.prune.keep=1"], "hydra.sweeper.prune.keep=1.0 is not allowed: a fraction in (0, 1)"),
+    (["hydra.sweeper.prune.keep=0"], "hydra.sweeper.prune.keep=0.0 is not allowed: a fraction in (0, 1)"),
+    (["hydra.sweeper.batch=false"], "hydra.sweeper.prune.rungs=[10, 30] prunes the points of a batch: add "
+                                    "hydra.sweeper.batch=true"),
+]
+
+
+@pytest.mark.parametrize("args, message", BAD_PRUNES, ids=[" ".join(a) for a, _ in BAD_PRUNES])
+def test_a_bad_prune_is_one_line_and_records_nothing(here, store_uri, args, message):
+    import runner
+    from conftest import snapshot
+
+    before = snapshot(store_uri)
+    with pytest.raises(runner.ConfigError) as refused:
+        runner.sweep("lr=0.1,0.2,0.3", "epochs=100", "hydra.sweeper.batch=true", "hydra.sweeper.prune.rungs=[10,30]", *args)
+    assert message in str(refused.value) and len(str(refused.value).strip().splitlines()) == 1, refused.value
+    assert snapshot(store_uri) == before

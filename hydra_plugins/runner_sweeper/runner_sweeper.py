@@ -10,7 +10,8 @@ namespace package, so the class lives here; what it does is in `runner.sweeps` a
   `params` instead of a grid: each trial is a job, with the same checks, parent run and report.
   With `hydra.sweeper.batch=true` (or a list of keys), the grid's values of keys that do not
   change the program (lr, momentum, ..., see `runner.sweeps.points`) run as one batch job per group of
-  the other keys.
+  the other keys; with `hydra.sweeper.prune.rungs` too, each batch prunes its points by successive
+  halving (`runner.descent.pruning`).
 """
 
 from dataclasses import dataclass, field
@@ -35,6 +36,13 @@ class SearchConf:
 
 
 @dataclass
+class PruneConf:
+    rungs: Optional[List[int]] = None  # epochs at which a batch ranks its running points; null: no pruning
+    keep: float = 1 / 3  # the fraction of them each rung keeps (successive halving's 1/eta, eta = 3)
+    metric: str = "loss"  # what ranks them: loss, or a measure the run records (val_loss, val_accuracy, ...)
+
+
+@dataclass
 class RunnerSweeperConf:
     _target_: str = "hydra_plugins.runner_sweeper.runner_sweeper.RunnerSweeper"
     max_batch_size: Optional[int] = None
@@ -43,6 +51,7 @@ class RunnerSweeperConf:
     # true: run the values of every swept key that can be batched as one job per group of the
     # other keys; a list of keys: batch those; false: one job per setting
     batch: Any = False
+    prune: PruneConf = field(default_factory=PruneConf)  # successive halving inside each batch
 
 
 ConfigStore.instance().store(group="hydra/sweeper", name="runner", node=RunnerSweeperConf, provider="runner")
@@ -59,10 +68,11 @@ def _reuse_composed(launcher: Launcher, hydra_context: HydraContext, jobs: List[
 
 class RunnerSweeper(BasicSweeper):
     def __init__(self, max_batch_size: Optional[int], params: Optional[Dict[str, str]] = None,
-                 search: Optional[DictConfig] = None, batch: Any = False) -> None:
+                 search: Optional[DictConfig] = None, batch: Any = False, prune: Optional[DictConfig] = None) -> None:
         super().__init__(max_batch_size, params)
         self.search = search
         self.batch = batch
+        self.prune = prune
 
     def sweep(self, arguments: List[str]) -> Any:
         from runner import schema
@@ -79,6 +89,9 @@ class RunnerSweeper(BasicSweeper):
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         if self.batch not in (False, None) and not isinstance(self.batch, bool) and not OmegaConf.is_list(self.batch):
             raise ConfigError(f"hydra.sweeper.batch={self.batch}: allowed values are true, false or a list of keys")
+        if self.prune is not None and self.prune.rungs is not None and not self.batch:
+            raise ConfigError(f"hydra.sweeper.prune.rungs={list(self.prune.rungs)} prunes the points of a batch: add "
+                              f"hydra.sweeper.batch=true, or drop the rungs")
         if self.search is not None and self.search.n_trials is not None:
             if self.batch:
                 raise ConfigError("hydra.sweeper.batch runs a grid; a search (hydra.sweeper.search.n_trials) runs "
@@ -97,7 +110,7 @@ class RunnerSweeper(BasicSweeper):
         overrides = parser.parse_overrides([*self._parse_config(), *arguments])
         sweep.check_grid(overrides)
         if self.batch:
-            jobs, labels = sweep.batch_jobs(overrides, self.batch, self.split_arguments)
+            jobs, labels = sweep.batch_jobs(overrides, self.batch, self.split_arguments, self.prune)
         else:
             jobs, labels = [job for chunk in self.split_arguments(overrides, None) for job in chunk], None
         configs = sweep.check_jobs(self.hydra_context.config_loader, self.config, jobs, labels)

@@ -8,7 +8,8 @@ summary tallied as they come, whole trajectories kept for as many points as memo
 An engine computes rows (`engine.start(problem)(count)`); everything else is here, written once
 over the point axis, as the `Loop` says: the pieces (all rows at once when they fit `PIECE_BYTES`, ~100 pieces with a
 progress bar), divergence (each point stops on its own: its rows after the one where it
-diverged are not kept, and NaN in the kept arrays), the summaries (`runner.descent.outcomes`), and the
+diverged are not kept, and NaN in the kept arrays), pruning (`runner.descent.pruning`: at each
+rung the engine goes on with the kept points alone), the summaries (`runner.descent.outcomes`), and the
 trajectories kept (every point's, or past `loop.keep_bytes` an evenly spaced subset).
 """
 
@@ -25,6 +26,7 @@ import numpy as np
 
 from runner.descent import schedules, sharpness
 from runner.descent.outcomes import Summary, Tally
+from runner.descent.pruning import LOSS, Prune, Rung
 from runner.engines import CHECK_EVERY, Problem, Rows
 
 # The rows of one piece, on the host, are at most this large: a million points of a scalar
@@ -43,6 +45,7 @@ class Loop:
     keep_bytes: Optional[int] = None  # whole trajectories kept: at most this many bytes (None: all)
     sharpness_every: Optional[int] = None  # measure the sharpness at epochs 0, K, 2K, ... (None: never)
     sharpness_iterations: int = 20  # power iterations per measurement (`runner.descent.sharpness`)
+    prune: Optional[Prune] = None  # successive halving of a batch's points (None: every point runs to the end)
     progress: Optional[Callable[[int], None]] = field(default=None, compare=False, repr=False)
 
 
@@ -124,6 +127,8 @@ class Descent:
     device: str
     measured: Optional[np.ndarray] = None  # (rows, kept, measures): what a model measures each row
     measure_names: tuple[str, ...] = ()
+    rungs: tuple[Rung, ...] = ()  # what each rung of a pruned batch did
+    computed: int = 0  # rows the engine computed, summed over the points it stepped: the work done
 
     def trajectory(self, k: int = 0) -> Trajectory:
         """The rows of the k-th kept point, up to its last."""
@@ -157,14 +162,26 @@ def descend(problem: Problem, engine: ModuleType, loop: Loop) -> Descent:
     size = piece_rows(problem, loop)
     keep = kept_points(problem, loop)
     whole = len(keep) == problem.points  # then the rows are kept as they come, without a copy
+    rung_rows = [] if loop.prune is None else [epoch + 1 for epoch in loop.prune.rungs]  # rows done at each rung
+    stepped = np.arange(problem.points)  # the points the engine steps: all, until a rung prunes some
+    rungs, computed = [], 0
     pieces = []
     done = 0
     while done < total and tally.alive.any():
         # Every piece asks for the same number of rows, so that a compiled loop (TensorFlow,
         # JAX) compiles once; the last piece's rows past the last epoch are dropped. With the
         # sharpness measured, a measurement starts a piece (piece_rows): at the x the engine holds.
+        # A rung ends a piece, and the engine starts again with the points it keeps.
         sharp = stepper.sharpness(loop.sharpness_iterations) if every and done % every == 0 else None
-        rows = stepper(size)
+        # A pruned batch's engine compiles again at each rung anyway: its pieces end at rungs, at
+        # measurements and at the last epoch.
+        ahead = [] if not rung_rows else [r - done for r in rung_rows if r > done] + [total - done] + (
+            [every - done % every] if every else [])
+        rows = stepper(min([size, *ahead]))
+        computed += len(rows) * len(stepped)
+        if len(stepped) < problem.points:  # the pruned points' rows: NaN, which the tally does not count
+            rows = rows.map(lambda a: _widened(a, stepped, problem.points))
+            sharp = None if sharp is None else _widened(sharp, stepped, problem.points)
         if problem.schedule:  # the learning rate each row's update was taken at
             rows = _with_measure(rows, problem.learning_rates(done, len(rows)))
         if every:  # the sharpness at the piece's first row, NaN after
@@ -179,6 +196,12 @@ def descend(problem: Problem, engine: ModuleType, loop: Loop) -> Descent:
         tally.add(rows)
         pieces.append(rows if whole else rows.map(lambda a: a[:, keep]))
         done += len(rows)
+        if done in rung_rows and tally.alive.any():
+            kept, rung = _rung(tally, loop.prune, done - 1)
+            rungs.append(rung)
+            at = np.searchsorted(stepped, kept)  # the kept points' places among those stepped
+            stepper = engine.start(problem.subset(kept), resume=stepper.state().subset(at))
+            stepped = kept
         if loop.progress:
             loop.progress(done)
     summary = tally.summary()
@@ -188,7 +211,31 @@ def descend(problem: Problem, engine: ModuleType, loop: Loop) -> Descent:
             if array is not None:
                 array[summary.epochs_run[keep[k]] + 1:, k] = np.nan
     x, loss, grad, norms, measured = arrays
-    return Descent(summary, keep, x, loss, grad, norms, stepper.device, measured, measure_names)
+    return Descent(summary, keep, x, loss, grad, norms, stepper.device, measured, measure_names, tuple(rungs), computed)
+
+
+def _rung(tally: Tally, prune: Prune, epoch: int) -> tuple[np.ndarray, Rung]:
+    """The points a rung at `epoch` (the last row tallied) keeps, of those still running, and what
+    it did; the others are stopped in the tally."""
+    running = np.flatnonzero(tally.alive)
+    values = tally.final_loss if prune.metric == LOSS else tally.measured_final[:, tally.measure_names.index(prune.metric)]
+    kept = prune.survivors(values, running)
+    tally.prune(np.setdiff1d(running, kept))
+    ranked = values[kept]
+    best = np.nanmax(ranked) if prune.better_high else np.nanmin(ranked)
+    bar = np.nanmin(ranked) if prune.better_high else np.nanmax(ranked)
+    return kept, Rung(epoch, len(running), len(kept), float(best), float(bar))
+
+
+def _widened(values: np.ndarray, stepped: np.ndarray, points: int) -> np.ndarray:
+    """Values of the points stepped (their axis after the rows', or first for one value each) in
+    an array of every point, NaN at the others."""
+    axis = 1 if values.ndim > 1 else 0
+    shape = list(values.shape)
+    shape[axis] = points
+    out = np.full(shape, np.nan, dtype=values.dtype if values.dtype.kind == "f" else np.float64)
+    out[(slice(None),) * axis + (stepped,)] = values
+    return out
 
 
 def _with_measure(rows: Rows, column: np.ndarray) -> Rows:

@@ -5,8 +5,9 @@ of every point piece by piece, so no point's whole trajectory need be kept, and 
 one value per point of each summary quantity (the definitions below, and nowhere else).
 
 - outcome: `diverged` when the point's loss became non-finite or |x| passed the bound (the
-  point stops there: that row is its last), else `converged` when its last gradient norm is
-  within the tolerance, else `not_converged`;
+  point stops there: that row is its last), `pruned` when a rung of a pruned batch stopped it
+  (`runner.descent.pruning`; that rung's row is its last), else `converged` when its last
+  gradient norm is within the tolerance, else `not_converged`;
 - steps_to_tolerance: the first row whose gradient norm is within the tolerance;
 - rate: the measured convergence rate, for a loss that knows its minimiser x*: the geometric
   mean, per epoch, of the contraction (or growth, above 1) of e_k = |x_k - x*| over the epochs
@@ -27,12 +28,13 @@ from runner.descent.schedules import LR
 from runner.descent.sharpness import NAME as SHARPNESS
 from runner.engines import Rows, alive
 
-CONVERGED, NOT_CONVERGED, DIVERGED = "converged", "not_converged", "diverged"
+CONVERGED, NOT_CONVERGED, DIVERGED, PRUNED = "converged", "not_converged", "diverged", "pruned"
 
 # The summary quantities a run records (as metrics) and a batch (as columns of points.csv),
 # compared by runner.reproduce. A point leaves out steps_to_tolerance when it never got within
-# the tolerance, diverged_at when it did not diverge, and rate when it is unknown.
-QUANTITIES = ("final_loss", "final_grad_norm", "epochs_run", "steps_to_tolerance", "diverged_at", "rate")
+# the tolerance, diverged_at when it did not diverge, pruned_at when no rung stopped it, and rate
+# when it is unknown.
+QUANTITIES = ("final_loss", "final_grad_norm", "epochs_run", "steps_to_tolerance", "diverged_at", "pruned_at", "rate")
 
 
 # Measures no value of which is better than another: their summary is their final value alone
@@ -82,6 +84,7 @@ class Summary:
     epochs_run: np.ndarray  # the point's last row
     steps_to_tolerance: np.ndarray  # -1: never within the tolerance
     diverged_at: np.ndarray  # -1: did not diverge
+    pruned_at: np.ndarray  # the epoch of the rung that stopped the point; -1: none
     rate: np.ndarray  # NaN: unknown
     measured: Mapping[str, np.ndarray] = field(default_factory=dict)  # `measure_columns`: one value per point
 
@@ -90,7 +93,7 @@ class Summary:
         best of what a model measures.
 
         >>> s = Summary(np.array(["converged"]), np.array([0.0]), np.array([0.0]), np.array([0.0]),
-        ...             np.array([15]), np.array([13]), np.array([-1]), np.array([0.4]))
+        ...             np.array([15]), np.array([13]), np.array([-1]), np.array([-1]), np.array([0.4]))
         >>> s.values(0)
         {'final_loss': 0.0, 'final_grad_norm': 0.0, 'epochs_run': 15, 'steps_to_tolerance': 13, 'rate': 0.4}
         """
@@ -144,6 +147,7 @@ class Tally:
         self.rows = 0
         self.alive = np.ones(points, bool)
         self.diverged_at = np.full(points, -1)
+        self.pruned_at = np.full(points, -1)
         self.steps = np.full(points, -1)
         self.last = np.full(points, -1)
         self.final_x: Optional[np.ndarray] = None
@@ -157,6 +161,11 @@ class Tally:
         self.measure_names = tuple(measure_names)
         self.measured_final = np.full((points, len(measure_names)), np.nan)
         self.measured_best = np.full((points, len(measure_names)), np.nan)
+
+    def prune(self, points: np.ndarray) -> None:
+        """Stop `points` at the last row added: a rung of a pruned batch did not keep them."""
+        self.alive[points] = False
+        self.pruned_at[points] = self.rows - 1
 
     def add(self, rows: Rows) -> None:
         with np.errstate(over="ignore", invalid="ignore"):  # a diverged point's values overflow
@@ -245,15 +254,15 @@ class Tally:
         self.e_last[has] = e[last_above[has], np.flatnonzero(has)]
 
     def summary(self) -> Summary:
-        outcome = np.where(self.diverged_at >= 0, DIVERGED,
-                           np.where(self.final_grad_norm <= self.tolerance, CONVERGED, NOT_CONVERGED))
+        outcome = np.where(self.diverged_at >= 0, DIVERGED, np.where(self.pruned_at >= 0, PRUNED, np.where(
+            self.final_grad_norm <= self.tolerance, CONVERGED, NOT_CONVERGED)))
         measured = {}
         for m, name in enumerate(self.measure_names):
             measured[f"final_{name}"] = self.measured_final[:, m]
             if name not in UNRANKED:
                 measured[f"best_{name}"] = self.measured_best[:, m]
         return Summary(outcome, self.final_x, self.final_loss, self.final_grad_norm, self.last,
-                       self.steps, self.diverged_at, self._rate(), measured)
+                       self.steps, self.diverged_at, self.pruned_at.copy(), self._rate(), measured)
 
     def _rate(self) -> np.ndarray:
         rate = np.full(len(self.alive), np.nan)

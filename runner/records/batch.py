@@ -3,7 +3,8 @@ records in its one MLflow run (`point_records`, the batch's output for `runner.r
 
 - params: the group's config, each batched key as its sweep (`lr=range(0.001,1.2,0.001)`) with
   its count, min and max (`lr.count`, `lr.min`, `lr.max`);
-- metrics: points, converged, not_converged, diverged, best_final_loss with the point's values
+- metrics: points, converged, not_converged, diverged (and pruned, with `computed_fraction`, the
+  share of the whole grid's point-epochs computed), best_final_loss with the point's values
   (`best.lr`, ...), the fastest measured rate with its point's (`fastest.lr`, ...), and where lr
   is batched on a loss of known curvature the largest lr whose rate is below 1 against theory:
   `largest_stable_lr` and `largest_stable_lr_theory`, or with other batched keys (momentum) one
@@ -11,7 +12,8 @@ records in its one MLflow run (`point_records`, the batch's output for `runner.r
   `stability/<key>` (step k: the k-th setting, also in `stability.csv`) and the count of
   settings within one lr step of theory, `stability/within_one_step` of `stability/settings`;
 - artifacts: `points.csv` (a row per point: its index, the batched keys, `SUMMARY_COLUMNS`, where
-  its trajectory is kept, the overrides that rerun it), the same table as `points.json`
+  its trajectory is kept, the overrides that rerun it), `rungs.csv` of a pruned batch (each
+  rung's epoch, points ranked and kept, the metric's best and the bar to pass), the same table as `points.json`
   through `mlflow.log_table` for the UI, `trajectories.npz` (the whole rows of every point, or of
   an evenly spaced subset past `batch.trajectory_mb`, which the run says), figures, and the job's
   `.hydra/` and log.
@@ -70,12 +72,18 @@ def point_records(cfg: DictConfig, problem: engines.Problem, grid: Points, resul
     files = [tables.write_table(out_dir / "points.csv", table),
              write_trajectories(out_dir / "trajectories.npz", grid, result)]
     files += figures(out_dir, cfg, problem, grid, table)
-    stability = _stability(problem, grid, table)
+    # A pruned point's rate is measured over the epochs it ran: no stability bound is read off them.
+    stability = {} if result.rungs else _stability(problem, grid, table)
     if stability:
         files.append(tables.write_table(out_dir / "stability.csv", stability))
     summary = summary_metrics(grid, table, stability)
     kept = len(result.kept)
     lines = _lines(grid, summary, stability, kept, wall_time)
+    if result.rungs:
+        rungs = {name: np.array([getattr(r, name) for r in result.rungs]) for name in ("epoch", "running", "kept", "best", "bar")}
+        files.append(tables.write_table(out_dir / "rungs.csv", rungs))
+        summary["computed_fraction"] = result.computed / (grid.count * (cfg.epochs + 1))
+        lines.append(_rungs_line(cfg.batch.prune.metric, result.rungs, summary["computed_fraction"]))
     if sharpness.NAME in result.measure_names:
         files.append(sharpness_figure(out_dir / "sharpness.png", problem, grid, result))
         lines.append(_edge_line(problem, grid, table))
@@ -112,6 +120,17 @@ def sharpness_figure(path: Path, problem: engines.Problem, grid: Points, result:
     return path
 
 
+def _rungs_line(metric: str, rungs: Any, fraction: float) -> str:
+    """What the rungs of a pruned batch did.
+
+    >>> from runner.descent.pruning import Rung
+    >>> print(_rungs_line("loss", [Rung(10, 90, 30, 0.5, 2.0), Rung(30, 30, 10, 0.01, 0.2)], 0.25))
+    pruned by loss at epochs 10 (90 -> 30, bar 2), 30 (30 -> 10, bar 0.2): 25% of the whole grid's work (rungs.csv)
+    """
+    shown = ", ".join(f"{r.epoch} ({r.running} -> {r.kept}, bar {r.bar:.3g})" for r in rungs)
+    return f"pruned by {metric} at epochs {shown}: {fraction:.0%} of the whole grid's work (rungs.csv)"
+
+
 def _edge_line(problem: engines.Problem, grid: Points, table: dict[str, Any], most: int = 8) -> str:
     """The last sharpness measured × lr / 2 of up to `most` points: 1 at the edge of stability."""
     lr = problem.per_point(problem.optimizer.lr)
@@ -146,7 +165,8 @@ def point_table(grid: Points, result: Descent, radius: Optional[np.ndarray],
     table["final_x"] = s.final_x if s.final_x.ndim == 1 else s.final_x.reshape(grid.count, -1)
     table["outcome"] = s.outcome
     for name in outcomes.QUANTITIES:
-        table[name] = getattr(s, name)
+        if name != "pruned_at" or (s.pruned_at >= 0).any():  # a column of pruned batches alone
+            table[name] = getattr(s, name)
     table.update(s.measured)  # a model's final and best training and validation loss and accuracy
     if radius is not None:
         table["spectral_radius"] = radius
@@ -173,10 +193,12 @@ class _CommandLines:
 
 
 def rerun_overrides(hydra_cfg: Any, grid: Points) -> list[str]:
-    """The job's own overrides without its batched keys and `batch.sweep`; with `hydra.mode=RUN`
-    after a preset, whose own `hydra.mode: MULTIRUN` would run its sweep again."""
+    """The job's own overrides without its batched keys, `batch.sweep` and `batch.prune` (a point
+    alone runs every epoch); with `hydra.mode=RUN` after a preset, whose own `hydra.mode:
+    MULTIRUN` would run its sweep again."""
     batched = set(grid.keys) | {"batch.sweep"}
-    kept = [o for o in hydra_cfg.overrides.task if o.split("=", 1)[0].lstrip("+~") not in batched]
+    kept = [o for o in hydra_cfg.overrides.task if o.split("=", 1)[0].lstrip("+~") not in batched
+            and not o.startswith("batch.prune.")]
     if hydra_cfg.runtime.choices.get("experiment") not in (None, "null"):
         kept.append("hydra.mode=RUN")
     return kept
@@ -219,14 +241,15 @@ def summary_metrics(grid: Points, table: dict[str, Any], stability: dict[str, np
     the values of their points, and the stability bound where there is one setting."""
     outcome = np.asarray(table["outcome"])
     metrics: dict[str, float] = {"points": grid.count,
-                                 **{label: int(np.sum(outcome == label)) for label in
-                                    (outcomes.CONVERGED, outcomes.NOT_CONVERGED, outcomes.DIVERGED)}}
-    final = np.asarray(table["final_loss"], dtype=np.float64)
+                                 **{label: int(np.sum(outcome == label)) for label in _outcomes(table)}}
+    # the best and the fastest of the points that ran to the end: a pruned point's values are its rung's
+    unpruned = outcome != outcomes.PRUNED
+    final = np.where(unpruned, np.asarray(table["final_loss"], dtype=np.float64), np.nan)
     if np.isfinite(final).any():
         best = int(np.nanargmin(np.where(np.isfinite(final), final, np.nan)))
         metrics["best_final_loss"] = float(final[best])
         metrics.update(_point_values("best", grid, best))
-    rate = np.asarray(table["rate"], dtype=np.float64)
+    rate = np.where(unpruned, np.asarray(table["rate"], dtype=np.float64), np.nan)
     if np.isfinite(rate).any():
         fastest = int(np.nanargmin(rate))
         metrics["fastest_rate"] = float(rate[fastest])
@@ -238,6 +261,12 @@ def summary_metrics(grid: Points, table: dict[str, Any], stability: dict[str, np
         metrics["stability/settings"] = len(stability["largest_stable_lr"])
         metrics["stability/within_one_step"] = int(np.sum(theory.within_one_step(stability)))
     return {k: v for k, v in metrics.items() if not (isinstance(v, float) and math.isnan(v))}
+
+
+def _outcomes(table: dict[str, Any]) -> tuple[str, ...]:
+    """The outcomes a batch counts: pruned too, where it was pruned."""
+    counted = (outcomes.CONVERGED, outcomes.NOT_CONVERGED, outcomes.DIVERGED)
+    return (*counted, outcomes.PRUNED) if "pruned_at" in table else counted
 
 
 def _point_values(prefix: str, grid: Points, point: int) -> dict[str, float]:
@@ -311,7 +340,8 @@ def _bound(problem: engines.Problem, grid: Points) -> Optional[float]:
 def _lines(grid: Points, summary: dict[str, float], stability: dict[str, np.ndarray], kept: int,
            wall_time: float) -> list[str]:
     """The terminal's account of a batch: its outcomes, its best points, the stability bound."""
-    counts = ", ".join(f"{int(summary[k])} {k}" for k in (outcomes.CONVERGED, outcomes.NOT_CONVERGED, outcomes.DIVERGED))
+    counted = (outcomes.CONVERGED, outcomes.NOT_CONVERGED, outcomes.DIVERGED, outcomes.PRUNED)
+    counts = ", ".join(f"{int(summary[k])} {k}" for k in counted if k in summary)
     lines = [f"{grid.count} points in {wall_time:.3g} s: {counts}"]
     for name, metric, prefix in (("best final loss", "best_final_loss", "best"), ("fastest rate", "fastest_rate", "fastest")):
         if metric in summary:

@@ -21,12 +21,13 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from runner import report
-from runner.descent.outcomes import CONVERGED, DIVERGED, NOT_CONVERGED, higher_is_better
+from runner.descent.outcomes import CONVERGED, DIVERGED, NOT_CONVERGED, PRUNED, higher_is_better
 from runner.records import plots, seeds, tables
 
 COLUMNS = ["backend", "optimizer", "loss", "batched", "points", CONVERGED, NOT_CONVERGED, DIVERGED, "best_final_loss",
            "fastest_rate", "largest_stable_lr", "largest_stable_lr_theory", "rate_vs_theory", "wall_time_s", "parity"]
 OVER_SEEDS = "over_seeds"  # a column only in a report whose batches have a seed axis
+RUNGS = "rungs"  # with PRUNED, columns only in a report of pruned batches: each rung's epoch, points ranked and kept
 
 
 def report_batches(store, parent_id: str, folder: Path, records: Sequence[Any], reused: int = 0) -> bool:
@@ -41,6 +42,9 @@ def report_batches(store, parent_id: str, folder: Path, records: Sequence[Any], 
     _write_points(out / "points.csv", batches)
     points = sum(int(r["points"] or 0) for r in rows)
     columns, more_tables, metrics = COLUMNS, [out / "points.csv"], {"points": points}
+    if any(b.rungs for b in batches):
+        at = COLUMNS.index(DIVERGED) + 1
+        columns = [*COLUMNS[:at], PRUNED, *COLUMNS[at:], RUNGS]
     if any(b.seeds for b in batches):
         columns = [*COLUMNS, OVER_SEEDS]
         more_tables.append(_write_points(out / "seeds.csv", batches, "seeds"))
@@ -65,6 +69,8 @@ class _Batch:
         self.trajectories = dict(np.load(found)) if found else {}
         found = store.download(record.run_id, "seeds.csv", folder)
         self.seeds = tables.read_table(found) if found else {}  # mean ± std over seeds, a row per setting
+        found = store.download(record.run_id, "rungs.csv", folder)
+        self.rungs = tables.read_table(found) if found else {}  # a pruned batch's: a row per rung
         self.figures = {name: store.download(record.run_id, name, folder)
                         for name in store.artifact_paths(record.run_id) if name.endswith(".png")}
 
@@ -101,8 +107,15 @@ def _row(batch: _Batch, batches: list[_Batch]) -> dict:
                                  f"settings within one lr step"} if "stability/settings" in m else {}),
         "rate_vs_theory": _rate_vs_theory(batch), "parity": report.parity(batch, batches, _kept_x),
         OVER_SEEDS: seeds.describe(batch.spread(), batch.quantities()) if batch.seeds else "",
+        PRUNED: _int(m.get(PRUNED)), RUNGS: _rungs(batch),
         "status": r.status, "run_id": r.run_id, "run_name": r.name, "error": r.tags.get("error", ""),
     }
+
+
+def _rungs(batch: _Batch) -> str:
+    """A pruned batch's rungs: 'epoch: ranked->kept' each."""
+    r = batch.rungs
+    return ", ".join(f"{e}: {n}->{k}" for e, n, k in zip(r.get("epoch", []), r.get("running", []), r.get("kept", [])))
 
 
 def _int(value: Optional[float]) -> object:

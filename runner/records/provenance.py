@@ -43,6 +43,8 @@ def config_hash(cfg: DictConfig) -> str:
         tree.pop("schedule")
     if cfg.get("batch") and cfg.batch.sweep:
         tree["batch.sweep"] = list(cfg.batch.sweep)
+    if cfg.get("batch") and (cfg.batch.get("prune") or {}).get("rungs") is not None:  # a pruned batch records other numbers than a whole one
+        tree["batch.prune"] = _plain(cfg.batch.prune)
     text = json.dumps(_canonical(_without_new_nulls(tree)), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 

@@ -16,11 +16,12 @@ import numpy as np
 
 CHUNK_ROWS = 50_000  # a table is written this many rows at a time: a million rows of text take GBs
 # Integer columns in which -1 means none, written blank.
-BLANK_BELOW_ZERO = ("steps_to_tolerance", "diverged_at", "trajectory")
+BLANK_BELOW_ZERO = ("steps_to_tolerance", "diverged_at", "pruned_at", "trajectory")
 
 # How the terminal heads a column, where its name is not already short and plain.
 HEADERS = {"final_x": "final x", "final_loss": "final loss", "steps_to_tolerance": "steps", "wall_time_s": "wall s",
            "final_grad_norm": "final |grad|", "epochs_run": "epochs", "diverged_at": "diverged at",
+           "pruned_at": "pruned at",
            "spectral_radius": "spectral radius", "trajectory": "kept as", "best_final_loss": "best final loss",
            "fastest_rate": "fastest rate", "largest_stable_lr": "stable lr", "largest_stable_lr_theory": "theory",
            "rate_vs_theory": "rate vs theory"}

@@ -68,10 +68,12 @@ def check_grid(overrides: Sequence[Any]) -> None:
                               "hydra.sweeper.search.n_trials=N (or use a list or range())")
 
 
-def batch_jobs(overrides: Sequence[Any], setting: Any, split_arguments: Any) -> tuple[list[list[str]], list[str]]:
+def batch_jobs(overrides: Sequence[Any], setting: Any, split_arguments: Any, prune: Any = None
+               ) -> tuple[list[list[str]], list[str]]:
     """The jobs of a batched grid, and a label for each: one job per group of the keys that
-    change the program, running every point of the batched keys (`runner.sweeps.points.split`).
-    No batched key: the ordinary grid."""
+    change the program, running every point of the batched keys (`runner.sweeps.points.split`),
+    each pruning its points where `prune` (hydra.sweeper.prune) has rungs. No batched key: the
+    ordinary grid."""
     grouped, batched = points.split(overrides, setting)
     groups = [job for chunk in split_arguments(grouped, None) for job in chunk]
     if not batched:
@@ -79,6 +81,9 @@ def batch_jobs(overrides: Sequence[Any], setting: Any, split_arguments: Any) -> 
                  points.ALLOWED)
         return groups, [" ".join(group) for group in groups]
     extra = points.job_overrides(batched)
+    if prune is not None and prune.rungs is not None:
+        extra += [f"batch.prune.rungs=[{','.join(str(r) for r in prune.rungs)}]", f"batch.prune.keep={prune.keep!r}",
+                  f"batch.prune.metric={prune.metric}"]
     labels = [" ".join([*group, *(points.sweep_text(o) for o in batched)]) for group in groups]
     return [[*group, *extra] for group in groups], labels
 
