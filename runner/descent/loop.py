@@ -163,27 +163,24 @@ def descend(problem: Problem, engine: ModuleType, loop: Loop) -> Descent:
     keep = kept_points(problem, loop)
     whole = len(keep) == problem.points  # then the rows are kept as they come, without a copy
     rung_rows = [] if loop.prune is None else [epoch + 1 for epoch in loop.prune.rungs]  # rows done at each rung
-    stepped = np.arange(problem.points)  # the points the engine steps: all, until a rung prunes some
+    stepped = None  # the indices of the points the engine steps: None for all, until a rung prunes some
     rungs, computed = [], 0
-    pieces = []
+    pieces = []  # each piece's rows of the kept points, and which of them (None: all)
     done = 0
     while done < total and tally.alive.any():
         # Every piece asks for the same number of rows, so that a compiled loop (TensorFlow,
         # JAX) compiles once; the last piece's rows past the last epoch are dropped. With the
         # sharpness measured, a measurement starts a piece (piece_rows): at the x the engine holds.
-        # A rung ends a piece, and the engine starts again with the points it keeps.
+        # A pruned batch's engine compiles again at each rung anyway: its pieces end at rungs,
+        # at measurements and at the last epoch.
         sharp = stepper.sharpness(loop.sharpness_iterations) if every and done % every == 0 else None
-        # A pruned batch's engine compiles again at each rung anyway: its pieces end at rungs, at
-        # measurements and at the last epoch.
         ahead = [] if not rung_rows else [r - done for r in rung_rows if r > done] + [total - done] + (
             [every - done % every] if every else [])
         rows = stepper(min([size, *ahead]))
-        computed += len(rows) * len(stepped)
-        if len(stepped) < problem.points:  # the pruned points' rows: NaN, which the tally does not count
-            rows = rows.map(lambda a: _widened(a, stepped, problem.points))
-            sharp = None if sharp is None else _widened(sharp, stepped, problem.points)
+        computed += len(rows) * (problem.points if stepped is None else len(stepped))
         if problem.schedule:  # the learning rate each row's update was taken at
-            rows = _with_measure(rows, problem.learning_rates(done, len(rows)))
+            rates = problem.learning_rates(done, len(rows))
+            rows = _with_measure(rows, rates if stepped is None else rates[:, stepped])
         if every:  # the sharpness at the piece's first row, NaN after
             column = np.full(rows.loss.shape, np.nan)
             if sharp is not None:
@@ -193,19 +190,24 @@ def descend(problem: Problem, engine: ModuleType, loop: Loop) -> Descent:
             rows = rows.map(lambda a: a[: total - done])
         if len(rows) == 0:
             break
-        tally.add(rows)
-        pieces.append(rows if whole else rows.map(lambda a: a[:, keep]))
+        tally.add(rows, stepped)
+        if stepped is None:
+            pieces.append((rows if whole else rows.map(lambda a: a[:, keep]), None))
+        else:  # the kept points among those stepped, and their places among the kept
+            taken = np.flatnonzero(np.isin(stepped, keep))
+            pieces.append((rows.map(lambda a: a[:, taken]), np.searchsorted(keep, stepped[taken])))
         done += len(rows)
         if done in rung_rows and tally.alive.any():
             kept, rung = _rung(tally, loop.prune, done - 1)
             rungs.append(rung)
-            at = np.searchsorted(stepped, kept)  # the kept points' places among those stepped
-            stepper = engine.start(problem.subset(kept), resume=stepper.state().subset(at))
+            at = np.arange(problem.points) if stepped is None else stepped
+            stepper = engine.start(problem.subset(kept), resume=stepper.state().subset(np.searchsorted(at, kept)))
             stepped = kept
         if loop.progress:
             loop.progress(done)
     summary = tally.summary()
-    arrays = [_stacked([getattr(p, name) for p in pieces]) for name in ("x", "loss", "grad", "norms", "measured")]
+    arrays = [_assembled([(getattr(p, name), columns) for p, columns in pieces], len(keep))
+              for name in ("x", "loss", "grad", "norms", "measured")]
     for k in np.flatnonzero(summary.epochs_run[keep] < done - 1):  # rows past a point's last are not kept
         for array in arrays:
             if array is not None:
@@ -225,17 +227,6 @@ def _rung(tally: Tally, prune: Prune, epoch: int) -> tuple[np.ndarray, Rung]:
     best = np.nanmax(ranked) if prune.better_high else np.nanmin(ranked)
     bar = np.nanmin(ranked) if prune.better_high else np.nanmax(ranked)
     return kept, Rung(epoch, len(running), len(kept), float(best), float(bar))
-
-
-def _widened(values: np.ndarray, stepped: np.ndarray, points: int) -> np.ndarray:
-    """Values of the points stepped (their axis after the rows', or first for one value each) in
-    an array of every point, NaN at the others."""
-    axis = 1 if values.ndim > 1 else 0
-    shape = list(values.shape)
-    shape[axis] = points
-    out = np.full(shape, np.nan, dtype=values.dtype if values.dtype.kind == "f" else np.float64)
-    out[(slice(None),) * axis + (stepped,)] = values
-    return out
 
 
 def _with_measure(rows: Rows, column: np.ndarray) -> Rows:
@@ -260,13 +251,24 @@ def timed(problem: Problem, engine: ModuleType, loop: Loop, bar_label: Optional[
     return result, time.perf_counter() - started
 
 
-def _stacked(parts: list) -> Optional[np.ndarray]:
-    """Pieces (rows, kept, ...) joined: no copy for one piece an engine made writable."""
-    if parts[0] is None:
+def _assembled(parts: list, kept: int) -> Optional[np.ndarray]:
+    """Pieces (rows, points, ...) joined into (rows, kept, ...), each piece's columns at its
+    places among the kept points (None: all of them; after a rung, NaN at the pruned). No copy
+    for one whole piece an engine made writable."""
+    if parts[0][0] is None:
         return None
-    if len(parts) == 1 and parts[0].flags.writeable:
-        return parts[0]
-    return np.concatenate(parts)
+    if all(columns is None for _, columns in parts):
+        arrays = [array for array, _ in parts]
+        if len(arrays) == 1 and arrays[0].flags.writeable:
+            return arrays[0]
+        return np.concatenate(arrays)
+    first = parts[0][0]
+    out = np.full((sum(len(a) for a, _ in parts), kept, *first.shape[2:]), np.nan, dtype=first.dtype)
+    row = 0
+    for array, columns in parts:
+        out[row:row + len(array), slice(None) if columns is None else columns] = array
+        row += len(array)
+    return out
 
 
 def _minimiser(problem: Problem) -> Optional[np.ndarray]:

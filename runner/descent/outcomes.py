@@ -133,6 +133,22 @@ def _first(mask: np.ndarray) -> np.ndarray:
     return np.where(mask[first, np.arange(mask.shape[1])], first, len(mask))
 
 
+class _Columns:
+    """The points whose rows a piece holds, column by column: every point (`points` None), or
+    those at the indices `points`. `at(mask)` indexes the tally's per-point arrays where a mask
+    over the columns holds; `at.read(array)` is the columns' values of a per-point array."""
+
+    def __init__(self, points: Optional[np.ndarray]) -> None:
+        self.every = slice(None) if points is None else points
+        self.points = points
+
+    def __call__(self, mask: np.ndarray) -> np.ndarray:
+        return mask if self.points is None else self.points[mask]
+
+    def read(self, array: np.ndarray) -> np.ndarray:
+        return array if self.points is None else array[self.points]
+
+
 class Tally:
     """Builds the Summary of a batch from its rows, piece by piece (`add`, then `summary`)."""
 
@@ -167,39 +183,41 @@ class Tally:
         self.alive[points] = False
         self.pruned_at[points] = self.rows - 1
 
-    def add(self, rows: Rows) -> None:
+    def add(self, rows: Rows, points: Optional[np.ndarray] = None) -> None:
+        """The next rows of every point, or of `points` alone (the indices of the rows' columns:
+        a pruned batch's running points; the others have stopped)."""
         with np.errstate(over="ignore", invalid="ignore"):  # a diverged point's values overflow
-            self._add(rows)
+            self._add(rows, _Columns(points))
+        self.rows += len(rows)
 
-    def _add(self, rows: Rows) -> None:
+    def _add(self, rows: Rows, at: "_Columns") -> None:
         n, points = rows.loss.shape
-        counted = self.alive.copy()  # points still running: their rows here count up to `last`
+        counted = at.read(self.alive).copy()  # points still running: their rows here count up to `last`
         first_bad = _first(~alive(rows.x, rows.loss, self.bound))
         diverged = counted & (first_bad < n)
         last = np.where(diverged, first_bad, n - 1)  # each point's last row in this piece
-        self.diverged_at[diverged] = self.rows + last[diverged]
-        self.alive &= ~diverged
+        self.diverged_at[at(diverged)] = self.rows + last[diverged]
+        self.alive[at(diverged)] = False
 
         every = np.arange(points)
         grad_norm = self._grad_norm(rows)
         if self.final_x is None:
-            self.final_x = np.full(rows.x.shape[1:], np.nan, dtype=np.float64)
-        self.final_x[counted] = rows.x[last, every][counted]
-        self.final_loss[counted] = rows.loss[last, every][counted]
-        self.final_grad_norm[counted] = grad_norm[last, every][counted]
-        self.last[counted] = self.rows + last[counted]
+            self.final_x = np.full((len(self.alive), *rows.x.shape[2:]), np.nan, dtype=np.float64)
+        self.final_x[at(counted)] = rows.x[last, every][counted]
+        self.final_loss[at(counted)] = rows.loss[last, every][counted]
+        self.final_grad_norm[at(counted)] = grad_norm[last, every][counted]
+        self.last[at(counted)] = self.rows + last[counted]
 
         first_within = _first(grad_norm <= self.tolerance)
-        hit = counted & (self.steps < 0) & (first_within <= last)
-        self.steps[hit] = self.rows + first_within[hit]
+        hit = counted & (at.read(self.steps) < 0) & (first_within <= last)
+        self.steps[at(hit)] = self.rows + first_within[hit]
 
         if self.resolution is not None:
-            self._add_distances(rows, np.where(counted, last, -1))
+            self._add_distances(rows, np.where(counted, last, -1), at)
         if rows.measured is not None:
-            self._add_measures(rows.measured, counted, last)
-        self.rows += n
+            self._add_measures(rows.measured, counted, last, at)
 
-    def _add_measures(self, measured: np.ndarray, counted: np.ndarray, last: np.ndarray) -> None:
+    def _add_measures(self, measured: np.ndarray, counted: np.ndarray, last: np.ndarray, at: "_Columns") -> None:
         """Each measure's value at each point's last row so far, and its best over the rows that
         count; the sharpness's last value measured (NaN at the rows between measurements)."""
         n, points = measured.shape[:2]
@@ -210,9 +228,9 @@ class Tally:
                 taken = counts & ~np.isnan(values[..., m])
                 has = taken.any(axis=0)
                 latest = n - 1 - taken[::-1].argmax(axis=0)
-                self.measured_final[has, m] = values[latest[has], np.flatnonzero(has), m]
+                self.measured_final[at(has), m] = values[latest[has], np.flatnonzero(has), m]
                 continue
-            self.measured_final[counted, m] = values[last, np.arange(points), m][counted]
+            self.measured_final[at(counted), m] = values[last, np.arange(points), m][counted]
             if name in UNRANKED:
                 continue
             column = np.where(counts & np.isfinite(values[..., m]), values[..., m], np.nan)
@@ -220,7 +238,7 @@ class Tally:
                 continue
             better = np.fmax if higher_is_better(name) else np.fmin
             piece = better.reduce(column, axis=0)  # NaN only where a point has no value here
-            self.measured_best[:, m] = better(self.measured_best[:, m], piece)
+            self.measured_best[at.every, m] = better(at.read(self.measured_best[:, m]), piece)
 
     def _grad_norm(self, rows: Rows) -> np.ndarray:
         if rows.norms is not None:
@@ -230,28 +248,29 @@ class Tally:
         grad = rows.grad.reshape(*rows.loss.shape, -1).astype(np.float64)
         return np.sqrt(np.sum(np.square(grad), axis=-1))
 
-    def _add_distances(self, rows: Rows, last: np.ndarray) -> None:
+    def _add_distances(self, rows: Rows, last: np.ndarray, at: "_Columns") -> None:
         """`last`: each point's last row in this piece that counts (-1: none)."""
         n, points = rows.loss.shape
+        minimiser = at.read(self.minimiser)
         if self.by_norm and not self.minimiser.any():
             e = rows.norms[..., 0].astype(np.float64)
         elif rows.x.ndim == 2:  # a scalar parameter: |x - x*| in x's dtype, in place (the bulk of the work)
-            e = rows.x - self.minimiser.astype(rows.x.dtype)
+            e = rows.x - minimiser.astype(rows.x.dtype)
             np.abs(e, out=e)
         else:
-            e = distance((rows.x.astype(np.float64) - self.minimiser).reshape(n, points, -1))
+            e = distance((rows.x.astype(np.float64) - minimiser).reshape(n, points, -1))
         for row, value in ((0, self.e0), (1, self.e1)):  # e_0 and e_1, in whichever piece they come
             if self.rows <= row < self.rows + n:
-                value[:] = np.where(last >= row - self.rows, e[row - self.rows], np.nan)
-        above = e > self.resolution.astype(e.dtype)
+                value[at.every] = np.where(last >= row - self.rows, e[row - self.rows], np.nan)
+        above = e > at.read(self.resolution).astype(e.dtype)
         above &= e < np.inf
         cut = np.flatnonzero(last < n - 1)  # points that diverged here, or before
         if cut.size:
             above[:, cut] &= np.arange(n)[:, None] <= last[cut]
         has = above.any(axis=0)
         last_above = n - 1 - above[::-1].argmax(axis=0)
-        self.k_last[has] = self.rows + last_above[has]
-        self.e_last[has] = e[last_above[has], np.flatnonzero(has)]
+        self.k_last[at(has)] = self.rows + last_above[has]
+        self.e_last[at(has)] = e[last_above[has], np.flatnonzero(has)]
 
     def summary(self) -> Summary:
         outcome = np.where(self.diverged_at >= 0, DIVERGED, np.where(self.pruned_at >= 0, PRUNED, np.where(
