@@ -32,13 +32,13 @@ def test_the_kept_points_carry_on_as_in_the_whole_batch(backend, case):
     rows = whole(13)
     after = whole.sharpness(5)
 
+    stepper = engine.start(problem)
+    np.testing.assert_array_equal(stepper.sharpness(5), before)
+    head = stepper(5)
+    np.testing.assert_array_equal(head.x, rows.x[:5])
+    state = stepper.state()
+    assert state.epoch == 5 and state.x.shape == problem.x_start.shape
     for kept in (np.array([0, 2, problem.points - 1]), np.array([1])):  # one point: NumPy steps a scalar
-        stepper = engine.start(problem)
-        np.testing.assert_array_equal(stepper.sharpness(5), before)
-        head = stepper(5)
-        np.testing.assert_array_equal(head.x, rows.x[:5])
-        state = stepper.state()
-        assert state.epoch == 5 and state.x.shape == problem.x_start.shape
         resumed = engine.start(problem.subset(kept), resume=state.subset(kept))
         tail = resumed(8)
         for name in ("x", "loss", "grad"):
@@ -49,7 +49,6 @@ def test_the_kept_points_carry_on_as_in_the_whole_batch(backend, case):
         if rows.measured is not None:
             np.testing.assert_allclose(tail.measured, rows.measured[5:, kept], rtol=1e-12, atol=1e-12)
         np.testing.assert_allclose(resumed.sharpness(5), after[kept], rtol=1e-9)
-
 
 GRID = (["loss=ill_conditioned", "optimizer=momentum", "epochs=60", "dtype=float64"],
         ["lr=range(0.2,4.2,0.2)", "optimizer.momentum=0,0.5,0.8,0.9"])  # 80 points, the largest lr diverge
