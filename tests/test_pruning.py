@@ -155,3 +155,16 @@ def test_a_bad_prune_is_one_line_and_records_nothing(here, store_uri, args, mess
         runner.sweep("lr=0.1,0.2,0.3", "epochs=100", "hydra.sweeper.batch=true", "hydra.sweeper.prune.rungs=[10,30]", *args)
     assert message in str(refused.value) and len(str(refused.value).strip().splitlines()) == 1, refused.value
     assert snapshot(store_uri) == before
+
+
+def test_over_seeds_a_setting_with_a_pruned_seed_has_no_spread():
+    from runner.records import seeds
+    from runner.sweeps.points import parse
+
+    grid = parse(["lr=0.1,0.2", "seed=0,1"])
+    table = {"final_loss": np.array([1.0, 2.0, 3.0, 5.0]), "outcome": np.array(["converged", "pruned", "converged",
+                                                                               "converged"]),
+             "pruned_at": np.array([-1, 10, -1, -1])}
+    rows = seeds.aggregate(grid, table, ["final_loss"])
+    assert rows["pruned"].tolist() == [1, 0] and np.isnan(rows["final_loss.mean"][0])
+    assert rows["final_loss.mean"][1] == 4.0 and seeds.best(rows, "final_loss") == 1

@@ -44,6 +44,8 @@ def headline(names: Sequence[str]) -> str:
 def aggregate(grid: Points, table: Mapping[str, Any], names: Sequence[str]) -> dict[str, np.ndarray]:
     """One row per setting of the other batched keys, in the grid's order: their values, `seeds`,
     `diverged` (how many of them diverged), and `NAME.mean`, `NAME.std` (ddof=1) for each name.
+    In a pruned batch also `pruned`, how many a rung stopped: a setting with a pruned seed has
+    no mean nor std (NaN), its seeds' values being of different epochs.
 
     >>> from runner.sweeps.points import parse
     >>> grid = parse(["lr=0.1,0.2", "seed=0,1,2"])
@@ -60,8 +62,11 @@ def aggregate(grid: Points, table: Mapping[str, Any], names: Sequence[str]) -> d
             rows[key] = values[:, 0] if values.ndim == 2 and values.shape[1] == 1 else values
     rows["seeds"] = np.full(len(index), grid.shape[axis])
     rows["diverged"] = (np.asarray(table["outcome"])[index] == outcomes.DIVERGED).sum(axis=1)
+    pruned = np.asarray(table["outcome"])[index] == outcomes.PRUNED
+    if "pruned_at" in table:
+        rows["pruned"] = pruned.sum(axis=1)
     for name in names:
-        values = np.asarray(table[name], dtype=np.float64)[index]
+        values = np.where(pruned, np.nan, np.asarray(table[name], dtype=np.float64)[index])
         with np.errstate(invalid="ignore"):
             rows[f"{name}.mean"] = values.mean(axis=1)
             rows[f"{name}.std"] = values.std(axis=1, ddof=1)
