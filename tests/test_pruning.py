@@ -168,3 +168,18 @@ def test_over_seeds_a_setting_with_a_pruned_seed_has_no_spread():
     rows = seeds.aggregate(grid, table, ["final_loss"])
     assert rows["pruned"].tolist() == [1, 0] and np.isnan(rows["final_loss.mean"][0])
     assert rows["final_loss.mean"][1] == 4.0 and seeds.best(rows, "final_loss") == 1
+
+
+def test_a_pruned_batch_of_models_over_seeds_records_every_figure_and_table(here):
+    """Pruned by validation accuracy: every setting loses a seed, so none has a spread, and the
+    batch still records its tables and figures, the report its rungs beside the seeds."""
+    import runner
+
+    sweep = runner.sweep("model=logistic", "data=digits", "batch_size=64", "epochs=27", "lr=0.01,0.03,0.1,0.3,1",
+                         "seed=0,1,2", "hydra.sweeper.prune.rungs=[3,9]", "hydra.sweeper.prune.metric=val_accuracy",
+                         batch=True)
+    (run,) = sweep.runs()
+    assert run.status == "FINISHED" and run.summary["pruned"] == 13
+    assert {"rungs.csv", "seeds.csv", "points.csv"} <= set(run.artifacts)
+    (row,) = sweep.table.to_dict("records")
+    assert row["rungs"] == "3: 15->5, 9: 5->2" and "no setting has a finite mean" in row["over_seeds"]

@@ -147,7 +147,7 @@ def seed_figure(out_dir: Path, cfg: DictConfig, problem: engines.Problem, spread
     label = f"{cfg.backend.name} {problem.optimizer.name}"
     panels = [(name, seeds.bands(spread, label, name)) for name in
               (headline, "best" + headline[len("final"):]) if f"{name}.mean" in spread]
-    if not panels[0][1]:
+    if not any(np.isfinite(mean).any() for _, _, mean, _ in panels[0][1]):  # no other key; or every setting pruned
         return []
     path = out_dir / "seeds.png"
     plots.seed_bands_figure(seeds.setting_keys(spread)[0], panels, int(spread["seeds"][0])).savefig(path)

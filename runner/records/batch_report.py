@@ -46,7 +46,7 @@ def report_batches(store, parent_id: str, folder: Path, records: Sequence[Any], 
         at = COLUMNS.index(DIVERGED) + 1
         columns = [*COLUMNS[:at], PRUNED, *COLUMNS[at:], RUNGS]
     if any(b.seeds for b in batches):
-        columns = [*COLUMNS, OVER_SEEDS]
+        columns = [*columns, OVER_SEEDS]
         more_tables.append(_write_points(out / "seeds.csv", batches, "seeds"))
         store.log_table(parent_id, {k: [tables.number(v) if v else None for v in column]
                                     for k, column in tables.read_table(more_tables[-1]).items()}, "report/seeds.json")

@@ -280,10 +280,11 @@ def seed_bands_figure(key: str, panels: list[tuple[str, list[tuple[str, np.ndarr
             x, mean, std = x[order], mean[order], std[order]
             axes.plot(x, mean, color=colour, linestyle=style, linewidth=1.8, label=label)
             axes.fill_between(x, mean - std, mean + std, color=colour, alpha=0.2, linewidth=0)
-        if "accuracy" not in name and all(np.nanmin(mean) > 0 for _, _, mean, _ in lines if np.isfinite(mean).any()):
+        drawn = [mean for _, _, mean, _ in lines if np.isfinite(mean).any()]  # a pruned batch's may be NaN
+        if "accuracy" not in name and drawn and all(np.nanmin(mean) > 0 for mean in drawn):
             axes.set_yscale("log")
         xs = np.concatenate([x for _, x, _, _ in lines])
-        if xs.min() > 0 and xs.max() >= 10 * xs.min():  # learning rates a decade or more apart
+        if drawn and xs.min() > 0 and xs.max() >= 10 * xs.min():  # learning rates a decade or more apart
             axes.set_xscale("log")
         axes.set_xlabel(key)
         axes.set_ylabel(f"{name.replace('_', ' ')}: mean ± std over {seeds} seeds")
