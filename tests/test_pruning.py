@@ -183,3 +183,22 @@ def test_a_pruned_batch_of_models_over_seeds_records_every_figure_and_table(here
     assert {"rungs.csv", "seeds.csv", "points.csv"} <= set(run.artifacts)
     (row,) = sweep.table.to_dict("records")
     assert row["rungs"] == "3: 15->5, 9: 5->2" and "no setting has a finite mean" in row["over_seeds"]
+
+
+def test_a_pruned_batch_measures_the_sharpness_and_its_schedule_at_the_whole_batchs_epochs():
+    """Rungs that fall between two measurements of the sharpness: each is still measured every K
+    epochs, and each row's learning rate is the schedule's, for the points still running."""
+    overrides = ["loss=ill_conditioned", "optimizer=momentum", "epochs=40", "dtype=float64", "sharpness_every=7",
+                 "schedule=cosine"]
+    sweeps = ["lr=range(0.2,2.2,0.2)", "optimizer.momentum=0,0.5,0.9"]
+    full, grid, _ = batch(*overrides, sweeps=sweeps)
+    pruned, _, _ = batch(*overrides, "batch.prune.rungs=[5,18]", "batch.prune.keep=0.5", "batch.prune.metric=loss",
+                         sweeps=sweeps)
+    assert [r.epoch for r in pruned.rungs] == [5, 18]
+    names = full.measure_names
+    for point in range(grid.count):
+        ours, theirs = pruned.trajectory(point), full.trajectory(point)
+        rows = len(ours.x)
+        for name in ("lr", "sharpness"):
+            np.testing.assert_array_equal(ours.measured[name], theirs.measured[name][:rows], err_msg=name)
+        assert np.isfinite(ours.measured["sharpness"][::7]).all() and names == pruned.measure_names
