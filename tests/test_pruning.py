@@ -123,6 +123,7 @@ def test_a_pruned_sweep_records_its_rungs_and_the_report_shows_them(here):
     assert run.summary["converged"] + run.summary["not_converged"] == 3
     best = run.points[run.points["outcome"] != "pruned"]["final_loss"].min()
     assert run.summary["best_final_loss"] == best
+    assert {"rungs.csv", "pruning.png", "points.csv"} <= set(run.artifacts)
     rungs = run.artifact_file("rungs.csv").read_text().splitlines()
     assert rungs[0] == "epoch,running,kept,best,bar" and [line.split(",")[0] for line in rungs[1:]] == ["5", "15", "40"]
     (row,) = sweep.table.to_dict("records")

@@ -12,8 +12,9 @@ records in its one MLflow run (`point_records`, the batch's output for `runner.r
   `stability/<key>` (step k: the k-th setting, also in `stability.csv`) and the count of
   settings within one lr step of theory, `stability/within_one_step` of `stability/settings`;
 - artifacts: `points.csv` (a row per point: its index, the batched keys, `SUMMARY_COLUMNS`, where
-  its trajectory is kept, the overrides that rerun it), `rungs.csv` of a pruned batch (each
-  rung's epoch, points ranked and kept, the metric's best and the bar to pass), the same table as `points.json`
+  its trajectory is kept, the overrides that rerun it), `rungs.csv` and `pruning.png` of a
+  pruned batch (each rung's epoch, points ranked and kept, the metric's best and the bar to pass;
+  the metric of some points until each stopped), the same table as `points.json`
   through `mlflow.log_table` for the UI, `trajectories.npz` (the whole rows of every point, or of
   an evenly spaced subset past `batch.trajectory_mb`, which the run says), figures, and the job's
   `.hydra/` and log.
@@ -84,6 +85,7 @@ def point_records(cfg: DictConfig, problem: engines.Problem, grid: Points, resul
         files.append(tables.write_table(out_dir / "rungs.csv", rungs))
         summary["computed_fraction"] = result.computed / (grid.count * (cfg.epochs + 1))
         lines.append(_rungs_line(cfg.batch.prune.metric, result.rungs, summary["computed_fraction"]))
+        files.append(pruning_figure(out_dir / "pruning.png", cfg.batch.prune.metric, result))
     if sharpness.NAME in result.measure_names:
         files.append(sharpness_figure(out_dir / "sharpness.png", problem, grid, result))
         lines.append(_edge_line(problem, grid, table))
@@ -117,6 +119,19 @@ def sharpness_figure(path: Path, problem: engines.Problem, grid: Points, result:
               result.measured[:, k, names.index("train_loss")] if "train_loss" in names else result.loss[:, k],
               result.measured[:, k, names.index(sharpness.NAME)]) for k in evenly_spaced(len(result.kept), most)]
     plots.edge_of_stability_figure(lines).savefig(path)
+    return path
+
+
+def pruning_figure(path: Path, metric: str, result: Descent, most: int = 300) -> Path:
+    """`pruning.png`: `metric` of up to `most` of the kept points (evenly spaced), each until
+    it stopped, coloured by the rung that stopped it."""
+    shown = evenly_spaced(len(result.kept), most)
+    curves = result.loss if metric == "loss" else result.measured[..., result.measure_names.index(metric)]
+    epochs = [r.epoch for r in result.rungs]
+    points = result.kept[shown]
+    pruned_at, diverged = result.summary.pruned_at[points], result.summary.outcome[points] == outcomes.DIVERGED
+    stopped = np.where(diverged, -1, np.where(pruned_at >= 0, np.searchsorted(epochs, pruned_at), len(epochs)))
+    plots.pruning_figure(metric, epochs, curves[:, shown], stopped).savefig(path)
     return path
 
 

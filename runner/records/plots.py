@@ -225,6 +225,35 @@ def _on_scale(axes, series: list[np.ndarray]) -> list[np.ndarray]:
     return [np.maximum(v, LOG_FLOOR) for v in values]
 
 
+def pruning_figure(metric: str, rungs: list[int], curves: np.ndarray, stopped: np.ndarray) -> Figure:
+    """Successive halving as it went: `metric` (rows, points) of some of a batch's points against
+    the epoch, each curve ending where its point stopped, coloured by the rung that stopped it
+    (`stopped`: the rung's index; len(rungs) for the points that ran to the end, -1 for those
+    that diverged, in grey), the rungs dashed."""
+    figure = Figure(figsize=(7.5, 4.8), layout="constrained")
+    axes = figure.subplots()
+    values = curves.astype(np.float64)
+    if "accuracy" not in metric:
+        values = _on_scale(axes, [values])[0]
+    colours = _colours(len(rungs) + 1)
+    for stage in (-1, *range(len(rungs) + 1)):
+        chosen = np.flatnonzero(stopped == stage)
+        if not chosen.size:
+            continue
+        label, colour, width = ((f"stopped at epoch {rungs[stage]}", colours[stage], 0.8) if 0 <= stage < len(rungs)
+                                else ("ran to the end", colours[-1], 1.5) if stage == len(rungs) else
+                                ("diverged", "lightgrey", 0.6))
+        lines = axes.plot(values[:, chosen], color=colour, linewidth=width, alpha=0.9 if stage == len(rungs) else 0.5)
+        lines[0].set_label(f"{label} ({chosen.size} drawn)")
+    for rung in rungs:
+        axes.axvline(rung, color="grey", linestyle="--", linewidth=1)
+    axes.set_xlabel("epoch")
+    axes.set_ylabel(metric.replace("_", " "))
+    axes.set_title(f"successive halving by {metric.replace('_', ' ')}")
+    axes.legend(fontsize="small")
+    return figure
+
+
 def _colours(n: int) -> list:
     from matplotlib import colormaps
 
