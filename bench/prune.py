@@ -23,11 +23,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import numpy as np  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 
 from models import fastest  # noqa: E402  (bench/models.py: the fastest of a few repeats, after a warm-up)
 from runner import problem, schema  # noqa: E402
 from runner.descent.loop import descend  # noqa: E402
+from runner.descent.outcomes import PRUNED  # noqa: E402
 
 # name: (fixed overrides, batched sweeps, epochs)
 PROBLEMS = {
@@ -48,15 +50,12 @@ def batch(backend: str, fixed: list[str], sweeps: list[str], epochs: int, rungs:
         cfg = compose(config_name="config", overrides=[
             f"backend={backend}", f"epochs={epochs}", *fixed, *prune,
             "batch.sweep=[" + ",".join(f'"{s}"' for s in sweeps) + "]"])
-    prob, loop, engine, grid = problem.from_config(cfg)
-    return prob, loop, engine, grid
+    return problem.from_config(cfg)
 
 
 def best(result, grid) -> tuple[float, str]:
     """The lowest final loss of the points that ran to the end, and its setting."""
-    import numpy as np
-
-    loss = np.where(result.summary.outcome == "pruned", np.nan, result.summary.final_loss.astype(np.float64))
+    loss = np.where(result.summary.outcome == PRUNED, np.nan, result.summary.final_loss.astype(np.float64))
     loss = np.where(np.isfinite(loss), loss, np.nan)
     point = int(np.nanargmin(loss))
     return float(loss[point]), " ".join(grid.overrides(point))
@@ -68,7 +67,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--keep", type=float, default=1 / 3)
     parser.add_argument("--only", choices=sorted(PROBLEMS), help="one problem")
-    parser.add_argument("--early", action="store_true", help="rungs at E/27, E/9 and E/3 (a ninth of the work)")
+    parser.add_argument("--early", action="store_true", help="rungs at E/27, E/9 and E/3 (about an eighth of the work)")
     args = parser.parse_args()
     schema.register()
     fractions = (27, 9, 3) if args.early else (9, 3)
@@ -78,12 +77,15 @@ def main() -> None:
         if args.only and name != args.only:
             continue
         rungs = [epochs // f for f in fractions]
-        results = {}
+        descents, seconds = {}, {}
         for label, at in (("whole", []), ("pruned", rungs)):
             prob, loop, engine, grid = batch(args.backend, fixed, sweeps, epochs, at, args.keep)
-            seconds = fastest(lambda: results.__setitem__(label, descend(prob, engine, loop)), args.repeats)
-            results[label] = (results[label], seconds)
-        (whole, whole_s), (pruned, pruned_s) = results["whole"], results["pruned"]
+
+            def run() -> None:
+                descents[label] = descend(prob, engine, loop)
+
+            seconds[label] = fastest(run, args.repeats)
+        (whole, whole_s), (pruned, pruned_s) = (descents["whole"], seconds["whole"]), (descents["pruned"], seconds["pruned"])
         whole_best, whole_at = best(whole, grid)
         pruned_best, pruned_at = best(pruned, grid)
         print(f"\n{name}: {grid.count} points ({grid.name()}), {epochs} epochs, rungs {rungs}")

@@ -13,8 +13,8 @@ never pays for importing TensorFlow or PyTorch. Each engine module provides:
                                       indices) for models
     resolve_device(requested) -> str "cpu" | "cuda" | "auto" -> the device to use, or a
                                       ConfigError naming the backend
-    start(problem, resume=None)       the descent, ready to run (from `resume`, a State, where given:
-        -> Stepper                    a pruned batch carries on with its kept points so):
+    start(problem, resume=None)       the descent, ready to run, from `resume` (a State) where
+        -> Stepper                    given: a pruned batch carries on with its kept points so.
                                       `stepper(count)` computes the next
                                       `count` rows for every point of the batch and returns them
                                       as `Rows` on the host (fewer, once every point has
@@ -149,7 +149,7 @@ class Problem:
 
         constants = {name: taken(value) for name, value in self.loss.constants.items() if np.ndim(value)}
         hyperparameters = {name: taken(value) for name, value in self.optimizer.hyperparameters().items()}
-        schedule = self.schedule and dataclasses.replace(
+        schedule = None if self.schedule is None else dataclasses.replace(
             self.schedule, parameters={name: taken(value) for name, value in self.schedule.parameters.items()})
         return dataclasses.replace(
             self, loss=self.loss.with_constants(constants) if constants else self.loss, x_start=self.x_start[indices],

@@ -22,6 +22,7 @@ records in its one MLflow run (`point_records`, the batch's output for `runner.r
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import zipfile
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from omegaconf import DictConfig
 from runner import engines
 from runner.descent import outcomes, sharpness, theory
 from runner.descent.loop import Descent, evenly_spaced
+from runner.descent.pruning import Rung
 from runner.records import plots, seeds, tables
 from runner.records.recording import Records
 from runner.sweeps.points import Points
@@ -81,7 +83,7 @@ def point_records(cfg: DictConfig, problem: engines.Problem, grid: Points, resul
     kept = len(result.kept)
     lines = _lines(grid, summary, stability, kept, wall_time)
     if result.rungs:
-        rungs = {name: np.array([getattr(r, name) for r in result.rungs]) for name in ("epoch", "running", "kept", "best", "bar")}
+        rungs = {f.name: np.array([getattr(r, f.name) for r in result.rungs]) for f in dataclasses.fields(Rung)}
         files.append(tables.write_table(out_dir / "rungs.csv", rungs))
         summary["computed_fraction"] = result.computed / (grid.count * (cfg.epochs + 1))
         lines.append(_rungs_line(cfg.batch.prune.metric, result.rungs, summary["computed_fraction"]))
@@ -138,7 +140,6 @@ def pruning_figure(path: Path, metric: str, result: Descent, most: int = 300) ->
 def _rungs_line(metric: str, rungs: Any, fraction: float) -> str:
     """What the rungs of a pruned batch did.
 
-    >>> from runner.descent.pruning import Rung
     >>> print(_rungs_line("loss", [Rung(10, 90, 30, 0.5, 2.0), Rung(30, 30, 10, 0.01, 0.2)], 0.25))
     pruned by loss at epochs 10 (90 -> 30, bar 2), 30 (30 -> 10, bar 0.2): 25% of the whole grid's work (rungs.csv)
     """
