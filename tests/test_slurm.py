@@ -38,9 +38,20 @@ def start_sweep(*overrides: str, cwd: Path, url: str, slurm: dict) -> subprocess
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def finish(process: subprocess.Popen, timeout: float = 300) -> str:
+def finish(process: subprocess.Popen, slurm: dict, timeout: float = 300) -> str:
+    """All the sweep wrote, once it has ended; past `timeout`, a failure that shows what it had
+    written, Slurm's queue and the end of its daemons' logs."""
     try:
         return process.communicate(timeout=timeout)[0]
+    except subprocess.TimeoutExpired:
+        process.kill()
+        output = process.communicate()[0]
+        listed = subprocess.run(["squeue", "--array", "--states=all"], env=slurm, capture_output=True, text=True)
+        folder = Path(slurm["SLURM_CONF"]).parent
+        logs = "".join(f"\n--- {name} ---\n" + "".join((folder / name).read_text().splitlines(True)[-30:])
+                       for name in ("slurmctld.log", "slurmd.log") if (folder / name).exists())
+        pytest.fail(f"the sweep had not ended after {timeout:.0f} s; it wrote:\n{output[-3000:]}\n"
+                    f"--- squeue ---\n{listed.stdout}{logs}")
     finally:
         process.kill()
 
@@ -67,7 +78,7 @@ def test_a_sweep_lands_whole(tmp_path, server, slurm, postgres_uri):
     process = start_sweep("hydra.launcher.timeout_min=10", "backend=numpy,torch", "lr=0.1,0.3",
                           f"epochs={EPOCHS}", f"mlflow.experiment_name={experiment}", cwd=tmp_path, url=server,
                           slurm=slurm)
-    output = finish(process)
+    output = finish(process, slurm)
     assert process.returncode == 0, output[-3000:]
 
     client = MlflowClient(server)
@@ -152,7 +163,7 @@ def test_cancelled_jobs_and_jobs_at_their_time_limit_are_runs_with_their_reason(
         (victim,) = wait_for(running_hanging_job, "running job to cancel")
         job_id = f"{victim.data.tags['slurm_array_job_id']}_{victim.data.tags['slurm_array_task_id']}"
         subprocess.run(["scancel", job_id], env=slurm, check=True)
-        cancel_output, limit_output, pending_output = finish(cancelled), finish(limited), finish(pending)
+        cancel_output, limit_output, pending_output = (finish(p, slurm) for p in (cancelled, limited, pending))
     finally:
         for process in (cancelled, limited, pending):
             process.kill()
@@ -206,7 +217,7 @@ def test_ctrl_c_with_jobs_in_the_queue_cancels_them_all(tmp_path, server, slurm)
         array = runs_of(server, experiment)[0].data.tags["slurm_array_job_id"]
         assert sorted(line.split()[1] for line in queue(slurm, array)) == ["PENDING"] * 2 + ["RUNNING"] * 4
         process.send_signal(signal.SIGINT)
-        output = finish(process, timeout=120)
+        output = finish(process, slurm, timeout=120)
     finally:
         process.kill()
     assert process.returncode == 130, output[-3000:]
