@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import runs_of
+from mlflow import MlflowClient
 
+import runner
 from runner.descent.loop import Trajectory
 from runner.records import tracking
 
@@ -66,3 +69,30 @@ def test_a_long_run_logs_an_even_stride_with_the_first_and_last_step(store):
     steps = sorted(m.step for m in store.client.get_metric_history(run_id, "x"))
     assert len(steps) == 1001 and steps[0] == 0 and steps[-1] == n - 1
     assert set(np.diff(steps)) == {100}
+
+
+# Whole runs, through the Python API in this process (it records what the command line records:
+# tests/test_api.py).
+
+def test_the_store_and_experiment_from_config_keys(here, store_uri):
+    other = f"sqlite:///{here / 'other.db'}"
+    runner.run("epochs=2", f"mlflow.tracking_uri={other}", "mlflow.experiment_name=article")
+    assert runs_of(store_uri, "article") == [] and len(runs_of(other, "article")) == 1
+    assert (here / "mlartifacts").is_dir()  # beside other.db
+
+
+def test_a_long_run_keeps_every_epoch_in_the_csv_and_a_stride_in_mlflow(here, store_uri):
+    run = runner.run("epochs=100000", "lr=0.0001", "mlflow.max_logged_steps=1000")
+    client = MlflowClient(store_uri)
+    steps = sorted(m.step for m in client.get_metric_history(run.run_id, "loss"))
+    assert len(steps) == 1000 and (steps[0], steps[-1]) == (0, 100000)
+    local = client.download_artifacts(run.run_id, "trajectory.csv", str(here / "csv"))
+    assert sum(1 for _ in open(local)) == 1 + 100001
+
+
+def test_a_large_dim_run_logs_the_first_coordinates_and_the_norms(here, store_uri):
+    runner.run("dim=100000", "epochs=5", "lr=0.1")
+    (run,) = runs_of(store_uri)
+    names = set(run.data.metrics)
+    assert {"x/0", "x/9", "grad/9", "loss", "x_norm", "grad_norm"} <= names and "x/10" not in names
+    assert run.data.metrics["loss"] == pytest.approx(100000 * 25 * 0.8 ** 10, rel=1e-5)
