@@ -293,15 +293,18 @@ def reproduce(run_id, store_uri, cwd):
                           capture_output=True, text=True, timeout=300)
 
 
-def test_reproduce_a_sweep_on_every_backend_a_run_and_a_tampered_run(tmp_path, store_uri, capsys):
+def test_reproduce_a_sweep_on_every_backend_a_run_and_a_tampered_run(here, store_uri, capsys):
     """One grid over every backend (Adam, a seed), re-run bit for bit whole through another
     launcher than it ran on (joblib, then the command line's basic), one run of it alone, then a
-    logged value tampered with. Every run carries its provenance."""
+    logged value tampered with. Every run carries its provenance. The grid runs in this process
+    (through the Python API), which has the frameworks imported already."""
+    import runner
     from runner import reproduce as command
 
     installed = [b for b in BACKENDS if importlib.util.find_spec(FRAMEWORK_OF[b])]
-    assert run_cli(f"backend={','.join(installed)}", "loss=rosenbrock", "x_start=[-1.5,2]", "lr=0.001",
-                   "optimizer=adam", "seed=7", "epochs=30", cwd=tmp_path, store_uri=store_uri).returncode == 0
+    runner.sweep(f"backend={','.join(installed)}", "loss=rosenbrock", "x_start=[-1.5,2]", "lr=0.001",
+                 "optimizer=adam", "seed=7", "epochs=30")
+    capsys.readouterr()  # what the sweep said
     (parent,) = runs_of(store_uri, sweeps=True)
     runs = runs_of(store_uri)
     for run in runs:
