@@ -128,12 +128,17 @@ def assert_ended_at_time_limit(run, job_id: str, output: str) -> None:
     """A job at its time limit, whenever Slurm's signals came: Slurm sends SIGUSR2
     `signal_delay_s` (120 s) before the limit at one of its time checks (every 30 s), and the
     job, not requeued, ends FAILED saying so, whether its run existed then or not; where that
-    signal does not come before the limit (seen here both ways), Slurm's SIGTERM at the limit
-    ends the run KILLED, and the sweep hears TIMEOUT from Slurm."""
+    signal comes while the job's process starts, before it has taken the signal over, it ends
+    the process: the run is KILLED with Slurm's FAILED and srun's word for it; where that signal
+    does not come before the limit (seen here each way), Slurm's SIGTERM at the limit ends the
+    run KILLED, and the sweep hears TIMEOUT from Slurm."""
     error = run.data.tags.get("error", "")
     if run.info.status == "FAILED":
         assert error.startswith(f"TimeLimit: SLURM job {job_id} was warned of its time limit"), error
         assert "not requeued" in error
+    elif "FAILED" in error:  # the warning came while the job started, before it could take it (seen under load)
+        assert run.info.status == "KILLED" and error.startswith(
+            f"SLURM job {job_id} ended FAILED (NonZeroExitCode: SIGUSR2 ended it as it started: Slurm's warning"), error
     else:
         assert run.info.status == "KILLED" and error.startswith(f"SLURM job {job_id} ended TIMEOUT"), error
     assert error.split(":", 1)[-1].strip()[:60] in output
@@ -237,17 +242,24 @@ def test_the_wait_reads_slurm_s_silence_and_a_job_gone_before_it_ran(monkeypatch
     from runner.sweeps import cluster
 
     def job(job_id):
-        return SimpleNamespace(job_id=job_id, paths=SimpleNamespace(result_pickle=tmp_path / f"{job_id}.pkl"))
+        return SimpleNamespace(job_id=job_id, paths=SimpleNamespace(result_pickle=tmp_path / f"{job_id}.pkl",
+                                                                    stderr=tmp_path / f"{job_id}.err"))
 
-    answers = iter([None, {"7_0": ("RUNNING", "None")}, {"7_0": ("RUNNING", "None")}])
+    answers = iter([None, {"7_0": ("RUNNING", "None"), "7_2": ("RUNNING", "None")},
+                    {"7_0": ("RUNNING", "None"), "7_2": ("FAILED", "NonZeroExitCode")}])
 
     def fake_squeue(arrays):
-        found = next(answers, {"7_0": ("COMPLETED", "None")})
+        found = next(answers, {"7_0": ("COMPLETED", "None"), "7_2": ("FAILED", "NonZeroExitCode")})
         if found and found.get("7_0", ("",))[0] == "COMPLETED":
             (tmp_path / "7_0.pkl").touch()  # the running job writes its result
         return found
 
+    # Slurm's time-limit warning, due as the job starts, ended 7_2 before it could take it
+    (tmp_path / "7_2.err").write_text("srun: error: node1: task 0: User defined signal 2\n")
     monkeypatch.setattr(cluster, "squeue", fake_squeue)
-    ended = cluster.wait([job("7_0"), job("7_1")], poll_s=0)
-    assert list(ended) == ["7_1"]
+    ended = cluster.wait([job("7_0"), job("7_1"), job("7_2")], poll_s=0)
+    assert sorted(ended) == ["7_1", "7_2"]
     assert str(ended["7_1"]) == "SLURM job 7_1 ended CANCELLED (gone from the queue while PENDING) without a result"
+    assert str(ended["7_2"]) == ("SLURM job 7_2 ended FAILED (NonZeroExitCode: SIGUSR2 ended it as it started: "
+                                 "Slurm's warning of its time limit, sent hydra.launcher.signal_delay_s before "
+                                 "hydra.launcher.timeout_min, came before the job could take it) without a result")

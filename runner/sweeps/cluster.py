@@ -11,7 +11,8 @@ jobs exactly as Hydra's launcher does (`launch`), and then:
 - waits for every job: done when its result is written, or when Slurm (`squeue`, which needs no
   accounting) says it ended, or (local) when its process is gone;
 - a job that ended without a result is a lost job of the sweep (`JobEnded`), its error Slurm's
-  state and reason (`CANCELLED`, `TIMEOUT`, ...) or its process's end; the sweeper gives its run
+  state and reason (`CANCELLED`, `TIMEOUT`, ...; for `FAILED`, srun's word where a signal ended
+  its task) or its process's end; the sweeper gives its run
   that reason, or makes the run if the job never did (`runner.sweeps.record_lost_jobs`); a job
   whose result is an error raised outside its run (Slurm's time-limit warning before the run
   began) is a failed job with that error;
@@ -26,6 +27,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -269,11 +271,36 @@ def wait(jobs: Sequence[Any], poll_s: float = 1.0) -> dict[str, JobEnded]:
                     continue
             elif state not in ENDED:
                 continue
-            ended[job_id] = JobEnded(job_id, state, reason)
+            ended[job_id] = JobEnded(job_id, state, _with_what_srun_said(job, reason) if state == "FAILED" else reason)
             del waiting[job_id]
         if waiting:
             time.sleep(poll_s if time.monotonic() - started < 60 else 5.0)
     return ended
+
+
+# srun's line in a job's stderr log for a task that a signal ended ("srun: error: node1: task 0: Killed")
+_SRUN_ENDED = re.compile(r"^srun: error: \S+: tasks? [\d,-]+: (.+)$", re.MULTILINE)
+
+
+def _with_what_srun_said(job: Any, reason: str) -> str:
+    """Slurm's reason for a FAILED job, and how srun says its task ended where a signal ended it.
+
+    Slurm sends SIGUSR2 `hydra.launcher.signal_delay_s` before the time limit: when that is
+    already due as the job starts (a limit shorter than the delay), the signal can come before
+    the job has taken it over, and it ends the process. Slurm says only NonZeroExitCode."""
+    try:
+        said = _SRUN_ENDED.findall(Path(job.paths.stderr).read_text(errors="replace"))
+    except (AttributeError, OSError):
+        return reason
+    if not said:
+        return reason
+    how = said[-1].strip()
+    if how == "User defined signal 2":
+        how = ("SIGUSR2 ended it as it started: Slurm's warning of its time limit, sent hydra.launcher.signal_delay_s "
+               "before hydra.launcher.timeout_min, came before the job could take it")
+    else:
+        how = f"srun: {how}"
+    return how if reason in ("", "None") else f"{reason}: {how}"
 
 
 def cancel(jobs: Sequence[Any], patience_s: float = 300.0) -> None:
