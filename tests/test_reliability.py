@@ -98,15 +98,19 @@ def test_bad_input_is_one_clear_message_and_changes_nothing(tmp_path, used_store
     assert snapshot(used_store) == before
 
 
-def test_cuda_without_a_gpu_names_the_backend(tmp_path, used_store):
+def test_cuda_without_a_gpu_names_the_backend(tmp_path, used_store, monkeypatch):
+    """In this process, through the Python API (the command line's one line: bad input above)."""
     import torch
+
+    import runner
 
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU: device=cuda is allowed here")
     before = snapshot(used_store)
-    result = run_cli("backend=torch", "device=cuda", cwd=tmp_path, store_uri=used_store)
-    assert result.returncode != 0
-    assert "device=cuda: backend=torch sees no CUDA GPU" in result.stderr and "Traceback" not in result.stderr
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", used_store)
+    with pytest.raises(runner.ConfigError, match="device=cuda: backend=torch sees no CUDA GPU"):
+        runner.run("backend=torch", "device=cuda")
     assert snapshot(used_store) == before
 
 
