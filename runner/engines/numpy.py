@@ -117,12 +117,14 @@ def start(problem: Problem, resume: Optional[State] = None) -> Stepper:
             return Rows(xs[:done], ys[:done], grads[:done], norms[:done], _cut(measured, done))
 
     direction = None if resume is None else resume.direction  # the last measurement's eigenvectors: drawn at the first
+    exact_gradient = None  # float64, as the difference needs: bound at the first measurement, not at every start
 
     def measure_sharpness(iterations: int) -> np.ndarray:
         """The largest Hessian eigenvalue of each point at the current x: power iteration on central
         differences of the hand-written gradient, in float64."""
-        nonlocal direction
-        exact_gradient = problem.loss.gradient(OPS, problem.shape)  # float64, as the difference needs
+        nonlocal direction, exact_gradient
+        if exact_gradient is None:
+            exact_gradient = problem.loss.gradient(OPS, problem.shape)
         if direction is None:
             direction = sharpness.start(points, problem.shape, problem.seed)
         at = np.asarray(x, np.float64).reshape(points, *problem.shape)
