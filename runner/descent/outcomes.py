@@ -29,6 +29,7 @@ from runner.descent.sharpness import NAME as SHARPNESS
 from runner.engines import Rows, alive
 
 CONVERGED, NOT_CONVERGED, DIVERGED, PRUNED = "converged", "not_converged", "diverged", "pruned"
+OUTCOMES = (CONVERGED, NOT_CONVERGED, DIVERGED, PRUNED)  # in the order tables count them; pruned last, only in pruned batches
 
 # The summary quantities a run records (as metrics) and a batch (as columns of points.csv),
 # compared by runner.reproduce. A point leaves out steps_to_tolerance when it never got within

@@ -281,8 +281,7 @@ def summary_metrics(grid: Points, table: dict[str, Any], stability: dict[str, np
 
 def _outcomes(table: dict[str, Any]) -> tuple[str, ...]:
     """The outcomes a batch counts: pruned too, where it was pruned."""
-    counted = (outcomes.CONVERGED, outcomes.NOT_CONVERGED, outcomes.DIVERGED)
-    return (*counted, outcomes.PRUNED) if "pruned_at" in table else counted
+    return outcomes.OUTCOMES if "pruned_at" in table else outcomes.OUTCOMES[:-1]
 
 
 def _point_values(prefix: str, grid: Points, point: int) -> dict[str, float]:
@@ -356,8 +355,7 @@ def _bound(problem: engines.Problem, grid: Points) -> Optional[float]:
 def _lines(grid: Points, summary: dict[str, float], stability: dict[str, np.ndarray], kept: int,
            wall_time: float) -> list[str]:
     """The terminal's account of a batch: its outcomes, its best points, the stability bound."""
-    counted = (outcomes.CONVERGED, outcomes.NOT_CONVERGED, outcomes.DIVERGED, outcomes.PRUNED)
-    counts = ", ".join(f"{int(summary[k])} {k}" for k in counted if k in summary)
+    counts = ", ".join(f"{int(summary[k])} {k}" for k in outcomes.OUTCOMES if k in summary)
     lines = [f"{grid.count} points in {wall_time:.3g} s: {counts}"]
     for name, metric, prefix in (("best final loss", "best_final_loss", "best"), ("fastest rate", "fastest_rate", "fastest")):
         if metric in summary:

@@ -21,7 +21,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from runner import report
-from runner.descent.outcomes import CONVERGED, DIVERGED, NOT_CONVERGED, PRUNED, higher_is_better
+from runner.descent.outcomes import CONVERGED, DIVERGED, NOT_CONVERGED, OUTCOMES, PRUNED, higher_is_better
 from runner.records import plots, seeds, tables
 
 COLUMNS = ["backend", "optimizer", "loss", "batched", "points", CONVERGED, NOT_CONVERGED, DIVERGED, "best_final_loss",
@@ -100,14 +100,14 @@ def _row(batch: _Batch, batches: list[_Batch]) -> dict:
     return {
         "backend": r.params.get("backend", ""), "optimizer": r.params.get("optimizer", ""),
         "loss": tables.minimised(r.params), "batched": r.name.split(" ", 1)[-1] if " " in r.name else "",
-        "points": _int(m.get("points")), **{k: _int(m.get(k)) for k in (CONVERGED, NOT_CONVERGED, DIVERGED)},
+        "points": _int(m.get("points")), **{k: _int(m.get(k)) for k in OUTCOMES},
         **{k: m.get(k, "") for k in ("best_final_loss", "fastest_rate", "largest_stable_lr", "largest_stable_lr_theory",
                                      "wall_time_s")},
         **({"largest_stable_lr": f"{int(m['stability/within_one_step'])} of {int(m['stability/settings'])} "
                                  f"settings within one lr step"} if "stability/settings" in m else {}),
         "rate_vs_theory": _rate_vs_theory(batch), "parity": report.parity(batch, batches, _kept_x),
         OVER_SEEDS: seeds.describe(batch.spread(), batch.quantities()) if batch.seeds else "",
-        PRUNED: _int(m.get(PRUNED)), RUNGS: _rungs(batch),
+        RUNGS: _rungs(batch),
         "status": r.status, "run_id": r.run_id, "run_name": r.name, "error": r.tags.get("error", ""),
     }
 
