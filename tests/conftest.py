@@ -33,6 +33,22 @@ TEST_ENGINES = {"PYTHONPATH": f"{REPO}{os.pathsep}{FIXTURES}"}  # their engines'
 DEFAULTS = schema.defaults()  # conf/config.yaml's values: the one place the defaults live
 
 
+def composed(*overrides: str):
+    """The config of `python -m runner OVERRIDES`, as Hydra composes it."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(schema.CONF_DIR), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+def built(*overrides: str, backend: str = "numpy"):
+    """The problem, engine and loop of `python -m runner OVERRIDES`, on `backend`."""
+    from runner import problem
+
+    prob, loop_, engine, _ = problem.from_config(composed(*overrides, f"backend={backend}"))
+    return prob, engine, loop_
+
+
 def one_point(loss, x_start, optimizer, dtype: str, engine, diverge_above: Optional[float] = None) -> engines.Problem:
     """The problem of one run on `engine`'s CPU, its other settings the defaults."""
     return engines.single(loss, x_start, optimizer, dtype, engine.resolve_device("cpu"),

@@ -5,21 +5,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import backend_params
-from hydra import compose, initialize_config_dir
+from conftest import backend_params, composed
 
-from runner.app import CONF_DIR
 from runner.descent import theory
 from runner.descent.loop import descend
 from runner.problem import from_config
 
 # Sampled points of each batch: the first, the last, and one between.
 SAMPLES = (0, 23, -1)
-
-
-def composed(*overrides: str):
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
 
 
 def batch(*overrides: str, sweeps: list[str]):

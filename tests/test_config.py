@@ -6,18 +6,13 @@ import math
 from pathlib import Path
 
 import pytest
-from conftest import BACKENDS
+from conftest import BACKENDS, composed
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 
 from runner.__main__ import hydra_argv
 from runner.app import CONF_DIR, flat_params
 from runner.schema import ConfigError, check_ranges
-
-
-def composed(*overrides: str):
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
 
 
 def test_defaults_are_the_article():

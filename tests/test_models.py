@@ -8,8 +8,7 @@ import dataclasses
 
 import numpy as np
 import pytest
-from conftest import backend_params, loop
-from hydra import compose, initialize_config_dir
+from conftest import backend_params, built, composed, loop
 
 from runner import app, engines, problem
 from runner.descent import theory
@@ -19,17 +18,6 @@ from runner.errors import ConfigError
 from runner.problems import models
 from runner.problems.expressions import NUMPY_OPS
 from runner.sweeps import points
-
-
-def composed(*overrides: str):
-    with initialize_config_dir(config_dir=str(app.CONF_DIR), version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
-
-
-def built(*overrides: str, backend: str = "numpy"):
-    """The problem, engine and loop of `python -m runner OVERRIDES`, on `backend`'s CPU."""
-    prob, loop_, engine, _ = problem.from_config(composed(*overrides, f"backend={backend}"))
-    return prob, engine, loop_
 
 
 MODELS = {  # one of each kind of model: least squares, a sigmoid, a softmax, and networks of each

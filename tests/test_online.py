@@ -6,21 +6,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import backend_params
-from hydra import compose, initialize_config_dir
+from conftest import backend_params, built
 
-from runner import app, problem
 from runner.descent.loop import descend
 from runner.errors import ConfigError
 
 REDDI = ("loss=reddi", "x_start=0", "lr=0.01", "optimizer.beta1=0", "optimizer.beta2=0.1", "dtype=float64")
-
-
-def built(*overrides: str, backend: str = "numpy"):
-    with initialize_config_dir(config_dir=str(app.CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[*overrides, f"backend={backend}"])
-    prob, loop, engine, _ = problem.from_config(cfg)
-    return prob, engine, loop
 
 
 def by_hand(rule: str, cycles: int, C: float = 3.0, lr: float = 0.01, beta2: float = 0.1) -> np.ndarray:

@@ -8,10 +8,8 @@ import mlflow
 import numpy as np
 import pytest
 import torch
-from conftest import backend_params
-from hydra import compose, initialize_config_dir
+from conftest import backend_params, built
 
-from runner import app, problem
 from runner.descent import optimizers, schedules
 from runner.descent.loop import descend
 from runner.engines.numpy import OPS
@@ -25,13 +23,6 @@ SCHEDULES = {  # each schedule, its parameters set so that all of them act withi
     "wsd": ("schedule.warmup=3", "schedule.start=0.2", "schedule.decay=4", "schedule.floor=0.05"),
     "ramp": ("schedule.start=0.1", "schedule.end=2", "schedule.spacing=geometric"),
 }
-
-
-def built(*overrides: str, backend: str = "numpy"):
-    with initialize_config_dir(config_dir=str(app.CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[*overrides, f"backend={backend}"])
-    prob, loop, engine, _ = problem.from_config(cfg)
-    return prob, engine, loop
 
 
 def test_the_factors_are_torchs_schedulers():

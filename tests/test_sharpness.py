@@ -7,20 +7,11 @@ from __future__ import annotations
 import mlflow
 import numpy as np
 import pytest
-from conftest import backend_params
-from hydra import compose, initialize_config_dir
+from conftest import backend_params, built
 
-from runner import app, problem
 from runner.descent import sharpness
 from runner.descent.loop import descend
 from runner.errors import ConfigError
-
-
-def built(*overrides: str, backend: str = "numpy"):
-    with initialize_config_dir(config_dir=str(app.CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[*overrides, f"backend={backend}"])
-    prob, loop, engine, _ = problem.from_config(cfg)
-    return prob, engine, loop
 
 
 def measured(*overrides: str, backend: str) -> np.ndarray:
