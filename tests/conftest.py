@@ -37,6 +37,7 @@ def composed(*overrides: str):
     """The config of `python -m runner OVERRIDES`, as Hydra composes it."""
     from hydra import compose, initialize_config_dir
 
+    schema.register()  # as python -m runner does: conf/config.yaml's defaults list names the schema
     with initialize_config_dir(config_dir=str(schema.CONF_DIR), version_base="1.3"):
         return compose(config_name="config", overrides=list(overrides))
 
