@@ -10,7 +10,9 @@ never pays for importing TensorFlow or PyTorch. Each engine module provides:
                                       axis); maximum and where, elementwise (AMSGrad, Armijo);
                                       matmul, reshape, logsumexp, log_softmax and argmax (on the
                                       last axis; the index in v's dtype) and take (rows at
-                                      indices) for models
+                                      indices) for models; optionally dense(rows, weights,
+                                      biases, inputs, outputs), a model's layer where the
+                                      framework has a faster one than matmul's
     resolve_device(requested) -> str "cpu" | "cuda" | "auto" -> the device to use, or a
                                       ConfigError naming the backend
     start(problem, resume=None)       the descent, ready to run, from `resume` (a State) where

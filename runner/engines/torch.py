@@ -13,19 +13,37 @@ from typing import Optional
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from runner.descent import optimizers, sharpness
 from runner.engines import CHECK_EVERY, Problem, Rows, State, Stepper, alive, broadcast_shape, no_gpu, record
 
 FRAMEWORK = "torch"
 VERSION = torch.__version__
+
+
+def _dense(rows, weights, biases, inputs: int, outputs: int):
+    """A model's layer (`runner.problems.models`): rows @ weights + biases. For one point (a
+    model's run) it is `nn.Linear`'s: F.linear against the weights copied into its layout
+    (outputs x inputs), one `addmm`. Against x's own row-major layout, matmul broadcasts to
+    `bmm` and autograd's weight gradient is rowsᵀ·grad: together about 1.5x the time on the CPU
+    (bench/models.py). The sums run in another order: float32 results differ from matmul's in
+    their last bits."""
+    if weights.shape[:-1] != (1,) or rows.shape[:-2] not in ((), (1,)):  # a batch of points
+        scores = torch.matmul(rows, weights.reshape(*weights.shape[:-1], inputs, outputs))
+        return scores if biases is None else scores + biases.reshape(*biases.shape[:-1], 1, outputs)
+    layout = weights.reshape(inputs, outputs).t().contiguous()
+    return F.linear(rows.reshape(rows.shape[-2:]), layout, None if biases is None else biases.reshape(outputs))[None]
+
+
 OPS = {"sin": torch.sin, "cos": torch.cos, "tanh": torch.tanh, "exp": torch.exp,
        "log": torch.log, "sqrt": torch.sqrt, "abs": torch.abs, "maximum": torch.maximum, "where": torch.where,
        "pow": operator.pow, "sum": lambda v, axes: torch.sum(v, dim=axes),
        "stack": lambda parts: torch.stack(parts, dim=-1),
        "matmul": torch.matmul, "reshape": torch.reshape, "logsumexp": lambda v: torch.logsumexp(v, dim=-1),
        "take": lambda v, indices: v[indices],
-       "log_softmax": lambda v: torch.log_softmax(v, dim=-1), "argmax": lambda v: torch.argmax(v, dim=-1).to(v.dtype)}
+       "log_softmax": lambda v: torch.log_softmax(v, dim=-1), "argmax": lambda v: torch.argmax(v, dim=-1).to(v.dtype),
+       "dense": _dense}
 
 
 def resolve_device(requested: str) -> str:

@@ -155,20 +155,20 @@ class Model:
 
     def _scores(self, ops: Mapping[str, Callable]) -> Callable[[Any, Any], Any]:
         """(x (..., size), rows (n, features)) -> the scores (..., n, outputs): the forward pass."""
-        matmul, reshape = ops["matmul"], ops["reshape"]
+        dense = ops["dense"] if "dense" in ops else _dense(ops)
         # ReLU as a choice, not (z + |z|)/2 or max(z, 0): frameworks differ on |z|' and max' at 0
         # (JAX takes |0|' = 1), and a hidden unit at exactly 0 is common (a row whose units before are all 0)
         activate = ops["tanh"] if self.activation == "tanh" else (lambda z: ops["where"](z > 0, z, z * 0))
 
         def scores(x, x_rows):
-            lead, h = tuple(x.shape[:-1]), x_rows
+            h = x_rows
             for number, layer in enumerate(self.layers):
                 if number:
                     h = activate(h)
-                weights = x[..., layer.weights:layer.weights + layer.inputs * layer.outputs]
-                h = matmul(h, reshape(weights, (*lead, layer.inputs, layer.outputs)))
-                if layer.biases is not None:
-                    h = h + reshape(x[..., layer.biases:layer.biases + layer.outputs], (*lead, 1, layer.outputs))
+                size = layer.inputs * layer.outputs
+                weights = x if size == x.shape[-1] else x[..., layer.weights:layer.weights + size]
+                biases = None if layer.biases is None else x[..., layer.biases:layer.biases + layer.outputs]
+                h = dense(h, weights, biases, layer.inputs, layer.outputs)
             return h
 
         return scores
@@ -428,6 +428,21 @@ def from_config(cfg: Any, data: Dataset, batch_size: Optional[int] = None) -> Mo
         if activation not in ACTIVATIONS:
             raise ConfigError(f"model.activation={activation} is not allowed: {'|'.join(ACTIVATIONS)}")
     return Model(cfg.name, data, float(cfg.l2), None if batch_size == rows else batch_size, tuple(hidden), activation)
+
+
+def _dense(ops: Mapping[str, Callable]) -> Callable:
+    """A layer in any framework's operations: (rows (..., n, inputs), weights (..., inputs *
+    outputs), biases (..., outputs) or None, inputs, outputs) -> rows @ weights + biases, (..., n,
+    outputs), the weights row by row (inputs x outputs). An engine whose framework has a faster
+    layer gives its own as OPS["dense"] (PyTorch's: `nn.Linear`'s)."""
+    matmul, reshape = ops["matmul"], ops["reshape"]
+
+    def dense(rows, weights, biases, inputs, outputs):
+        lead = tuple(weights.shape[:-1])
+        scores = matmul(rows, reshape(weights, (*lead, inputs, outputs)))
+        return scores if biases is None else scores + reshape(biases, (*lead, 1, outputs))
+
+    return dense
 
 
 def _column(weights: Any) -> Any:
