@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import operator
 import os
+import sys
 from typing import Optional
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TF's C++ info and warnings off the console
@@ -21,9 +22,22 @@ import numpy as np  # noqa: E402
 
 from runner.records import chatter  # noqa: E402
 
-with chatter.held_back(chatter.TENSORFLOW_IMPORT):
-    import tensorflow as tf  # noqa: E402
-    import tensorflow.experimental.numpy as tnp  # noqa: E402
+# TensorFlow's import ends with an eager import of Keras' optimizers, for SavedModel's registry,
+# which no run uses: all of Keras 3, and with it scikit-learn, pandas and matplotlib.pyplot, about
+# 1.9 s of TensorFlow's 4.9 s here, in every TF job's process. A None in sys.modules makes that one
+# import fail at once, which TensorFlow's own try/except passes over; afterwards Keras imports as
+# usual, for whoever asks for it (tf.keras is TensorFlow's lazy loader).
+_SKIPPED = "keras.src.optimizers"
+_skip = _SKIPPED not in sys.modules
+if _skip:
+    sys.modules[_SKIPPED] = None
+try:
+    with chatter.held_back(chatter.TENSORFLOW_IMPORT):
+        import tensorflow as tf  # noqa: E402
+        import tensorflow.experimental.numpy as tnp  # noqa: E402
+finally:
+    if _skip and sys.modules.get(_SKIPPED, 0) is None:
+        del sys.modules[_SKIPPED]
 
 from runner.descent import optimizers, sharpness  # noqa: E402
 from runner.engines import Problem, Rows, State, Stepper, alive, broadcast_shape, no_gpu, record  # noqa: E402
