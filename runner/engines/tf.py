@@ -22,22 +22,21 @@ import numpy as np  # noqa: E402
 
 from runner.records import chatter  # noqa: E402
 
-# TensorFlow's import ends with an eager import of Keras' optimizers, for SavedModel's registry,
-# which no run uses: all of Keras 3, and with it scikit-learn, pandas and matplotlib.pyplot, about
-# 1.9 s of TensorFlow's 4.9 s here, in every TF job's process. A None in sys.modules makes that one
-# import fail at once, which TensorFlow's own try/except passes over; afterwards Keras imports as
-# usual, for whoever asks for it (tf.keras is TensorFlow's lazy loader).
-_SKIPPED = "keras.src.optimizers"
-_skip = _SKIPPED not in sys.modules
-if _skip:
-    sys.modules[_SKIPPED] = None
+# What TensorFlow's import brings in that no run uses, about 2.4 s of its 4.9 s here, in every TF
+# job's process: Keras' optimizers, imported eagerly for SavedModel's registry (all of Keras 3, and
+# with it scikit-learn, pandas and matplotlib.pyplot), and JAX, for TFLite's converter. A None in
+# sys.modules makes each import fail at once, which TensorFlow's own try/except passes over;
+# afterwards both import as usual, for whoever asks for them (tf.keras is TensorFlow's lazy loader).
+_UNUSED = tuple(name for name in ("keras.src.optimizers", "jax") if name not in sys.modules)
+sys.modules.update(dict.fromkeys(_UNUSED))
 try:
     with chatter.held_back(chatter.TENSORFLOW_IMPORT):
         import tensorflow as tf  # noqa: E402
         import tensorflow.experimental.numpy as tnp  # noqa: E402
 finally:
-    if _skip and sys.modules.get(_SKIPPED, 0) is None:
-        del sys.modules[_SKIPPED]
+    for _name in _UNUSED:
+        if _name in sys.modules and sys.modules[_name] is None:
+            del sys.modules[_name]
 
 from runner.descent import optimizers, sharpness  # noqa: E402
 from runner.engines import Problem, Rows, State, Stepper, alive, broadcast_shape, no_gpu, record  # noqa: E402
