@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 
-from models import fastest  # noqa: E402  (bench/models.py: the fastest of a few repeats, after a warm-up)
+from models import fastest  # noqa: E402  (bench/models.py: the fastest of a few repeats each, taking turns)
 from runner import problem, schema  # noqa: E402
 from runner.descent.loop import descend  # noqa: E402
 from runner.descent.outcomes import PRUNED  # noqa: E402
@@ -77,14 +77,15 @@ def main() -> None:
         if args.only and name != args.only:
             continue
         rungs = [epochs // f for f in fractions]
-        descents, seconds = {}, {}
+        descents, runs = {}, {}
         for label, at in (("whole", []), ("pruned", rungs)):
             prob, loop, engine, grid = batch(args.backend, fixed, sweeps, epochs, at, args.keep)
 
-            def run() -> None:
+            def run(label=label, prob=prob, engine=engine, loop=loop) -> None:
                 descents[label] = descend(prob, engine, loop)
 
-            seconds[label] = fastest(run, args.repeats)
+            runs[label] = run
+        seconds = fastest(runs, args.repeats)
         (whole, whole_s), (pruned, pruned_s) = (descents["whole"], seconds["whole"]), (descents["pruned"], seconds["pruned"])
         whole_best, whole_at = best(whole, grid)
         pruned_best, pruned_at = best(pruned, grid)

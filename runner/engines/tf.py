@@ -26,7 +26,8 @@ from runner.records import chatter  # noqa: E402
 # job's process: Keras' optimizers, imported eagerly for SavedModel's registry (all of Keras 3, and
 # with it scikit-learn, pandas and matplotlib.pyplot), and JAX, for TFLite's converter. A None in
 # sys.modules makes each import fail at once, which TensorFlow's own try/except passes over;
-# afterwards both import as usual, for whoever asks for them (tf.keras is TensorFlow's lazy loader).
+# afterwards both import as usual, for whoever asks for them (tf.keras is TensorFlow's lazy loader);
+# only TFLite's conversion of JAX functions stays off in a process that imported this engine first.
 _UNUSED = tuple(name for name in ("keras.src.optimizers", "jax") if name not in sys.modules)
 sys.modules.update(dict.fromkeys(_UNUSED))
 try:

@@ -17,9 +17,13 @@ import torch.nn.functional as F
 
 from runner.descent import optimizers, sharpness
 from runner.engines import CHECK_EVERY, Problem, Rows, State, Stepper, alive, broadcast_shape, no_gpu, record
+from runner.problems.models import dense_by_matmul
 
 FRAMEWORK = "torch"
 VERSION = torch.__version__
+
+
+_dense_by_matmul = dense_by_matmul({"matmul": torch.matmul, "reshape": torch.reshape})
 
 
 def _dense(rows, weights, biases, inputs: int, outputs: int):
@@ -30,8 +34,7 @@ def _dense(rows, weights, biases, inputs: int, outputs: int):
     (bench/models.py). The sums run in another order: float32 results differ from matmul's in
     their last bits."""
     if weights.shape[:-1] != (1,) or rows.shape[:-2] not in ((), (1,)):  # a batch of points
-        scores = torch.matmul(rows, weights.reshape(*weights.shape[:-1], inputs, outputs))
-        return scores if biases is None else scores + biases.reshape(*biases.shape[:-1], 1, outputs)
+        return _dense_by_matmul(rows, weights, biases, inputs, outputs)
     layout = weights.reshape(inputs, outputs).t().contiguous()
     return F.linear(rows.reshape(rows.shape[-2:]), layout, None if biases is None else biases.reshape(outputs))[None]
 

@@ -155,7 +155,7 @@ class Model:
 
     def _scores(self, ops: Mapping[str, Callable]) -> Callable[[Any, Any], Any]:
         """(x (..., size), rows (n, features)) -> the scores (..., n, outputs): the forward pass."""
-        dense = ops["dense"] if "dense" in ops else _dense(ops)
+        dense = ops["dense"] if "dense" in ops else dense_by_matmul(ops)
         # ReLU as a choice, not (z + |z|)/2 or max(z, 0): frameworks differ on |z|' and max' at 0
         # (JAX takes |0|' = 1), and a hidden unit at exactly 0 is common (a row whose units before are all 0)
         activate = ops["tanh"] if self.activation == "tanh" else (lambda z: ops["where"](z > 0, z, z * 0))
@@ -430,7 +430,7 @@ def from_config(cfg: Any, data: Dataset, batch_size: Optional[int] = None) -> Mo
     return Model(cfg.name, data, float(cfg.l2), None if batch_size == rows else batch_size, tuple(hidden), activation)
 
 
-def _dense(ops: Mapping[str, Callable]) -> Callable:
+def dense_by_matmul(ops: Mapping[str, Callable]) -> Callable:
     """A layer in any framework's operations: (rows (..., n, inputs), weights (..., inputs *
     outputs), biases (..., outputs) or None, inputs, outputs) -> rows @ weights + biases, (..., n,
     outputs), the weights row by row (inputs x outputs). An engine whose framework has a faster
