@@ -7,6 +7,7 @@ import getpass
 import importlib.util
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -108,6 +109,19 @@ def here(tmp_path, store_uri, monkeypatch) -> Path:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store_uri)
     return tmp_path
+
+
+@pytest.fixture
+def interruptible() -> Iterator[None]:
+    """The processes this test starts take Ctrl-C (SIGINT) as a terminal's do. A shell's background
+    job (`make test &`) starts with SIGINT ignored, every process it starts inherits that, and a
+    Python started so never raises KeyboardInterrupt: the test's Ctrl-C would go unheard. A handler
+    is not inherited, so under this one the processes started get SIGINT's default."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @pytest.fixture(scope="session")

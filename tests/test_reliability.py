@@ -207,7 +207,7 @@ def test_a_job_whose_process_dies_does_not_sink_the_sweep(tmp_path, store_uri, c
 # --- 3. interrupts ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_an_interrupted_sweep_ends_its_runs_killed(tmp_path, store_uri, sig, code):
+def test_an_interrupted_sweep_ends_its_runs_killed(tmp_path, store_uri, interruptible, sig, code):
     env = {**os.environ, **TEST_ENGINES, "MLFLOW_TRACKING_URI": store_uri}
     process = subprocess.Popen([sys.executable, "-m", "runner", TEST_BACKENDS, "backend=hanging",
                                 "lr=0.1,0.3"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,

@@ -211,7 +211,7 @@ def test_cancelled_jobs_and_jobs_at_their_time_limit_are_runs_with_their_reason(
     assert never.data.tags["error"] in pending_output
 
 
-def test_ctrl_c_with_jobs_in_the_queue_cancels_them_all(tmp_path, server, slurm):
+def test_ctrl_c_with_jobs_in_the_queue_cancels_them_all(tmp_path, server, slurm, interruptible):
     """Six jobs on four CPUs: four running, two queued, when the user presses Ctrl-C."""
     experiment = "slurm-interrupt"
     process = start_sweep("backend=hanging", "lr=0.1,0.2,0.3,0.4,0.5,0.6", f"mlflow.experiment_name={experiment}",
