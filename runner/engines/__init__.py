@@ -65,6 +65,13 @@ RECORDED = 10
 # diverged, and stop then (a check every step would cost a device synchronisation each time).
 CHECK_EVERY = 256
 
+# An engine that steps in Python measures a model (`Problem.measure`) for many epochs at once,
+# after their steps: at most this many epochs (on digits, 16 to 64 epochs cost the least per epoch
+# on the CPU, about a fifth of one evaluation an epoch; more leave the cache), and at most this
+# many bytes of their x and of the model's working memory.
+MEASURE_EPOCHS = 64
+MEASURE_BYTES = 64 * 2**20
+
 
 @dataclass(frozen=True)
 class Problem:
@@ -106,6 +113,15 @@ class Problem:
         """(x, loss) -> a tuple of `measure_names`' values, one per point each, in the framework's
         operations; None where the loss measures nothing."""
         return self.loss.measure(ops, convert)
+
+    def measure_span(self, itemsize: int) -> int:
+        """How many epochs an engine that steps in Python measures in one evaluation, after their
+        steps: from 1 to MEASURE_EPOCHS, as many as MEASURE_BYTES holds of their x and of the
+        model's working memory. One evaluation of many epochs is the same few dozen operations as
+        one of a single epoch: in PyTorch those were a quarter of a model's epoch on digits."""
+        working = getattr(self.loss, "working_bytes", lambda points, itemsize, per_point_rows: 0)
+        each = self.points * (int(np.prod(self.shape)) * itemsize + working(1, itemsize, False))
+        return int(min(MEASURE_EPOCHS, max(1, MEASURE_BYTES // each)))
 
     def minimum(self) -> Optional[np.ndarray]:
         """The loss's minimum f* for each point where an update rule reads it (Polyak's), else None."""

@@ -27,16 +27,26 @@ _dense_by_matmul = dense_by_matmul({"matmul": torch.matmul, "reshape": torch.res
 
 
 def _dense(rows, weights, biases, inputs: int, outputs: int):
-    """A model's layer (`runner.problems.models`): rows @ weights + biases. For one point (a
-    model's run) it is `nn.Linear`'s: F.linear against the weights copied into its layout
-    (outputs x inputs), one `addmm`. Against x's own row-major layout, matmul broadcasts to
-    `bmm` and autograd's weight gradient is rowsᵀ·grad: together about 1.5x the time on the CPU
-    (bench/models.py). The sums run in another order: float32 results differ from matmul's in
-    their last bits."""
-    if weights.shape[:-1] != (1,) or rows.shape[:-2] not in ((), (1,)):  # a batch of points
+    """A model's layer (`runner.problems.models`): rows @ weights + biases, the weights of each
+    point row by row (inputs x outputs).
+
+    For one point (a model's run) it is `nn.Linear`'s: F.linear against the weights copied into
+    its layout (outputs x inputs), one `addmm`. Against x's own row-major layout, matmul broadcasts
+    to `bmm` and autograd's weight gradient is rowsᵀ·grad: together about 1.5x the time on the CPU
+    (bench/models.py). For many points against the same rows (a batch's first layer, a model's
+    measures of many epochs) it is one `mm` against every point's weights side by side, about 5x
+    faster than matmul's broadcast `bmm` on digits. The sums run in another order: float32
+    results differ from matmul's in their last bits."""
+    lead = tuple(weights.shape[:-1])
+    if lead == (1,) and rows.shape[:-2] in ((), (1,)):
+        layout = weights.reshape(inputs, outputs).t().contiguous()
+        return F.linear(rows.reshape(rows.shape[-2:]), layout, None if biases is None else biases.reshape(outputs))[None]
+    if rows.dim() != 2:  # each point its own rows: a network's later layers in a batch, mini-batches over seeds
         return _dense_by_matmul(rows, weights, biases, inputs, outputs)
-    layout = weights.reshape(inputs, outputs).t().contiguous()
-    return F.linear(rows.reshape(rows.shape[-2:]), layout, None if biases is None else biases.reshape(outputs))[None]
+    count, n = weights[..., 0].numel(), rows.shape[0]
+    side = weights.reshape(count, inputs, outputs).permute(1, 0, 2).reshape(inputs, count * outputs)
+    scores = torch.mm(rows, side).reshape(n, count, outputs).permute(1, 0, 2).reshape(*lead, n, outputs)
+    return scores if biases is None else scores + biases.reshape(*lead, 1, outputs)
 
 
 OPS = {"sin": torch.sin, "cos": torch.cos, "tanh": torch.tanh, "exp": torch.exp,
@@ -80,6 +90,7 @@ def start(problem: Problem, resume: Optional[State] = None) -> Stepper:
 
     row = problem.shape if head is None else (head,)
     measure = problem.measure(OPS, convert)
+    span = problem.measure_span(torch.finfo(dt).bits // 8)
     batch_value = problem.loss.batch_objective(OPS, convert) if problem.loss.batch_size else None
     epoch = 0 if resume is None else resume.epoch  # of the next row: each epoch's mini-batches are drawn from it
 
@@ -99,6 +110,18 @@ def start(problem: Problem, resume: Optional[State] = None) -> Stepper:
         norms = None if head is None else torch.empty((count, problem.points, 2), dtype=dt, device=device)
         measured = torch.empty((count, problem.points, len(problem.measure_names)), dtype=dt, device=device) \
             if measure else None
+        # A model's measures (validation loss, ...) of many epochs in one evaluation, after their steps:
+        # each epoch's x is held until then (`held`, `span` epochs), and the rows from `unmeasured` on
+        held = torch.empty((span, problem.points, *problem.shape), dtype=dt, device=device) if measure else None
+        unmeasured = 0
+
+        def measure_held(last: int):
+            nonlocal unmeasured
+            with torch.no_grad():
+                measured[unmeasured:last] = torch.stack(
+                    measure(held[:last - unmeasured], losses[unmeasured:last]), dim=-1)
+            unmeasured = last
+
         done = count
         for block in range(0, count, CHECK_EVERY):
             for k in range(block, min(block + CHECK_EVERY, count)):
@@ -110,7 +133,9 @@ def start(problem: Problem, resume: Optional[State] = None) -> Stepper:
                     else:
                         xs[k], losses[k], grads[k], norms[k, :, 0], norms[k, :, 1] = record(x, y, grad, head, norm)
                     if measure:
-                        measured[k] = torch.stack(measure(x, y), dim=-1)
+                        held[k - unmeasured] = x
+                if measure and k + 1 - unmeasured == span:
+                    measure_held(k + 1)
                 scheduled = {} if rates is None else {"lr": rates[k]}
                 if batch_value:  # an epoch of mini-batch steps (after the last row: discarded)
                     for batch, weight in zip(indices[k], weights[k]):
@@ -120,6 +145,8 @@ def start(problem: Problem, resume: Optional[State] = None) -> Stepper:
                 else:
                     x, state = update(grad, state, x.detach(), **scheduled)  # after the last row: discarded
                     x.requires_grad_()
+            if measure and unmeasured < k + 1:
+                measure_held(k + 1)
             if not alive(xs[k].cpu().numpy(), losses[k].cpu().numpy(), problem.diverge_above).any():
                 done = k + 1  # every point has diverged
                 break
