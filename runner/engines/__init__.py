@@ -66,10 +66,10 @@ RECORDED = 10
 CHECK_EVERY = 256
 
 # An engine that steps in Python measures a model (`Problem.measure`) for many epochs at once,
-# after their steps: at most this many epochs (on digits, 16 to 64 epochs cost the least per epoch
-# on the CPU, about a fifth of one evaluation an epoch; more leave the cache), and at most this
-# many bytes of their x and of the model's working memory.
-MEASURE_EPOCHS = 64
+# after their steps: at most this many epochs (on digits, 16 to 64 cost the least per epoch on the
+# CPU, a fifth to a third of one evaluation an epoch, and 32 the least between the steps: more
+# leave the cache), and at most this many bytes of their x and of the model's working memory.
+MEASURE_EPOCHS = 32
 MEASURE_BYTES = 64 * 2**20
 
 

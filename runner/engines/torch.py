@@ -34,7 +34,7 @@ def _dense(rows, weights, biases, inputs: int, outputs: int):
     its layout (outputs x inputs), one `addmm`. Against x's own row-major layout, matmul broadcasts
     to `bmm` and autograd's weight gradient is rowsᵀ·grad: together about 1.5x the time on the CPU
     (bench/models.py). For many points against the same rows (a batch's first layer, a model's
-    measures of many epochs) it is one `mm` against every point's weights side by side, about 5x
+    measures of many epochs) it is one `addmm` against every point's weights side by side, about 5x
     faster than matmul's broadcast `bmm` on digits. The sums run in another order: float32
     results differ from matmul's in their last bits."""
     lead = tuple(weights.shape[:-1])
@@ -45,8 +45,8 @@ def _dense(rows, weights, biases, inputs: int, outputs: int):
         return _dense_by_matmul(rows, weights, biases, inputs, outputs)
     count, n = weights[..., 0].numel(), rows.shape[0]
     side = weights.reshape(count, inputs, outputs).permute(1, 0, 2).reshape(inputs, count * outputs)
-    scores = torch.mm(rows, side).reshape(n, count, outputs).permute(1, 0, 2).reshape(*lead, n, outputs)
-    return scores if biases is None else scores + biases.reshape(*lead, 1, outputs)
+    scores = torch.mm(rows, side) if biases is None else torch.addmm(biases.reshape(count * outputs), rows, side)
+    return scores.reshape(n, count, outputs).permute(1, 0, 2).reshape(*lead, n, outputs)
 
 
 OPS = {"sin": torch.sin, "cos": torch.cos, "tanh": torch.tanh, "exp": torch.exp,
