@@ -63,8 +63,7 @@ def from_config(cfg: DictConfig) -> tuple[engines.Problem, Loop, ModuleType, Opt
     keep_bytes = cfg.batch.trajectory_mb * 2**20 if grid else None
     if grid:  # before any array of the batch is made
         itemsize = np.dtype(cfg.dtype.value).itemsize
-        working = loss.working_bytes(grid.count, itemsize, seeds is not None) if isinstance(loss, models.Model) else 0
-        _check_memory(grid, shape, itemsize, keep_bytes, working)
+        _check_memory(grid, shape, itemsize, keep_bytes, loss.working_bytes(grid.count, itemsize, seeds is not None))
     if starts is None:  # a model's: each seed's initial weights, drawn once per seed
         unique, each = np.unique(seeds if seeds is not None else [cfg.seed], return_inverse=True)
         starts = np.stack([loss.initial(int(s)) for s in unique])[each]

@@ -119,8 +119,7 @@ class Problem:
         steps: from 1 to MEASURE_EPOCHS, as many as MEASURE_BYTES holds of their x and of the
         model's working memory. One evaluation of many epochs is the same few dozen operations as
         one of a single epoch: in PyTorch those were a quarter of a model's epoch on digits."""
-        working = getattr(self.loss, "working_bytes", lambda points, itemsize, per_point_rows: 0)
-        each = self.points * (int(np.prod(self.shape)) * itemsize + working(1, itemsize, False))
+        each = self.points * (int(np.prod(self.shape)) * itemsize + self.loss.working_bytes(1, itemsize, False))
         return int(min(MEASURE_EPOCHS, max(1, MEASURE_BYTES // each)))
 
     def minimum(self) -> Optional[np.ndarray]:

@@ -130,6 +130,10 @@ class Loss:
     def measure(self, ops: Mapping[str, Callable], convert: Optional[Callable] = None) -> Optional[Callable]:
         return None
 
+    def working_bytes(self, points: int, itemsize: int, per_point_rows: bool) -> int:
+        """Bytes a step holds beyond x (a model's layers over its rows): nothing to speak of here."""
+        return 0
+
     def with_constants(self, values: Mapping[str, Any]) -> "Loss":
         """The same loss with some constants replaced (by numbers, or arrays of one per point)."""
         return dataclasses.replace(self, constants={**self.constants, **values})
