@@ -111,8 +111,9 @@ def start(problem: Problem, resume: Optional[State] = None) -> Stepper:
         measured = torch.empty((count, problem.points, len(problem.measure_names)), dtype=dt, device=device) \
             if measure else None
         # A model's measures (validation loss, ...) of many epochs in one evaluation, after their steps:
-        # each epoch's x is held until then (`held`, `span` epochs), and the rows from `unmeasured` on
-        held = torch.empty((span, problem.points, *problem.shape), dtype=dt, device=device) if measure else None
+        # each epoch's x is held until then (`held`, `span` epochs at most), and the rows from `unmeasured` on
+        held = torch.empty((min(span, count), problem.points, *problem.shape), dtype=dt, device=device) \
+            if measure else None
         unmeasured = 0
 
         def measure_held(last: int):
