@@ -76,6 +76,22 @@ def test_every_framework_trains_the_same_model(backend, kind, batch_size, dtypes
         np.testing.assert_allclose(other.x, reference.x, rtol=rtol, atol=rtol * np.abs(reference.x).max())
 
 
+@pytest.mark.parametrize("backend", backend_params(("torch",)))
+@pytest.mark.parametrize("kind", ["softmax", "mlp_softmax"])
+def test_measures_taken_many_epochs_at_once_are_each_epochs(backend, kind):
+    """PyTorch measures a model's epochs MEASURE_EPOCHS at a time, after their steps: over pieces
+    that end mid-span, each epoch's measures are NumPy's, which measures every epoch."""
+    rows = {}
+    for b in ("numpy", backend):
+        prob, engine, _ = built(*MODELS[kind], "dtype=float64", backend=b)
+        assert b == "numpy" or 1 < prob.measure_span(8) < 45
+        step = engine.start(prob)
+        rows[b] = [step(45), step(26)]  # a span and part of the next, then the rest of that and more
+    for ours, theirs in zip(rows[backend], rows["numpy"]):
+        assert ours.measured.shape == theirs.measured.shape
+        np.testing.assert_allclose(ours.measured, theirs.measured, rtol=1e-10)
+
+
 def test_mini_batch_sgd_is_the_loop_written_by_hand():
     """Three epochs of batch_size=100 on breast cancer (455 rows: four full batches and one of
     55), each epoch's order NumPy's permutation from (seed, epoch), against the loop a user writes."""

@@ -65,10 +65,11 @@ RECORDED = 10
 # diverged, and stop then (a check every step would cost a device synchronisation each time).
 CHECK_EVERY = 256
 
-# An engine that steps in Python measures a model (`Problem.measure`) for many epochs at once,
-# after their steps: at most this many epochs (on digits, 16 to 64 cost the least per epoch on the
-# CPU, a fifth to a third of one evaluation an epoch, and 32 the least between the steps: more
-# leave the cache), and at most this many bytes of their x and of the model's working memory.
+# PyTorch's engine, which steps in Python, measures a model (`Problem.measure`) for many epochs at
+# once, after their steps (TensorFlow's and JAX's measure inside their compiled loops): at most this
+# many epochs (on digits, 16 to 64 cost the least per epoch on the CPU, a fifth to a third of one
+# evaluation an epoch, and 32 the least between the steps: more leave the cache), and at most this
+# many bytes of their x and of the model's working memory.
 MEASURE_EPOCHS = 32
 MEASURE_BYTES = 64 * 2**20
 
@@ -115,10 +116,10 @@ class Problem:
         return self.loss.measure(ops, convert)
 
     def measure_span(self, itemsize: int) -> int:
-        """How many epochs an engine that steps in Python measures in one evaluation, after their
-        steps: from 1 to MEASURE_EPOCHS, as many as MEASURE_BYTES holds of their x and of the
-        model's working memory. One evaluation of many epochs is the same few dozen operations as
-        one of a single epoch: in PyTorch those were a quarter of a model's epoch on digits."""
+        """How many epochs PyTorch's engine measures in one evaluation, after their steps: from 1
+        to MEASURE_EPOCHS, as many as MEASURE_BYTES holds of their x and of the model's working
+        memory. One evaluation of many epochs is the same few dozen operations as one of a single
+        epoch, which were a quarter of a model's epoch on digits."""
         each = self.points * (int(np.prod(self.shape)) * itemsize + self.loss.working_bytes(1, itemsize, False))
         return int(min(MEASURE_EPOCHS, max(1, MEASURE_BYTES // each)))
 
