@@ -196,6 +196,7 @@ def test_cancelled_jobs_and_jobs_at_their_time_limit_are_runs_with_their_reason(
     for run in runs.values():
         tags = run.data.tags
         assert tags["mlflow.parentRunId"] == parent.info.run_id and tags["config_hash"]
+        assert "slurm_array_job_id" in tags, (run.info.status, tags)
         assert_ended_at_time_limit(run, f"{tags['slurm_array_job_id']}_{tags['slurm_array_task_id']}", limit_output)
     assert runs["0.05"].data.tags["job_num"] == "0" and runs["0.05"].info.run_name == "hanging-sgd-square-lr0.05"
 
@@ -263,3 +264,43 @@ def test_the_wait_reads_slurm_s_silence_and_a_job_gone_before_it_ran(monkeypatch
     assert str(ended["7_2"]) == ("SLURM job 7_2 ended FAILED (NonZeroExitCode: SIGUSR2 ended it as it started: "
                                  "Slurm's warning of its time limit, sent hydra.launcher.signal_delay_s before "
                                  "hydra.launcher.timeout_min, came before the job could take it) without a result")
+
+
+def test_a_job_that_raised_around_its_run_is_named_by_its_slurm_ids(tmp_path):
+    """Without a cluster, submitit's own reading of a job's error result: Slurm's time-limit
+    warning, come while Hydra was composing the job's config (before the run could take it), is a
+    TimeLimit even where Hydra's error wraps submitit's; any other error raised around the run
+    is said by the traceback's last line. Either way the run the sweeper makes carries the job's
+    ids, as the job's own run would."""
+    from submitit.core import utils
+    from submitit.slurm.slurm import SlurmJob
+
+    from runner.sweeps import cluster
+
+    def failed_with(job_id, trace):
+        job = SlurmJob(tmp_path, job_id)
+        utils.cloudpickle_dump(("error", trace), job.paths.result_pickle)
+        with pytest.raises(utils.FailedJobError) as raised:
+            job.results()
+        return cluster._outside_the_run(job, raised.value, slurm=True)
+
+    warned = failed_with("7_0", """Traceback (most recent call last):
+  File "submitit/core/job_environment.py", line 227, in checkpoint_and_try_requeue
+    raise utils.UncompletedJobError(message)
+submitit.core.utils.UncompletedJobError: Job not requeued because: timed-out too many times.
+
+The above exception was the direct cause of the following exception:
+
+Traceback (most recent call last):
+  File "hydra/_internal/config_loader_impl.py", line 216, in _load_configuration_impl
+hydra.errors.ConfigCompositionException: Error merging 'backend=hanging'
+""")
+    assert isinstance(warned, cluster.TimeLimit) and warned.run_tags() == {
+        "slurm_array_job_id": "7", "slurm_array_task_id": "0"}
+    assert str(warned) == ("SLURM job 7_0 was warned of its time limit before its run began, and not requeued "
+                           "(hydra.launcher.max_num_timeout): Job not requeued because: timed-out too many times.")
+
+    other = failed_with("7_1", 'Traceback (most recent call last):\n  File "x.py", line 1, in <module>\n'
+                               "OSError: [Errno 28] No space left on device\n")
+    assert type(other) is cluster.JobFailed and other.run_tags() == {"slurm_array_job_id": "7", "slurm_array_task_id": "1"}
+    assert str(other) == "SLURM job 7_1 raised outside its run: OSError: [Errno 28] No space left on device"

@@ -78,9 +78,9 @@ def handle_signals() -> None:
         signal.signal(signal.SIGUSR2, functools.partial(_near_time_limit, submitit_handler))
 
 
-class TimeLimit(RuntimeError):
-    """A Slurm job signalled before its time limit, and not requeued; `tags` name the job, for
-    the run the sweeper makes when the signal came before the job had made its own."""
+class JobFailed(RuntimeError):
+    """A job that raised before it had made its run, or in the code around it (Hydra's,
+    submitit's); `tags` name the job, for the run the sweeper makes for it."""
 
     def __init__(self, message: str, tags: Optional[dict[str, str]] = None) -> None:
         super().__init__(message)
@@ -88,6 +88,10 @@ class TimeLimit(RuntimeError):
 
     def run_tags(self) -> dict[str, str]:
         return self.tags
+
+
+class TimeLimit(JobFailed):
+    """A Slurm job signalled before its time limit, and not requeued."""
 
 
 def slurm_tags(job_id: str) -> dict[str, str]:
@@ -184,7 +188,7 @@ def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
         try:
             result = job.results()[0]
         except Exception as error:  # the job raised outside Hydra's job (submitit keeps the traceback)
-            returns.append(job_return(overrides, number, error=_outside_the_run(job, error)))
+            returns.append(job_return(overrides, number, error=_outside_the_run(job, error, slurm)))
             continue
         if type(result._return_value).__name__ == "UncompletedJobError":  # raised in the job, before its run
             result._return_value = _before_the_run(job, str(result._return_value))
@@ -192,17 +196,29 @@ def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
     return returns
 
 
-def _outside_the_run(job: Any, error: Exception) -> Exception:
-    """What a job raised outside Hydra's job, as one line: submitit's FailedJobError carries the
-    whole remote traceback, whose last line says what happened."""
-    lines = [line for line in str(error).strip().splitlines() if line.strip() and not line.startswith("---")]
-    last = lines[-1].strip() if lines else type(error).__name__
-    if "UncompletedJobError" in last:
-        return _before_the_run(job, last.split(":", 1)[-1].strip())
-    return RuntimeError(f"submitit job {job.job_id} failed outside its run: {last}")
+# The line of dashes around the job's traceback in submitit's FailedJobError
+_TRACE_EDGE = re.compile(r"^-{10,}$", re.MULTILINE)
+# submitit's error where it did not requeue a job warned of its time limit
+_NOT_REQUEUED = re.compile(r"UncompletedJobError: (.+)$", re.MULTILINE)
 
 
-def _before_the_run(job: Any, submitit_message: str) -> Exception:
+def _outside_the_run(job: Any, error: Exception, slurm: bool) -> JobFailed:
+    """What a job raised outside Hydra's job, as one line. submitit's FailedJobError carries the
+    job's traceback between two lines of dashes, then where its logs are: the traceback's last
+    line says what was raised. Slurm's time-limit warning, come while Hydra was still setting the
+    job up, raised submitit's UncompletedJobError wherever the job was; what caught it may have
+    raised another error, so it is looked for in the whole traceback."""
+    parts = _TRACE_EDGE.split(str(error))
+    trace = parts[1] if len(parts) >= 3 else str(error)
+    if said := _NOT_REQUEUED.findall(trace):
+        return _before_the_run(job, said[0].strip())
+    lines = [line.strip() for line in trace.splitlines() if line.strip()]
+    last = lines[-1] if lines else type(error).__name__
+    return JobFailed(f"{'SLURM' if slurm else 'submitit'} job {job.job_id} raised outside its run: {last}",
+                     slurm_tags(job.job_id) if slurm else {})
+
+
+def _before_the_run(job: Any, submitit_message: str) -> TimeLimit:
     """Slurm's time-limit warning came before the job had made its run (`handle_signals` was not
     yet in place): submitit's own handler raised, not requeueing the job."""
     return TimeLimit(f"SLURM job {job.job_id} was warned of its time limit before its run began, and not requeued "
