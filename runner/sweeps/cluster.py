@@ -14,8 +14,9 @@ jobs exactly as Hydra's launcher does (`launch`), and then:
   state and reason (`CANCELLED`, `TIMEOUT`, ...; for `FAILED`, srun's word where a signal ended
   its task) or its process's end; the sweeper gives its run
   that reason, or makes the run if the job never did (`runner.sweeps.record_lost_jobs`); a job
-  whose result is an error raised outside its run (Slurm's time-limit warning before the run
-  began) is a failed job with that error;
+  whose result is an error raised outside its run is a failed job with that error (`JobFailed`;
+  `TimeLimit` where it was Slurm's time-limit warning, come before the run began), the run made
+  for it carrying the job's Slurm ids as its own would;
 - Ctrl-C or SIGTERM of the launching process cancels every job of the sweep still queued or
   running and waits until Slurm has ended them: nothing of the sweep is left in the queue.
 
