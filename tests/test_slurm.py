@@ -301,6 +301,7 @@ hydra.errors.ConfigCompositionException: Error merging 'backend=hanging'
                            "(hydra.launcher.max_num_timeout): Job not requeued because: timed-out too many times.")
 
     other = failed_with("7_1", 'Traceback (most recent call last):\n  File "x.py", line 1, in <module>\n'
-                               "OSError: [Errno 28] No space left on device\n")
+                               "    print('-' * 40)  # a line of dashes inside the traceback too\n"
+                               + "-" * 40 + "\nOSError: [Errno 28] No space left on device\n")
     assert type(other) is cluster.JobFailed and other.run_tags() == {"slurm_array_job_id": "7", "slurm_array_task_id": "1"}
     assert str(other) == "SLURM job 7_1 raised outside its run: OSError: [Errno 28] No space left on device"

@@ -197,7 +197,7 @@ def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
     return returns
 
 
-# The line of dashes around the job's traceback in submitit's FailedJobError
+# The lines of dashes around the job's traceback in submitit's FailedJobError
 _TRACE_EDGE = re.compile(r"^-{10,}$", re.MULTILINE)
 # submitit's error where it did not requeue a job warned of its time limit
 _NOT_REQUEUED = re.compile(r"UncompletedJobError: (.+)$", re.MULTILINE)
@@ -209,8 +209,9 @@ def _outside_the_run(job: Any, error: Exception, slurm: bool) -> JobFailed:
     line says what was raised. Slurm's time-limit warning, come while Hydra was still setting the
     job up, raised submitit's UncompletedJobError wherever the job was; what caught it may have
     raised another error, so it is looked for in the whole traceback."""
-    parts = _TRACE_EDGE.split(str(error))
-    trace = parts[1] if len(parts) >= 3 else str(error)
+    text = str(error)
+    edges = list(_TRACE_EDGE.finditer(text))  # the first and the last: the traceback may hold such lines too
+    trace = text[edges[0].end():edges[-1].start()] if len(edges) >= 2 else text
     if said := _NOT_REQUEUED.findall(trace):
         return _before_the_run(job, said[0].strip())
     lines = [line.strip() for line in trace.splitlines() if line.strip()]
