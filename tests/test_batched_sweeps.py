@@ -99,9 +99,11 @@ def store_with_a_batch(tmp_path_factory, migrated_store):
     folder = tmp_path_factory.mktemp("batched")
     shutil.copy(migrated_store, folder / "mlflow.db")
     uri = f"sqlite:///{folder / 'mlflow.db'}"
-    result = run_cli("lr=range(0.1,1.55,0.1)", "epochs=60", "hydra.sweeper.batch=true", cwd=folder, store_uri=uri)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "Sweep report: 1 batch runs (15 points), 0 failed" in result.stdout + result.stderr
+    with pytest.MonkeyPatch.context() as patch:  # in this process, as the `here` fixture runs the API
+        patch.chdir(folder)
+        patch.setenv("MLFLOW_TRACKING_URI", uri)
+        grid = runner.sweep("lr=range(0.1,1.55,0.1)", "epochs=60", batch=True)
+    assert grid.status == "FINISHED" and len(grid.run_ids) == 1 and grid.table["points"].tolist() == [15]
     return uri, folder
 
 
