@@ -31,6 +31,21 @@ TEST_BACKENDS = f"hydra.searchpath=[file://{FIXTURES / 'conf'}]"  # backend=fail
 TEST_ENGINES = {"PYTHONPATH": f"{REPO}{os.pathsep}{FIXTURES}"}  # their engines' modules
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """`make test`'s `--dist loadgroup` keeps each `xdist_group` (one SLURM cluster, one Ray) on one
+    worker, by a suffix pytest-xdist 3.8 writes into each grouped test's id. pytest 9.2 ignores that
+    write (pytest-xdist#1386) and nothing says so: the groups were spread over the workers, two SLURM
+    clusters ran at once, and one Ray test's `ray stop --force` killed the other's Ray. Refuse instead."""
+    from importlib.metadata import version
+
+    def release(package: str) -> tuple[int, ...]:
+        return tuple(int(part) for part in version(package).split(".")[:2] if part.isdigit())
+
+    if config.getoption("dist", None) == "loadgroup" and release("pytest") >= (9, 2) and release("pytest-xdist") <= (3, 8):
+        raise pytest.UsageError(f"--dist loadgroup does not group tests with pytest {version('pytest')} and "
+                                f"pytest-xdist {version('pytest-xdist')} (pytest-xdist#1386): pip install 'pytest<9.2'")
+
+
 DEFAULTS = schema.defaults()  # conf/config.yaml's values: the one place the defaults live
 
 

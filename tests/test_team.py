@@ -63,13 +63,8 @@ def ray_home():
     """A home and a temporary folder of Ray's own for the test (short: Ray's socket paths must
     fit 107 characters), so that no state of another Ray, an auth token in ~/.ray say, leaks in."""
     folder = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))
-    # Ray's own processes share two cores with the suite's other tests, and have given up on each
-    # other when only starved: its node said dead after five missed health checks (in CI), the
-    # sweep ended by Ray once its GCS had not answered for 60 s (in a suite here). Starved, a Ray
-    # worker takes minutes to start (80 s here under three busy loops): Ray waits longer here.
-    patient = {"RAY_health_check_failure_threshold": "20", "RAY_gcs_rpc_server_reconnect_timeout_s": "300"}
     try:
-        yield {"HOME": str(folder), "RAY_TMPDIR": str(folder), "RAY_ADDRESS": "", **patient}
+        yield {"HOME": str(folder), "RAY_TMPDIR": str(folder), "RAY_ADDRESS": ""}
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
