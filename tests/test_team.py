@@ -106,7 +106,9 @@ def test_a_sweep_through_the_ray_launcher_starting_ray(tmp_path, store_uri, ray_
 def test_a_sweep_joins_an_existing_ray_cluster(tmp_path, store_uri, ray_python, ray_home):
     """`ray start --head`, then the sweep joins it. Ray joins through the machine's network
     address, and tests here may talk over loopback only: both run in a network namespace of
-    their own (`unshare`), where loopback is the only network there is."""
+    their own (`unshare`), where loopback is the only network there is. A process namespace too:
+    `ray stop --force` stops every Ray it sees, and it must not see another's (a second suite's,
+    or the user's own); and when the script ends, whatever it started ends with it."""
     if not shutil.which("unshare") or not shutil.which("ip"):
         missing_service("unshare and ip", "apt-get install util-linux iproute2")
     port = free_port()
@@ -122,7 +124,7 @@ status=$?
 {ray} stop --force >/dev/null 2>&1
 exit $status
 """
-    isolate = ["unshare", "-n"] if os.geteuid() == 0 else ["unshare", "-rn"]
+    isolate = ["unshare", "-n", "-p", "-f", "--mount-proc"] if os.geteuid() == 0 else ["unshare", "-rnpf", "--mount-proc"]
     env = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": store_uri, **ray_home}
     result = subprocess.run([*isolate, "bash", "-c", script], cwd=tmp_path, env=env, capture_output=True,
                             text=True, timeout=300)
