@@ -124,7 +124,9 @@ status=$?
 {ray} stop --force >/dev/null 2>&1
 exit $status
 """
-    isolate = ["unshare", "-n", "-p", "-f", "--mount-proc"] if os.geteuid() == 0 else ["unshare", "-rnpf", "--mount-proc"]
+    # network, process (-p, -f: the script is its first process) and, for /proc, mount namespaces;
+    # -r, a user namespace, where the tests do not run as root
+    isolate = ["unshare", "-npf" if os.geteuid() == 0 else "-rnpf", "--mount-proc"]
     env = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": store_uri, **ray_home}
     result = subprocess.run([*isolate, "bash", "-c", script], cwd=tmp_path, env=env, capture_output=True,
                             text=True, timeout=300)
