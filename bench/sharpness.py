@@ -45,8 +45,9 @@ def main() -> None:
             cfg = compose(config_name="config", overrides=[*NETWORK, f"backend={backend}"])
         prob, _, engine, _ = problem.from_config(cfg)
         stepper = engine.start(prob)
-        epoch = fastest(lambda: stepper(args.epochs), args.repeats) / args.epochs
-        measurement = fastest(lambda: stepper.sharpness(args.iterations), args.repeats)
+        best = fastest({"epochs": lambda: stepper(args.epochs),
+                        "measurement": lambda: stepper.sharpness(args.iterations)}, args.repeats)
+        epoch, measurement = best["epochs"] / args.epochs, best["measurement"]
         product = measurement / args.iterations
         print(f"{backend:8} {epoch * 1e3:8.3f} {measurement * 1e3:12.2f} {product * 1e3:8.3f} {product / epoch:12.2f}")
 

@@ -76,6 +76,27 @@ def test_every_framework_trains_the_same_model(backend, kind, batch_size, dtypes
         np.testing.assert_allclose(other.x, reference.x, rtol=rtol, atol=rtol * np.abs(reference.x).max())
 
 
+@pytest.mark.parametrize("backend", backend_params(("tf",)))
+def test_tensorflow_with_and_without_xla_trains_numpys_model(backend, monkeypatch):
+    """TensorFlow compiles its loop with XLA from `XLA_FROM` numbers a step (a batch of models),
+    and runs it as a graph below: both give NumPy's mini-batch trajectory and sharpness."""
+    tf_engine = engines.load("tf")
+    overrides = (*MODELS["mlp_softmax"], "dtype=float64", "epochs=6", "batch_size=64")
+    assert not tf_engine.uses_xla(built(*overrides, backend="tf")[0])
+    assert tf_engine.uses_xla(built(*overrides, 'batch.sweep=["lr=range(0.01,1.01,0.01)"]', backend="tf")[0])
+    runs = {}
+    for name, xla_from in (("numpy", None), ("graph", tf_engine.XLA_FROM), ("xla", 1)):
+        monkeypatch.setattr(tf_engine, "XLA_FROM", xla_from or tf_engine.XLA_FROM)
+        prob, engine, _ = built(*overrides, backend="numpy" if name == "numpy" else "tf")
+        step = engine.start(prob)
+        runs[name] = step(7), step.sharpness(10)
+    for name in ("graph", "xla"):
+        (rows, sharpness), (reference, reference_sharpness) = runs[name], runs["numpy"]
+        for series in ("x", "loss", "grad", "measured"):
+            np.testing.assert_allclose(getattr(rows, series), getattr(reference, series), rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(sharpness, reference_sharpness, rtol=1e-6)
+
+
 @pytest.mark.parametrize("backend", backend_params(("torch",)))
 @pytest.mark.parametrize("kind", ["softmax", "mlp_softmax"])
 def test_measures_taken_many_epochs_at_once_are_each_epochs(backend, kind):

@@ -1,5 +1,5 @@
 """The TensorFlow engine: `tf.GradientTape` on x of shape (points, *shape), the whole loop in one
-`tf.function` compiled by XLA.
+`tf.function`, compiled by XLA where that pays (`uses_xla`).
 
 The article creates a new `tf.Variable` and runs eagerly at every step, which costs hundreds
 of times more a step than one traced loop (bench/run.py measures both). The update rules are
@@ -76,6 +76,20 @@ def resolve_device(requested: str) -> str:
     raise no_gpu("tf", requested, "sees no GPU (tf.config.list_physical_devices('GPU') is empty)")
 
 
+# XLA takes a step in about a third of the graph's microseconds but compiles for 0.5 to 2 s first.
+# Measured here (2 cores, float32, each run's first call): one logistic regression on digits, 100
+# epochs, 1.04 s with XLA against 0.34 s without; 10,000 points of y = x^2, 2,000 epochs, 1.22 s
+# against 1.05 s; 100 networks on digits, 3.64 s against 3.82 s; 1,000 logistic regressions, 12.7 s
+# against 38.0 s. So XLA from this many numbers stepped at once, and always on a GPU.
+XLA_FROM = 2**16
+
+
+def uses_xla(problem: Problem) -> bool:
+    """Whether the loop is compiled by XLA (else TensorFlow runs it as a graph): on a GPU, or on
+    the CPU where a step updates at least `XLA_FROM` numbers (points × coordinates)."""
+    return "GPU" in problem.device.upper() or problem.x_start.size >= XLA_FROM
+
+
 def start(problem: Problem, resume: Optional[State] = None) -> Stepper:
     """Gradient descent of the batch (from `resume` where given), each piece one call of a
     compiled loop that stops early once every point has diverged."""
@@ -102,8 +116,9 @@ def start(problem: Problem, resume: Optional[State] = None) -> Stepper:
         bound = tf.constant(problem.diverge_above, dt)
 
         scheduled = problem.schedule is not None
+        xla = uses_xla(problem)
 
-        @tf.function(jit_compile=True)  # XLA: about 3x fewer microseconds a step than the graph alone
+        @tf.function(jit_compile=xla)
         def run(x, state, count: tf.Tensor, indices: tf.Tensor, weights: tf.Tensor, rates: tf.Tensor):
             """`count` rows, each followed by an update (or an epoch of mini-batch updates, at
             `indices` with `weights`: `Problem.epoch_batches`), at the row's learning rates
@@ -147,7 +162,7 @@ def start(problem: Problem, resume: Optional[State] = None) -> Stepper:
             return Rows(*rows[:3], None if head is None else np.stack(rows[3:fixed], axis=-1),
                         np.stack(rows[fixed:], axis=-1) if measure else None)
 
-        @tf.function(jit_compile=True)
+        @tf.function(jit_compile=xla)
         def power_iteration(x, direction, iterations: tf.Tensor):
             quotient = tf.zeros(problem.points, dt)
             for _ in tf.range(iterations):
