@@ -254,9 +254,11 @@ def test_twelve_jobs_four_workers_one_fresh_sqlite_store(tmp_path):
 # --- 5. a remote tracking server ----------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def sqlite_server(tmp_path_factory):
-    """A real `mlflow server` on 127.0.0.1, SQLite behind it, artifacts proxied by the server."""
+def sqlite_server(tmp_path_factory, migrated_store):
+    """A real `mlflow server` on 127.0.0.1, SQLite behind it (a copy of the migrated template:
+    its migrations are test_cli's), artifacts proxied by the server."""
     folder = tmp_path_factory.mktemp("server")
+    shutil.copy(migrated_store, folder / "server.db")
     with mlflow_server(folder, f"sqlite:///{folder / 'server.db'}") as url:
         yield url
 
