@@ -30,6 +30,13 @@ FIXTURES = REPO / "tests" / "fixtures"
 TEST_BACKENDS = f"hydra.searchpath=[file://{FIXTURES / 'conf'}]"  # backend=failing, backend=hanging
 TEST_ENGINES = {"PYTHONPATH": f"{REPO}{os.pathsep}{FIXTURES}"}  # their engines' modules
 
+# Where the environment turns Python's bytecode cache off (PYTHONDONTWRITEBYTECODE=1, as on this
+# project's machines), each of the few hundred Python processes the suite starts (the CLI, launcher
+# workers, SLURM and Ray jobs) compiles the runner's modules again, 0.25 s each, and each pytest
+# worker its test modules, 1 s. The suite keeps the cache on, for itself and what it starts.
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+sys.dont_write_bytecode = False
+
 
 def pytest_configure(config: pytest.Config) -> None:
     """`make test`'s `--dist loadgroup` keeps each `xdist_group` (one SLURM cluster, one Ray) on one
