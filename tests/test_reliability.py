@@ -298,12 +298,6 @@ def test_an_unreachable_server_is_said_within_seconds(tmp_path, args):
 
 # --- 6. reproducible runs -----------------------------------------------------------------------
 
-def reproduce(run_id, store_uri, cwd):
-    env = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": store_uri}
-    return subprocess.run([sys.executable, "-m", "runner.reproduce", run_id], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
-
-
 def test_reproduce_a_sweep_on_every_backend_a_run_and_a_tampered_run(here, store_uri, capsys):
     """One grid over every backend (Adam, a seed), re-run bit for bit whole through another
     launcher than it ran on (joblib, then the command line's basic), one run of it alone, then a
@@ -345,10 +339,13 @@ def test_reproduce_a_sweep_on_every_backend_a_run_and_a_tampered_run(here, store
     assert out.rstrip().endswith(f"{len(installed) - 1} of {len(installed)} runs identical")
 
 
-def test_reproduce_an_unknown_run_is_one_line(tmp_path, store_uri):
-    result = reproduce("0" * 32, store_uri, tmp_path)
-    assert result.returncode == 2 and result.stderr.startswith(f"cannot re-run {'0' * 32}")
-    assert "Traceback" not in result.stderr
+def test_reproduce_an_unknown_run_is_one_line(store_uri, capsys):
+    """(`python -m runner.reproduce` as typed: test_slurm.py's whole sweep.)"""
+    from runner import reproduce as command
+
+    assert command.main(["0" * 32, "--tracking-uri", store_uri]) == 2
+    said = capsys.readouterr().err
+    assert said.startswith(f"cannot re-run {'0' * 32}") and len(said.strip().splitlines()) == 1
 
 
 # --- 7. skip what is done -----------------------------------------------------------------------
