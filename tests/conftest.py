@@ -29,6 +29,8 @@ FRAMEWORK_OF = {"numpy": "numpy", "tf": "tensorflow", "torch": "torch", "jax": "
 FIXTURES = REPO / "tests" / "fixtures"
 TEST_BACKENDS = f"hydra.searchpath=[file://{FIXTURES / 'conf'}]"  # backend=failing, backend=hanging
 TEST_ENGINES = {"PYTHONPATH": f"{REPO}{os.pathsep}{FIXTURES}"}  # their engines' modules
+# Hydra's refusal of an unknown option lists the group's options, a line each
+LARGEST_GROUP = max(len(list(group.glob("*.yaml"))) for group in (REPO / "conf").iterdir() if group.is_dir())
 
 # Where the environment turns Python's bytecode cache off (PYTHONDONTWRITEBYTECODE=1, as on this
 # project's machines), each of the few hundred Python processes the suite starts (the CLI, launcher

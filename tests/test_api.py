@@ -10,7 +10,7 @@ import os
 import mlflow
 import numpy as np
 import pytest
-from conftest import FIXTURES, TEST_BACKENDS, run_cli, runs_of, snapshot
+from conftest import FIXTURES, LARGEST_GROUP, TEST_BACKENDS, run_cli, runs_of, snapshot
 from mlflow import MlflowClient
 
 import runner
@@ -111,9 +111,10 @@ def test_bad_input_raises_the_command_lines_message_and_records_nothing(here, st
         runner.run(*overrides)
     assert message in str(refused.value)
     assert snapshot(store_uri) == before
-    if as_typed:
+    if as_typed:  # the same message, and all the command line says: no stack, at most Hydra's list of options
         typed = run_cli(*overrides, cwd=here, store_uri=store_uri)
         assert typed.returncode == 1 and str(refused.value) in typed.stderr
+        assert "Traceback" not in typed.stderr and len(typed.stderr.strip().splitlines()) <= 10 + LARGEST_GROUP
 
 
 def test_a_sweep_with_a_failing_job_raises_with_the_sweep(here, monkeypatch):
