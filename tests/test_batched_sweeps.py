@@ -180,11 +180,12 @@ def test_a_finished_batch_is_not_run_again_with_skip_done(store_with_a_batch, tm
 
 
 def test_batches_go_through_a_parallel_launcher(tmp_path, store_uri):
-    result = run_cli("backend=numpy,torch", "lr=range(0.05,1.2,0.05)", "epochs=50", "hydra.sweeper.batch=true",
+    """Two batches (one a rule), each a job of a joblib worker process."""
+    result = run_cli("optimizer=sgd,momentum", "lr=range(0.05,1.2,0.05)", "epochs=50", "hydra.sweeper.batch=true",
                      "hydra/launcher=joblib", cwd=tmp_path, store_uri=store_uri)
     assert result.returncode == 0, result.stderr[-3000:]
     runs = runs_of(store_uri)
-    assert sorted(r.data.tags["backend"] for r in runs) == ["numpy", "torch"]
+    assert sorted(r.data.params["optimizer"] for r in runs) == ["momentum", "sgd"]
     assert all(r.info.status == "FINISHED" and r.data.metrics["points"] == 23 for r in runs)
     (parent,) = runs_of(store_uri, sweeps=True)
     assert parent.info.status == "FINISHED" and parent.data.metrics["points"] == 46
