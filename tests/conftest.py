@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 BACKENDS = sorted(path.stem for path in (REPO / "conf" / "backend").glob("*.yaml"))
 FRAMEWORK_OF = {"numpy": "numpy", "tf": "tensorflow", "torch": "torch", "jax": "jax"}
 FIXTURES = REPO / "tests" / "fixtures"
-TEST_BACKENDS = f"hydra.searchpath=[file://{FIXTURES / 'conf'}]"  # backend=failing, backend=hanging
+TEST_BACKENDS = f"hydra.searchpath=[file://{FIXTURES / 'conf'}]"  # backend=failing, hanging, dying, slow
 TEST_ENGINES = {"PYTHONPATH": f"{REPO}{os.pathsep}{FIXTURES}"}  # their engines' modules
 # Hydra's refusal of an unknown option lists the group's options, a line each
 LARGEST_GROUP = max(len(list(group.glob("*.yaml"))) for group in (REPO / "conf").iterdir() if group.is_dir())

@@ -84,12 +84,16 @@ def test_tensorflow_with_and_without_xla_trains_numpys_model(backend, monkeypatc
     overrides = (*MODELS["mlp_softmax"], "dtype=float64", "epochs=6", "batch_size=64")
     assert not tf_engine.uses_xla(built(*overrides, backend="tf")[0])
     assert tf_engine.uses_xla(built(*overrides, 'batch.sweep=["lr=range(0.01,1.01,0.01)"]', backend="tf")[0])
-    runs = {}
-    for name, xla_from in (("numpy", None), ("graph", tf_engine.XLA_FROM), ("xla", 1)):
-        monkeypatch.setattr(tf_engine, "XLA_FROM", xla_from or tf_engine.XLA_FROM)
-        prob, engine, _ = built(*overrides, backend="numpy" if name == "numpy" else "tf")
+
+    def descent(backend: str):
+        prob, engine, _ = built(*overrides, backend=backend)
         step = engine.start(prob)
-        runs[name] = step(7), step.sharpness(10)
+        return step(7), step.sharpness(10)
+
+    runs = {"numpy": descent("numpy"), "graph": descent("tf")}
+    monkeypatch.setattr(tf_engine, "XLA_FROM", 1)  # this one model too
+    assert tf_engine.uses_xla(built(*overrides, backend="tf")[0])
+    runs["xla"] = descent("tf")
     for name in ("graph", "xla"):
         (rows, sharpness), (reference, reference_sharpness) = runs[name], runs["numpy"]
         for series in ("x", "loss", "grad", "measured"):

@@ -12,12 +12,11 @@ import sys
 import time
 
 import pytest
-from conftest import (BACKENDS, FIXTURES, FRAMEWORK_OF, LARGEST_GROUP, REPO, TEST_BACKENDS, TEST_ENGINES, free_port, mlflow_server,
-                      run_cli, runs_of, snapshot)
+from conftest import (BACKENDS, FIXTURES, FRAMEWORK_OF, LARGEST_GROUP, REPO, TEST_BACKENDS, TEST_ENGINES, free_port,
+                      mlflow_server, run_cli, runs_of, snapshot)
 from mlflow import MlflowClient
 
 pytestmark = pytest.mark.slow
-
 
 
 @pytest.fixture(scope="module")
