@@ -6,6 +6,11 @@ Hydra refuses sweep syntax (`lr=0.1,0.3`, `range(...)`, `choice(...)`, ...) with
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # a process of its own: its collector set before the imports below
+    from runner import process
+
+    process.own()
+
 import contextlib
 import io
 import signal

@@ -20,7 +20,7 @@ import numpy as np
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from runner import engines, job, schema
+from runner import engines, job, process, schema
 from runner.problem import from_config
 from runner.records import batch, provenance, recording
 from runner.sweeps import cluster
@@ -48,6 +48,8 @@ def record(cfg: DictConfig) -> Recorded:
     from runner.records import tracking  # imported here: `--cfg` and `--help` need no MLflow
 
     hydra_cfg = HydraConfig.get()
+    if not hydra_cfg.launcher._target_.endswith(".BasicLauncher"):  # a process of the launcher's, for jobs
+        process.own()
     cluster.handle_signals()
     uri = tracking.tracking_uri(cfg.mlflow.tracking_uri, Path(hydra_cfg.runtime.cwd))
     tracking.check_reachable(uri)  # an unreachable server is said at once, before any work

@@ -20,6 +20,11 @@ settings, over the epochs both ran, relative to max(1, |x|).
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # a process of its own: its collector set before the imports below
+    from runner import process
+
+    process.own()
+
 import argparse
 import csv
 import io

@@ -21,6 +21,11 @@ so: that is the usual reason for a mismatch.
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # a process of its own: its collector set before the imports below
+    from runner import process
+
+    process.own()
+
 import argparse
 import os
 import sys

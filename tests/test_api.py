@@ -4,6 +4,7 @@ calling process left as it was."""
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 
@@ -43,6 +44,7 @@ def recorded(uri: str, run_id: str) -> dict:
 
 def test_a_run_from_python_records_what_the_command_line_records(here, store_uri):
     handlers, cwd = list(logging.getLogger().handlers), os.getcwd()
+    collector = gc.get_threshold()  # a process of the runner's own sets its own (runner/process.py)
     result = runner.run("backend=numpy", "lr=0.1", "epochs=5")
     again = runner.run("backend=numpy", "lr=0.1", "epochs=5")  # a second call in the same process
     typed = run_cli("backend=numpy", "lr=0.1", "epochs=5", cwd=here, store_uri=store_uri)
@@ -59,14 +61,18 @@ def test_a_run_from_python_records_what_the_command_line_records(here, store_uri
     assert result.outcome == "not_converged" and result.summary["final_loss"] == pytest.approx(2.68435, rel=1e-5)
     figure = result.figure
     assert [len(line.get_xdata()) for line in figure.axes[0].lines] == [400, 6]
-    # The process is as it was: logging, directory, no active MLflow run; outputs land here.
+    # The process is as it was: logging, directory, garbage collector, no active MLflow run;
+    # outputs land here.
     assert logging.getLogger().handlers == handlers and os.getcwd() == cwd
+    assert gc.get_threshold() == collector
     assert mlflow.active_run() is None
     assert len(list(here.glob("outputs/*/*/runner.log"))) == 3
 
 
 def test_a_sweep_from_python_records_what_the_command_line_records(here, store_uri):
+    collector = gc.get_threshold()
     grid = runner.sweep("backend=numpy", "lr=0.1,0.3", "epochs=5")
+    assert gc.get_threshold() == collector
     typed = run_cli("backend=numpy", "lr=0.1,0.3", "epochs=5", cwd=here, store_uri=store_uri)
     assert typed.returncode == 0, typed.stderr[-2000:]
     cli_parent = runs_of(store_uri, sweeps=True)[-1]
