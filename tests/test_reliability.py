@@ -280,18 +280,15 @@ def test_a_sweep_against_a_tracking_server(tmp_path, sqlite_server):
 
 
 @pytest.mark.parametrize("args", [["epochs=3"], ["lr=0.1,0.3", "backend=tf"]], ids=["run", "sweep"])
-def test_an_unreachable_server_is_said_within_seconds(tmp_path, args):
+def test_an_unreachable_server_is_said_before_any_work(tmp_path, args):
+    """The runner's probe answers, not MLflow's client: that one would retry for about four
+    minutes and then fail with its own error, so this message is the probe's, whatever the
+    machine's load (no clock needed). Nothing ran: no trajectory anywhere."""
     uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
-    started = time.time()
     result = run_cli(*args, cwd=tmp_path, store_uri=uri)
-    elapsed = time.time() - started
     assert result.returncode != 0
     assert f"mlflow.tracking_uri={uri}: no MLflow tracking server answers there" in result.stderr
     assert "Traceback" not in result.stderr
-    # MLflow's own retries would take about four minutes; the probe gives up after 5 s. The bound
-    # leaves room for the process's start on a loaded machine (11.8 s seen under a CI run beside
-    # other work), and still tells the two apart.
-    assert elapsed < 60, elapsed
     assert not (tmp_path / "outputs").exists() or not any((tmp_path / "outputs").rglob("trajectory.csv"))
 
 
