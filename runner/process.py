@@ -15,16 +15,14 @@ import atexit
 import gc
 
 YOUNG_COLLECTION_EVERY = 10_000  # allocations (Python's default: 700); the older generations as before
-
-
-_owned = False
+_owned = False  # own() has run in this process
 
 
 def own() -> None:
     """Collect young objects every `YOUNG_COLLECTION_EVERY` allocations, and leave what is still
-    alive at exit to the operating system: `gc.freeze`, registered before the imports so that it
-    runs after every other exit handler (logging's flush, MLflow's, ...), takes it out of the
-    exit's scan. Once a process; never in a process of the user's (the Python API, a notebook)."""
+    alive at exit to the operating system: `gc.freeze` as an exit handler takes it out of the
+    interpreter's last scans, and stops no other handler (logging's flush, MLflow's, ...). Once a
+    process; never in a process of the user's (the Python API, a notebook)."""
     global _owned
     if not _owned:
         _owned = True
