@@ -48,7 +48,7 @@ def record(cfg: DictConfig) -> Recorded:
     from runner.records import tracking  # imported here: `--cfg` and `--help` need no MLflow
 
     hydra_cfg = HydraConfig.get()
-    if not hydra_cfg.launcher._target_.endswith(".BasicLauncher"):  # a process of the launcher's, for jobs
+    if job.in_launcher_process(hydra_cfg):
         process.own()
     cluster.handle_signals()
     uri = tracking.tracking_uri(cfg.mlflow.tracking_uri, Path(hydra_cfg.runtime.cwd))

@@ -50,9 +50,10 @@ def position(hydra_cfg: Any) -> str:
     return f"job {hydra_cfg.job.num + 1}/{jobs} " if jobs else ""
 
 
-def shares_terminal(hydra_cfg: Any) -> bool:
-    """True for a job that runs beside others (a sweep on a parallel launcher): its workers
-    write to the same terminal, where progress bars would overwrite each other."""
+def in_launcher_process(hydra_cfg: Any) -> bool:
+    """True for a job of a sweep on a launcher other than the basic one (joblib, submitit, SLURM,
+    Ray): it runs in a process of the launcher's, beside the sweep's other jobs, and shares their
+    terminal, where progress bars would overwrite each other."""
     launcher = str(hydra_cfg.launcher.get("_target_", "")) if hydra_cfg.get("launcher") else ""
     return hydra_cfg.mode == RunMode.MULTIRUN and not launcher.endswith("BasicLauncher")
 

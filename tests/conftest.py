@@ -42,10 +42,10 @@ sys.dont_write_bytecode = False
 
 # A pytest worker holds every framework, MLflow and Hydra, millions of objects, and Python's
 # collector, by default every 700 allocations, scans the young ones and ever more often the old:
-# about 7% of make test-fast's CPU-seconds (bench/suite.py, 64b4a25 against 0a317d1). As for a process of the runner's own
-# (runner/process.py), with a threshold of the suite's own so that tests/test_api.py sees
-# whether a run from Python set the runner's; and what collection imported is frozen, out of
-# every later scan.
+# about 7% of make test-fast's CPU-seconds (bench/suite.py, 64b4a25 against 0a317d1). As for a
+# process of the runner's own (runner/process.py), with a threshold of the suite's own so that
+# tests/test_api.py sees whether a run from Python set the runner's; and what collection imported
+# is frozen, out of every later scan.
 gc.set_threshold(50_000, 10, 10)
 
 

@@ -55,7 +55,7 @@ def descend_and_record(store: Any, run_id: str, cfg: DictConfig, problem: engine
     if problem.loss.data is not None:  # a model's: before it trains, so that a run that fails shows it too
         store.log_dataset(run_id, problem.loss.data)
         log.info("%s %s", label, problem.loss.data.describe())
-    result, wall_time = timed(problem, engine, loop, None if job.shares_terminal(hydra_cfg) else label)
+    result, wall_time = timed(problem, engine, loop, None if job.in_launcher_process(hydra_cfg) else label)
     log.debug("descent: %d rows of %d point(s) in %.3f s", len(result.loss), problem.points, wall_time)
     records = outputs(cfg, problem, grid, result, wall_time, hydra_cfg)
     if records.trajectory is not None:
