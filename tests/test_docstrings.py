@@ -12,7 +12,7 @@ MODULES = ["runner.schema", "runner.errors", "runner.app", "runner.__main__", "r
            "runner.engines", "runner.engines.numpy",
            "runner.descent.loop", "runner.descent.optimizers", "runner.descent.outcomes", "runner.descent.theory",
            "runner.descent.sharpness", "runner.descent.schedules", "runner.descent.pruning",
-           "runner.sweeps.points", "runner.sweeps.search", "runner.sweeps.sweep",
+           "runner.sweeps.cluster", "runner.sweeps.points", "runner.sweeps.search", "runner.sweeps.sweep",
            "runner.records.batch", "runner.records.provenance", "runner.records.tracking", "runner.records.progress"]
 
 

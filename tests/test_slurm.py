@@ -312,3 +312,22 @@ hydra.errors.ConfigCompositionException: Error merging 'backend=hanging'
                                + "-" * 40 + "\nOSError: [Errno 28] No space left on device\n")
     assert type(other) is cluster.JobFailed and other.run_tags() == {"slurm_array_job_id": "7", "slurm_array_task_id": "1"}
     assert str(other) == "SLURM job 7_1 raised outside its run: OSError: [Errno 28] No space left on device"
+
+
+def test_a_time_limit_too_short_for_its_warning_is_said_before_submitting(monkeypatch, caplog):
+    """Without a cluster: the README's one-minute limit with submitit's default delay (120 s) is
+    said as the sweep submits, with the largest delay that warns a job while it runs."""
+    from types import SimpleNamespace
+
+    from runner.sweeps import cluster
+
+    def submitted(launcher):
+        raise RuntimeError("submitted")
+
+    monkeypatch.setattr(cluster, "_executor", submitted)
+    launcher = SimpleNamespace(_EXECUTOR="slurm", params={"timeout_min": 1, "signal_delay_s": 120})
+    with pytest.raises(RuntimeError, match="submitted"):
+        cluster.launch(launcher, [["lr=0.1"]], 0)
+    (said,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert said.startswith("Sweep: hydra.launcher.signal_delay_s=120 on hydra.launcher.timeout_min=1: Slurm may send")
+    assert said.endswith("a delay of at most 15 s warns a job while it runs")
