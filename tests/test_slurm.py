@@ -127,8 +127,8 @@ def held_jobs(slurm: dict) -> list[str]:
 def assert_ended_at_time_limit(run, job_id: str, output: str) -> None:
     """A job at its time limit. The test's limit is one minute and Slurm's warning (SIGUSR2)
     `hydra.launcher.signal_delay_s=15` before it: Slurm looks at time limits every 30 s and
-    warns up to 30 s early (measured here: delays of 90, 60 and 30 s on a two-minute limit were
-    sent 93, 63 and 33 s early), so the warning comes 15 to 45 s after the job started and 15 s
+    warns up to 30 s early (measured here: delays of 90, 60 and 30 s on a two-minute limit came
+    93, 63 and 33 s before it), so the warning comes 15 to 45 s after the job started and 15 s
     or more before the limit. The job, not requeued, ends FAILED saying so, whether its run
     existed then or not. Under load the warning could still come before the job's process has
     taken the signal over: the run is KILLED with Slurm's FAILED and srun's word for it. Were the
@@ -315,8 +315,8 @@ hydra.errors.ConfigCompositionException: Error merging 'backend=hanging'
 
 
 def test_a_time_limit_too_short_for_its_warning_is_said_before_submitting(monkeypatch, caplog):
-    """Without a cluster: the README's one-minute limit with submitit's default delay (120 s) is
-    said as the sweep submits, with the largest delay that warns a job while it runs."""
+    """Without a cluster: a one-minute limit with the launcher's default delay (120 s) is said as
+    the sweep submits, with the largest delay that warns a job while it runs."""
     from types import SimpleNamespace
 
     from runner.sweeps import cluster

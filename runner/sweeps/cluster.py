@@ -162,10 +162,11 @@ def early_warning(timeout_min: Optional[int], signal_delay_s: Optional[int]) -> 
 
     >>> early_warning(60, 120) is None, early_warning(1, 15) is None
     (True, True)
-    >>> print(early_warning(1, 120))
-    hydra.launcher.signal_delay_s=120 on hydra.launcher.timeout_min=1: Slurm may send its time-limit \
-warning (SIGUSR2) as a job starts, before the job can take it, and the job then ends without it \
-(FAILED, or TIMEOUT at the limit); a delay of at most 15 s warns a job while it runs
+    >>> said = early_warning(1, 120)
+    >>> said.split(": ")[0]
+    'hydra.launcher.signal_delay_s=120 on hydra.launcher.timeout_min=1'
+    >>> said.split("; ")[-1]
+    'a delay of at most 15 s warns a job while it runs'
     """
     if timeout_min is None or signal_delay_s is None:
         return None
