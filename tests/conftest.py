@@ -364,8 +364,8 @@ def stop_by_pid_file(pid_file: Path, patience_s: float = 30.0) -> None:
 
 
 def pytest_collection_modifyitems(items: list) -> None:
-    """The longest first: the SLURM group (one worker, 110-200 s, much of it waiting on Slurm),
-    then the notebook (60-80 s of CPU), while the other worker takes the short tests; those then
+    """The longest first: the SLURM group (one worker, 80-200 s, much of it waiting on Slurm),
+    then the notebook (50-80 s of CPU), while the other worker takes the short tests; those then
     fill both workers to the end, instead of one worker running a long test alone at the end (a
     subset with the SLURM group: 161 s against 170 s). The Ray group keeps its place: its waits
     beside the SLURM group's would leave both cores idle."""
