@@ -99,15 +99,16 @@ def loop(epochs: int, **settings) -> Loop:
     return Loop(epochs, DEFAULTS.stop.tolerance, **settings)
 
 
+def installed(backend: str) -> bool:
+    """Whether `backend`'s framework is installed here."""
+    return importlib.util.find_spec(FRAMEWORK_OF.get(backend, backend)) is not None
+
+
 def backend_params(backends=BACKENDS):
     """Every backend, each skipped (with the reason) where its framework is not installed."""
-    params = []
-    for backend in backends:
-        module = FRAMEWORK_OF.get(backend, backend)
-        missing = importlib.util.find_spec(module) is None
-        params.append(pytest.param(backend, id=backend, marks=pytest.mark.skipif(
-            missing, reason=f"backend={backend}: the package {module} is not installed")))
-    return params
+    return [pytest.param(backend, id=backend, marks=pytest.mark.skipif(
+        not installed(backend), reason=f"backend={backend}: the package {FRAMEWORK_OF.get(backend, backend)} "
+                                       "is not installed")) for backend in backends]
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ import dataclasses
 
 import numpy as np
 import pytest
-from conftest import backend_params, built, composed, loop
+from conftest import BACKENDS, backend_params, built, composed, installed, loop
 
 from runner import app, engines, problem
 from runner.descent import theory
@@ -377,7 +377,7 @@ def test_a_sweep_of_a_model_over_every_framework_records_its_measures_and_its_da
     import runner
     from mlflow import MlflowClient
 
-    backends = ",".join(b.values[0] for b in backend_params() if not b.marks[0].args[0])  # installed
+    backends = ",".join(backend for backend in BACKENDS if installed(backend))
     grid = runner.sweep("model=logistic", "data=digits", f"backend={backends}", "epochs=50", "lr=0.1",
                         "dtype=float64")
     client = MlflowClient(store_uri)
