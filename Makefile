@@ -1,7 +1,7 @@
 # make run   - set up .venv on first use, then run the article's experiment on all three backends
 # make test  - set up .venv on first use, then run the tests
 # make ui    - browse the default store (./mlflow.db) at http://127.0.0.1:5000
-# make test-fast - the tests that start no process and no service (about two and a half minutes), while developing
+# make test-fast - the tests that start no process and no service, less the frameworks' parity matrices (under a minute), while developing
 # make notebook - run docs/runner.ipynb top to bottom in a Jupyter kernel and save it with its outputs
 # make ray-env - .venv-ray: the Ray launcher (hydra/launcher=ray) in an environment of its own
 PYTHON ?= python3
@@ -18,7 +18,7 @@ test: $(VENV)/.installed
 	$(BIN)/python -m pytest -n auto --dist loadgroup
 
 test-fast: $(VENV)/.installed
-	$(BIN)/python -m pytest -m "not slow" -n auto
+	$(BIN)/python -m pytest -m "not slow and not parity" -n auto
 
 # Executed in a temporary folder (its runs are not kept), saved back with every output.
 notebook: $(VENV)/.installed

@@ -28,7 +28,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 # The Makefile's `test` and `test-fast` targets, without their environment set-up.
-SUITES = {"make test": ["-n", "auto", "--dist", "loadgroup"], "make test-fast": ["-m", "not slow", "-n", "auto"]}
+SUITES = {"make test": ["-n", "auto", "--dist", "loadgroup"], "make test-fast": ["-m", "not slow and not parity", "-n", "auto"]}
 
 
 def copy_of(commit: str, folder: Path) -> Path:

@@ -104,11 +104,19 @@ def installed(backend: str) -> bool:
     return importlib.util.find_spec(FRAMEWORK_OF.get(backend, backend)) is not None
 
 
-def backend_params(backends=BACKENDS):
-    """Every backend, each skipped (with the reason) where its framework is not installed."""
-    return [pytest.param(backend, id=backend, marks=pytest.mark.skipif(
-        not installed(backend), reason=f"backend={backend}: the package {FRAMEWORK_OF.get(backend, backend)} "
-                                       "is not installed")) for backend in backends]
+def backend_params(backends=BACKENDS, parity: bool = False):
+    """Every backend, each skipped (with the reason) where its framework is not installed.
+
+    With `parity`, for a test that holds each framework to NumPy (or to the framework's own library)
+    over a matrix of cases: its framework cases are marked `parity`. `make test` runs them; `make
+    test-fast` leaves them out and keeps each framework's engine tests (tests/test_engines.py,
+    tests/test_outcomes.py and the like) and one model a framework (tests/test_models.py)."""
+    def marks(backend: str) -> list:
+        missing = pytest.mark.skipif(not installed(backend), reason=f"backend={backend}: the package "
+                                     f"{FRAMEWORK_OF.get(backend, backend)} is not installed")
+        return [missing, pytest.mark.parity] if parity and backend != "numpy" else [missing]
+
+    return [pytest.param(backend, id=backend, marks=marks(backend)) for backend in backends]
 
 
 @pytest.fixture(scope="session")

@@ -54,7 +54,7 @@ def batch_params():
     """Every case on every backend in float64; in float32 every case on NumPy and on the framework
     `FLOAT32_ON` names."""
     return [pytest.param(backend.values[0], dtype, case, marks=backend.marks, id=f"{case}-{dtype}-{backend.values[0]}")
-            for case in sorted(CASES) for dtype in ("float64", "float32") for backend in backend_params()
+            for case in sorted(CASES) for dtype in ("float64", "float32") for backend in backend_params(parity=True)
             if dtype == "float64" or backend.values[0] in ("numpy", FLOAT32_ON[case])]
 
 

@@ -53,12 +53,21 @@ def test_the_hand_written_gradient_is_the_finite_difference(kind):
 # Mini-batches for every model: each epoch's row is the full batch's loss and gradient, its steps
 # the mini-batches', so both are compared; the full batch's steps once (they are the losses' own).
 # float32 for one linear model and one network: its rounding is the same kind for the others.
+# make test-fast keeps one of them on each framework, a network with mini-batches.
 PARITY = [(kind, "64", ("float64", "float32") if kind in ("softmax", "mlp_softmax") else ("float64",))
           for kind in sorted(MODELS)] + [("softmax", "null", ("float64",))]
+IN_TEST_FAST = ("mlp_binary", "64")
 
 
-@pytest.mark.parametrize("kind, batch_size, dtypes", PARITY)
-@pytest.mark.parametrize("backend", [b for b in backend_params() if b.values[0] != "numpy"])
+def parity_params():
+    return [pytest.param(backend.values[0], kind, batch_size, dtypes, marks=backend.marks,
+                         id=f"{backend.values[0]}-{kind}-{batch_size}")
+            for kind, batch_size, dtypes in PARITY
+            for backend in backend_params([b for b in BACKENDS if b != "numpy"],
+                                          parity=(kind, batch_size) != IN_TEST_FAST)]
+
+
+@pytest.mark.parametrize("backend, kind, batch_size, dtypes", parity_params())
 def test_every_framework_trains_the_same_model(backend, kind, batch_size, dtypes):
     """NumPy by hand against TensorFlow's GradientTape, PyTorch's autograd and JAX's grad: the same
     trajectory, mini-batches (the same order on every backend) or the full batch, float64 to 1e-10
@@ -76,7 +85,7 @@ def test_every_framework_trains_the_same_model(backend, kind, batch_size, dtypes
         np.testing.assert_allclose(other.x, reference.x, rtol=rtol, atol=rtol * np.abs(reference.x).max())
 
 
-@pytest.mark.parametrize("backend", backend_params(("tf",)))
+@pytest.mark.parametrize("backend", backend_params(("tf",), parity=True))
 def test_tensorflow_with_and_without_xla_trains_numpys_model(backend, monkeypatch):
     """TensorFlow compiles its loop with XLA from `XLA_FROM` numbers a step (a batch of models),
     and runs it as a graph below: both give NumPy's mini-batch trajectory and sharpness."""
@@ -101,7 +110,7 @@ def test_tensorflow_with_and_without_xla_trains_numpys_model(backend, monkeypatc
         np.testing.assert_allclose(sharpness, reference_sharpness, rtol=1e-6)
 
 
-@pytest.mark.parametrize("backend", backend_params(("torch",)))
+@pytest.mark.parametrize("backend", backend_params(("torch",), parity=True))
 @pytest.mark.parametrize("kind", ["softmax", "mlp_softmax"])
 def test_measures_taken_many_epochs_at_once_are_each_epochs(backend, kind):
     """PyTorch measures a model's epochs MEASURE_EPOCHS at a time, after their steps: over pieces
@@ -283,7 +292,7 @@ BATCH_OF_NETWORKS = ("model=mlp", "data=breast_cancer", "model.hidden=[8]", "dty
                      "batch_size=100")
 
 
-@pytest.mark.parametrize("backend", backend_params())
+@pytest.mark.parametrize("backend", backend_params(parity=True))
 def test_a_batch_over_lr_seed_and_weight_decay_is_each_model_trained_alone(backend):
     """`lr`, `seed` (each point's initial weights and mini-batch order) and `model.l2` batched:
     every point of the one program is the run of its setting alone. NumPy bit for bit; the

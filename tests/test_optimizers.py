@@ -57,7 +57,7 @@ def tolerance(backend, optimizer, dtype):
     return {"float32": 1e-5, "float64": 1e-12}[dtype]
 
 
-@pytest.mark.parametrize("backend", backend_params([b for b in BACKENDS if b != "numpy"]))
+@pytest.mark.parametrize("backend", backend_params([b for b in BACKENDS if b != "numpy"], parity=True))
 @pytest.mark.parametrize("optimizer", sorted(OPTIMIZERS))
 @pytest.mark.parametrize("loss_name", sorted(STARTS))
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -161,7 +161,7 @@ ANOTHER_RULE = {("jax", "amsgrad"): "optax.amsgrad keeps the largest bias-correc
                                    "0.5 (f - f*) / |g|^2 g is -1.25: not a reference until that is understood"}
 
 
-@pytest.mark.parametrize("backend", backend_params([b for b in BACKENDS if b in ("tf", "torch", "jax")]))
+@pytest.mark.parametrize("backend", backend_params([b for b in BACKENDS if b in ("tf", "torch", "jax")], parity=True))
 @pytest.mark.parametrize("name", sorted(OPTIMIZERS))
 def test_the_rules_trace_the_frameworks_own_optimizers(backend, name):
     if (backend, name) in ANOTHER_RULE:

@@ -20,7 +20,7 @@ CASES = {  # each kind of per-point value a subset takes: hyperparameters, loss 
 }
 
 
-@pytest.mark.parametrize("backend", backend_params())
+@pytest.mark.parametrize("backend", backend_params(parity=True))
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_the_kept_points_carry_on_as_in_the_whole_batch(backend, case):
     overrides, sweeps = CASES[case]
@@ -72,7 +72,7 @@ def by_hand(full, metric: np.ndarray, higher_is_better: bool = False):
     return pruned_at, rungs, running
 
 
-@pytest.mark.parametrize("backend", backend_params())
+@pytest.mark.parametrize("backend", backend_params(parity=True))
 def test_a_pruned_batch_keeps_at_each_rung_the_best_and_steps_them_alone(backend):
     overrides, sweeps = GRID
     full, grid, _ = batch(f"backend={backend}", *overrides, sweeps=sweeps)

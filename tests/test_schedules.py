@@ -77,7 +77,7 @@ RULES = ("sgd", "momentum", "adam", "armijo")
 SCHEDULED = sorted(set(SCHEDULES) - {"constant"})  # constant: the engines' own parity tests
 
 
-@pytest.mark.parametrize("backend", backend_params(FRAMEWORKS))
+@pytest.mark.parametrize("backend", backend_params(FRAMEWORKS, parity=True))
 @pytest.mark.parametrize("rule", RULES)
 def test_every_engine_takes_the_scheduled_steps_as_numpy_does(backend, rule):
     """Every engine steps every rule at each epoch's learning rate. An engine only reads the rates
@@ -104,7 +104,7 @@ def test_sgd_with_a_schedule_is_the_loop_written_by_hand():
     np.testing.assert_array_equal(descend(prob, engine, loop).x[:, 0], path)
 
 
-@pytest.mark.parametrize("backend", backend_params())
+@pytest.mark.parametrize("backend", backend_params(parity=True))
 def test_a_batch_of_schedules_is_each_schedule_run_alone(backend):
     batch = ("loss=ill_conditioned", "x_start=[1,1]", "optimizer=momentum", "epochs=10", "dtype=float64",
              "schedule=wsd", "schedule.decay=4", 'batch.sweep=["schedule.warmup=0,2,5","schedule.floor=0,0.5"]',
@@ -116,7 +116,7 @@ def test_a_batch_of_schedules_is_each_schedule_run_alone(backend):
         np.testing.assert_allclose(together.x[:, point], alone.x[:, 0], rtol=1e-13, atol=1e-300)
 
 
-@pytest.mark.parametrize("backend", [b for b in backend_params() if b.values[0] != "numpy"])
+@pytest.mark.parametrize("backend", backend_params(FRAMEWORKS, parity=True))
 def test_mini_batches_under_a_schedule_agree_with_numpy(backend):
     overrides = ("model=logistic", "data=breast_cancer", "batch_size=100", "epochs=6", "dtype=float64",
                  "optimizer=adam", "lr=0.05", "schedule=cosine")
