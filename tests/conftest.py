@@ -24,11 +24,11 @@ import pytest
 # One thread a framework (NumPy's BLAS, PyTorch's OpenMP, TensorFlow's pools), here and in every
 # process the suite starts (jobs, the notebook's kernel, SLURM's and Ray's): the suite's problems
 # are small, one pytest worker per core keeps the cores busy, and each framework's pool of a thread
-# per core only contends (its threads spin, then sleep). Measured here, one after the other (with
-# XLA's CPU threads limited too, which made no difference to JAX's tests, and an XLA that no longer
-# knows a flag in XLA_FLAGS aborts): the `parity` tests 82 s against 94 s (161 CPU-seconds against
-# 185), the `slow` tests 300 s against 308 s (465 against 489), the notebook 61 s against 87 s.
-# Set before NumPy's first import.
+# per core only contends (its threads spin, then sleep). Measured here, one after the other: the
+# `parity` tests 82 s against 94 s (161 CPU-seconds against 185), the `slow` tests 300 s against
+# 308 s (465 against 489), the notebook 61 s against 87 s. XLA's threads are left alone: limiting
+# them (XLA_FLAGS) made no difference to JAX's tests, and an XLA that no longer knows a flag there
+# aborts. Set before NumPy's first import.
 for _name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "TF_NUM_INTRAOP_THREADS",
               "TF_NUM_INTEROP_THREADS"):
     os.environ.setdefault(_name, "1")
