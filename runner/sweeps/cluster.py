@@ -170,12 +170,13 @@ def early_warning(timeout_min: Optional[int], signal_delay_s: Optional[int]) -> 
     """
     if timeout_min is None or signal_delay_s is None:
         return None
-    if 60 * timeout_min - signal_delay_s - WARNING_EARLY_S >= JOB_START_S:
+    largest = 60 * timeout_min - WARNING_EARLY_S - JOB_START_S  # the longest delay a started job hears
+    if signal_delay_s <= largest:
         return None
     return (f"hydra.launcher.signal_delay_s={signal_delay_s} on hydra.launcher.timeout_min={timeout_min}: Slurm may "
             "send its time-limit warning (SIGUSR2) as a job starts, before the job can take it, and the job then ends "
-            f"without it (FAILED, or TIMEOUT at the limit); a delay of at most "
-            f"{max(0, 60 * timeout_min - WARNING_EARLY_S - JOB_START_S)} s warns a job while it runs")
+            f"without it (FAILED, or TIMEOUT at the limit); a delay of at most {max(0, largest)} s warns a job "
+            "while it runs")
 
 
 def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[Any]:
