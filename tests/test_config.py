@@ -159,6 +159,81 @@ def test_every_preset_composes_and_its_corner_jobs_are_valid(preset):
             assert grid is None and problem.points == 1
 
 
+# Sweeps whose jobs share a family in every way `runner.sweeps.compose` tells apart: a preset's
+# grid (backend × lr), a group and values, lists, nested keys, strings, a number then a list,
+# override_dirname's excluded keys; each with how many of its jobs Hydra composes whole (the
+# presets' other grids sweep config groups only: every job is a family of its own).
+FAMILIES = {
+    "lr_sweep preset": (["experiment=lr_sweep"], [], 3),
+    "groups and values": (["backend=numpy,torch", "lr=0.1,0.2,0.3", "epochs=5"], [], 2),
+    "lists": (["loss=ill_conditioned", "optimizer=nesterov", "x_start=[1,1],[-2,0.5]", "optimizer.momentum=0,0.9"], [], 1),
+    "nested and strings": (["loss=quadratic", "loss.params.a=0.5,2", "mlflow.experiment_name=a,b"], [], 1),
+    "a number then a list": (["x_start=2.5,[1,1]", "dtype=float32,float64"], [], 1),
+    "excluded keys": (["lr=0.1,0.2", "seed=0,1"], ["hydra.job.config.override_dirname.exclude_keys=[seed]"], 1),
+}
+
+
+def sweep_jobs(overrides: list[str], hydra_overrides: list[str] = ()):
+    """The master config of `python -m runner --multirun OVERRIDES` and its jobs' overrides, as
+    the runner's sweeper expands them (a batched preset: one job per batch)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.types import RunMode
+
+    from runner.sweeps import sweep
+
+    loader = GlobalHydra.instance().config_loader()
+    master = loader.load_configuration("config", [*hydra_overrides, *overrides], RunMode.MULTIRUN)
+    params = [f"{key}={value}" for key, value in (master.hydra.sweeper.params or {}).items()]
+    parsed = OverridesParser.create(config_loader=loader).parse_overrides([*params, *overrides])
+    if master.hydra.sweeper.batch:
+        jobs, _ = sweep.batch_jobs(parsed, master.hydra.sweeper.batch, BasicSweeper.split_arguments, None)
+    else:
+        jobs = [job for chunk in BasicSweeper.split_arguments(parsed, None) for job in chunk]
+    return loader, master, jobs
+
+
+@pytest.mark.parametrize("sweep", sorted(FAMILIES))
+def test_a_sweeps_jobs_composed_once_a_family_are_hydras_own(sweep):
+    """`runner.sweeps.compose` against Hydra composing each job whole: the same config, key for key
+    in the same order, the same flags, Hydra's fields included; one whole composition a family."""
+    from omegaconf import OmegaConf
+
+    from runner.sweeps import compose as composing
+
+    overrides, hydra_overrides, families = FAMILIES[sweep]
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        loader, master, jobs = sweep_jobs(overrides, hydra_overrides)
+        composed_whole = []
+
+        class Counting:
+            def load_sweep_config(self, master_config, job):
+                composed_whole.append(job)
+                return loader.load_sweep_config(master_config, job)
+
+        fast = list(composing.jobs(Counting(), master, jobs))
+        assert len(fast) == len(jobs) and len(composed_whole) == families < len(jobs)
+        checked = sorted({0, 1, *range(0, len(jobs), max(1, len(jobs) // 6)), len(jobs) - 1})
+        for job, cfg in ((jobs[i], fast[i]) for i in checked):  # each a whole composition: 0.1 s
+            whole = loader.load_sweep_config(master, list(job))
+            assert OmegaConf.to_yaml(cfg) == OmegaConf.to_yaml(whole), job
+            assert OmegaConf.to_container(cfg) == OmegaConf.to_container(whole), job
+            assert (OmegaConf.is_struct(cfg), OmegaConf.is_readonly(cfg.hydra)) == (True, False)
+
+
+def test_a_bad_value_in_a_later_job_gets_hydras_own_message():
+    from runner.sweeps import compose as composing
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        loader, master, _ = sweep_jobs(["lr=0.1"])
+        fast = composing.jobs(loader, master, [["lr=0.1"], ["lr=abc"]])
+        assert next(fast).lr == 0.1
+        with pytest.raises(ConfigCompositionException, match="Error merging override lr=abc") as raised:
+            next(fast)
+        assert "could not be converted to Float" in str(raised.value.__cause__)
+
+
 def test_conf_config_yaml_is_the_one_place_of_the_defaults():
     """The schema types the settings and sets none of them; conf/config.yaml sets them all, and a
     config recorded before a key existed (re-run months later) is completed from it."""

@@ -34,7 +34,7 @@ from runner import app, job, report
 from runner.errors import FAILED, FINISHED, KILLED, RUNNING, ConfigError, JobLost, one_line
 from runner.problem import from_config
 from runner.records import batch_report, provenance
-from runner.sweeps import points
+from runner.sweeps import compose, points
 
 log = logging.getLogger("runner")
 
@@ -90,7 +90,8 @@ def batch_jobs(overrides: Sequence[Any], setting: Any, split_arguments: Any, pru
 
 def check_jobs(config_loader: Any, sweep_config: DictConfig, jobs: Sequence[Sequence[str]],
                labels: Optional[Sequence[str]] = None) -> list[DictConfig]:
-    """Every job's composed config, each checked; a ConfigError names the job and the key.
+    """Every job's composed config (`runner.sweeps.compose`), each checked; a ConfigError names
+    the job and the key.
 
     An unreachable tracking server is reported first, before any framework is imported.
     """
@@ -98,12 +99,11 @@ def check_jobs(config_loader: Any, sweep_config: DictConfig, jobs: Sequence[Sequ
 
     tracking.check_reachable(tracking.tracking_uri(sweep_config.mlflow.tracking_uri, Path.cwd()))
     configs = []
-    for number, overrides in enumerate(jobs):
-        cfg = config_loader.load_sweep_config(sweep_config, list(overrides))
+    for number, cfg in enumerate(compose.jobs(config_loader, sweep_config, jobs)):
         try:
             from_config(cfg)
         except ConfigError as error:
-            what = labels[number] if labels else " ".join(overrides)
+            what = labels[number] if labels else " ".join(jobs[number])
             raise ConfigError(f"job #{number} ({what}): {error}") from None
         configs.append(cfg)
     return configs
