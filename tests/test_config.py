@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from conftest import BACKENDS, composed
-from hydra import compose, initialize_config_dir
+from hydra import initialize_config_dir
 from hydra.errors import ConfigCompositionException
 
 from runner.__main__ import hydra_argv
@@ -133,6 +133,29 @@ def sweep_values(text: str) -> list:
     return list(override.sweep_iterator()) if override.is_sweep_override() else [override.value()]
 
 
+def sweep_jobs(overrides: list[str], hydra_overrides: list[str] = ()):
+    """The master config of `python -m runner --multirun OVERRIDES` and its jobs' overrides, as
+    the runner's sweeper expands them (a batched preset: one job per batch)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.types import RunMode
+
+    from runner.sweeps import sweep
+
+    loader = GlobalHydra.instance().config_loader()
+    master = loader.load_configuration("config", [*hydra_overrides, *overrides], RunMode.MULTIRUN)
+    params = [f"{key}={value}" for key, value in (master.hydra.sweeper.params or {}).items()]
+    parsed = OverridesParser.create(config_loader=loader).parse_overrides([*params, *overrides])
+    if master.hydra.sweeper.search.n_trials:  # a search: its trials come from Optuna, one by one
+        jobs = []
+    elif master.hydra.sweeper.batch:
+        jobs, _ = sweep.batch_jobs(parsed, master.hydra.sweeper.batch, BasicSweeper.split_arguments, None)
+    else:
+        jobs = [job for chunk in BasicSweeper.split_arguments(parsed, None) for job in chunk]
+    return loader, master, jobs
+
+
 def test_the_presets_are_these():
     found = sorted(path.stem for path in (Path(CONF_DIR) / "experiment").glob("*.yaml"))
     assert found == sorted(PRESETS)
@@ -141,20 +164,22 @@ def test_the_presets_are_these():
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 def test_every_preset_composes_and_its_corner_jobs_are_valid(preset):
     """Each preset composes, makes as many jobs (or points) as its comment says, and its first
-    and last value of every swept key, in every combination, is a job the runner accepts."""
+    and last value of every swept key, in every combination, is a job the runner accepts: checked
+    as the sweeper checks its jobs before running any (`runner.sweeps.sweep.check_jobs`)."""
     import itertools
 
     from runner.problem import from_config
+    from runner.sweeps import sweep as sweeping
 
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        sweep = compose(config_name="config", overrides=[f"experiment={preset}"], return_hydra_config=True)
+        loader, sweep, _ = sweep_jobs([f"experiment={preset}"])
         params = {key: sweep_values(str(text)) for key, text in (sweep.hydra.sweeper.params or {}).items()}
         search = sweep.hydra.sweeper.get("search") or {}
         count = search.get("n_trials") or math.prod(len(values) for values in params.values())
         assert count == PRESETS[preset]
-        for corner in itertools.product(*([values[0], values[-1]] for values in params.values())):
-            job = compose(config_name="config", overrides=[f"experiment={preset}",
-                                                          *(f"{k}={v}" for k, v in zip(params, corner))])
+        corners = [[*(f"{k}={v}" for k, v in zip(params, corner)), f"experiment={preset}"]
+                   for corner in itertools.product(*([values[0], values[-1]] for values in params.values()))]
+        for job in sweeping.check_jobs(loader, sweep, corners):
             problem, _, engine, grid = from_config(job)
             assert grid is None and problem.points == 1
 
@@ -171,27 +196,6 @@ FAMILIES = {
     "a number then a list": (["x_start=2.5,[1,1]", "dtype=float32,float64"], [], 1),
     "excluded keys": (["lr=0.1,0.2", "seed=0,1"], ["hydra.job.config.override_dirname.exclude_keys=[seed]"], 1),
 }
-
-
-def sweep_jobs(overrides: list[str], hydra_overrides: list[str] = ()):
-    """The master config of `python -m runner --multirun OVERRIDES` and its jobs' overrides, as
-    the runner's sweeper expands them (a batched preset: one job per batch)."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.types import RunMode
-
-    from runner.sweeps import sweep
-
-    loader = GlobalHydra.instance().config_loader()
-    master = loader.load_configuration("config", [*hydra_overrides, *overrides], RunMode.MULTIRUN)
-    params = [f"{key}={value}" for key, value in (master.hydra.sweeper.params or {}).items()]
-    parsed = OverridesParser.create(config_loader=loader).parse_overrides([*params, *overrides])
-    if master.hydra.sweeper.batch:
-        jobs, _ = sweep.batch_jobs(parsed, master.hydra.sweeper.batch, BasicSweeper.split_arguments, None)
-    else:
-        jobs = [job for chunk in BasicSweeper.split_arguments(parsed, None) for job in chunk]
-    return loader, master, jobs
 
 
 @pytest.mark.parametrize("sweep", sorted(FAMILIES))
