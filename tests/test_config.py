@@ -145,6 +145,7 @@ def sweep_jobs(overrides: list[str], hydra_overrides: list[str] = ()):
 
     loader = GlobalHydra.instance().config_loader()
     master = loader.load_configuration("config", [*hydra_overrides, *overrides], RunMode.MULTIRUN)
+    assert master.hydra.sweep.dir  # resolved (its ${now:}) before any job, as the sweeper does
     params = [f"{key}={value}" for key, value in (master.hydra.sweeper.params or {}).items()]
     parsed = OverridesParser.create(config_loader=loader).parse_overrides([*params, *overrides])
     if master.hydra.sweeper.search.n_trials:  # a search: its trials come from Optuna, one by one
@@ -218,12 +219,14 @@ def test_a_sweeps_jobs_composed_once_a_family_are_hydras_own(sweep):
 
         fast = list(composing.jobs(Counting(), master, jobs))
         assert len(fast) == len(jobs) and len(composed_whole) == families < len(jobs)
-        checked = sorted({0, 1, *range(0, len(jobs), max(1, len(jobs) // 6)), len(jobs) - 1})
-        for job, cfg in ((jobs[i], fast[i]) for i in checked):  # each a whole composition: 0.1 s
+        derived = [i for i, job in enumerate(jobs) if job not in composed_whole]
+        for i in derived[:: max(1, len(derived) // 4)] + derived[-1:]:  # each a whole composition: 0.1 s
+            job, cfg = jobs[i], fast[i]
             whole = loader.load_sweep_config(master, list(job))
             assert OmegaConf.to_yaml(cfg) == OmegaConf.to_yaml(whole), job
             assert OmegaConf.to_container(cfg) == OmegaConf.to_container(whole), job
             assert (OmegaConf.is_struct(cfg), OmegaConf.is_readonly(cfg.hydra)) == (True, False)
+            assert cfg.hydra.sweep.dir == master.hydra.sweep.dir  # the sweep's one folder
 
 
 def test_a_bad_value_in_a_later_job_gets_hydras_own_message():
