@@ -137,10 +137,10 @@ class RunnerSweeper(BasicSweeper):
         if cluster.is_submitit(self.launcher):
             results = cluster.launch(self.launcher, jobs, initial_job_idx)
         elif workers.is_joblib(self.launcher):
-            results = workers.launch(self.launcher, jobs, initial_job_idx, on_stopped=lambda number, why: (
+            results = workers.launch(self.launcher, jobs, initial_job_idx, configs, on_stopped=lambda number, why: (
                 parent.store.stop_job(parent.run_id, number, why)))
         elif workers.is_ray(self.launcher):
-            results = workers.launch_ray(self.launcher, jobs, initial_job_idx)
+            results = workers.launch_ray(self.launcher, jobs, initial_job_idx, configs)
         else:
             results = list(self.launcher.launch(jobs, initial_job_idx=initial_job_idx))
         sweep.record_lost_jobs(parent, list(zip(range(initial_job_idx, initial_job_idx + len(jobs)), configs)), results)

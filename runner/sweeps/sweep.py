@@ -175,8 +175,9 @@ class ComposedOnce:
     """A config loader that hands each job the config `check_jobs` already composed for it.
 
     Hydra composes every job's config again when launching it, which costs more than a short
-    job's own work; for an in-process launcher this halves that. Each config is handed
-    out once, as a fresh composition would be; anything else goes to the real loader.
+    job's own work. An in-process launcher gets one for every job; a joblib worker one for its
+    job, pickled with it. Each config is handed out once, as a fresh composition would be;
+    anything else goes to the real loader.
     """
 
     def __init__(self, loader: Any, jobs: Sequence[Sequence[str]], configs: Sequence[DictConfig]) -> None:
@@ -188,6 +189,8 @@ class ComposedOnce:
         return cfg if cfg is not None else self._loader.load_sweep_config(master_config, sweep_overrides)
 
     def __getattr__(self, name: str) -> Any:
+        if name in ("_loader", "_composed") or name.startswith("__"):  # not set yet: being unpickled in a worker
+            raise AttributeError(name)
         return getattr(self._loader, name)
 
 

@@ -25,11 +25,14 @@ comes, and when the pool breaks:
 
 from __future__ import annotations
 
+import copy
 import logging
 import re
 import shutil
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
+
+from omegaconf import DictConfig
 
 from runner.errors import JobLost
 from runner.job import job_return
@@ -51,10 +54,11 @@ def is_ray(launcher: Any) -> bool:
     return type(launcher).__name__ == "RayLauncher"
 
 
-def launch_ray(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[Any]:
+def launch_ray(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int,
+               configs: Sequence[DictConfig]) -> list[Any]:
     """Hydra's `RayLauncher.launch`, each job's result taken on its own: a JobReturn per job,
     FAILED with a `WorkerDied` (or, for another of Ray's errors, a `JobLost` saying it) for a job
-    whose worker did not return."""
+    whose worker did not return. `configs`: each job's, as the sweep composed it to check it."""
     # Ray and its launcher live in an environment of their own (`make ray-env`): imported here.
     import ray
     from hydra.core.singleton import Singleton
@@ -71,9 +75,9 @@ def launch_ray(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_jo
     launcher.ray_cfg.init.setdefault("object_store_memory", 78643200)
     start_ray(launcher.ray_cfg.init)
     running = []
-    for number, overrides in enumerate(job_overrides, start=initial_job_idx):
+    for number, (overrides, composed) in enumerate(zip(job_overrides, configs, strict=True), start=initial_job_idx):
         log.info("\t#%d : %s", number, " ".join(filter_overrides(overrides)))
-        sweep_config = launcher.hydra_context.config_loader.load_sweep_config(launcher.config, list(overrides))
+        sweep_config = copy.deepcopy(composed)  # the sweep's own stays as it checked it
         with open_dict(sweep_config):
             sweep_config.hydra.job.id = f"job_id_for_{number}"
             sweep_config.hydra.job.num = number
@@ -94,7 +98,7 @@ def launch_ray(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_jo
     return returns
 
 
-def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int,
+def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int, configs: Sequence[DictConfig],
            on_stopped: Callable[[int, str], Optional[float]]) -> list[Any]:
     """Hydra's `JoblibLauncher.launch`, surviving dead workers: a JobReturn per job, FAILED with
     a `WorkerDied` for a job whose process died. `on_stopped(number, reason)` is told of each job
@@ -102,7 +106,10 @@ def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
     FINISHED, else None (and ends the run KILLED with `reason`), and the job runs again."""
     from hydra.core.singleton import Singleton
     from hydra.core.utils import configure_log, filter_overrides, setup_globals
+    from hydra.types import HydraContext
     from hydra_plugins.hydra_joblib_launcher._core import process_joblib_cfg
+
+    from runner.sweeps.sweep import ComposedOnce
     from joblib import Parallel, delayed
     from joblib.externals.loky import get_reusable_executor
     from joblib.externals.loky.process_executor import TerminatedWorkerError
@@ -123,7 +130,10 @@ def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
     state = Singleton.get_state()
 
     def call(i: int) -> Any:
-        return delayed(_execute)(str(started), initial_job_idx + i, job_overrides[i], launcher.hydra_context,
+        # The job's config as the sweep composed it to check it: the worker need not compose it again.
+        context = HydraContext(config_loader=ComposedOnce(launcher.hydra_context.config_loader, [job_overrides[i]],
+                                                          [configs[i]]), callbacks=launcher.hydra_context.callbacks)
+        return delayed(_execute)(str(started), initial_job_idx + i, job_overrides[i], context,
                                  launcher.config, launcher.task_function, state)
 
     returns: dict[int, Any] = {}
