@@ -23,10 +23,13 @@ def status(store, run_id):
 
 def test_a_run_that_ends_normally_is_finished(store):
     with store.run("ok", tags={"backend": "numpy"}) as run_id:
-        store.log_trajectory(run_id, Trajectory(np.arange(2500.0), np.zeros(2500), np.ones(2500), "cpu"))
+        store.log_outputs(run_id, {"final_loss": 0.0}, {"outcome": "converged"},
+                          Trajectory(np.arange(2500.0), np.zeros(2500), np.ones(2500), "cpu"))
     assert status(store, run_id) == "FINISHED"
     history = store.client.get_metric_history(run_id, "x")
     assert sorted(m.step for m in history) == list(range(2500))  # 7500 values, several batches
+    run = store.client.get_run(run_id)
+    assert run.data.metrics["final_loss"] == 0.0 and run.data.tags["outcome"] == "converged"
 
 
 def test_an_error_fails_the_run_and_attaches_the_error(store):
@@ -49,8 +52,8 @@ def test_an_interrupt_kills_the_run(store, interrupt):
 
 def test_nan_is_kept_and_inf_is_clamped(store):
     with store.run("nan", tags={}) as run_id:
-        store.log_trajectory(run_id, Trajectory(np.array([1.0, np.nan]), np.array([1.0, np.inf]),
-                                                np.array([1.0, -np.inf]), "cpu"))
+        store.log_outputs(run_id, {}, {}, Trajectory(np.array([1.0, np.nan]), np.array([1.0, np.inf]),
+                                                     np.array([1.0, -np.inf]), "cpu"))
     x = {m.step: m.value for m in store.client.get_metric_history(run_id, "x")}
     loss = {m.step: m.value for m in store.client.get_metric_history(run_id, "loss")}
     assert np.isnan(x[1]) and loss[1] > 1e308
@@ -65,7 +68,7 @@ def test_a_long_run_logs_an_even_stride_with_the_first_and_last_step(store):
     n = 100_001
     trajectory = Trajectory(np.arange(n, dtype=float), np.zeros(n), np.ones(n), "cpu")
     with store.run("long", tags={}) as run_id:
-        store.log_trajectory(run_id, trajectory, max_steps=1001)
+        store.log_outputs(run_id, {}, {}, trajectory, max_steps=1001)
     steps = sorted(m.step for m in store.client.get_metric_history(run_id, "x"))
     assert len(steps) == 1001 and steps[0] == 0 and steps[-1] == n - 1
     assert set(np.diff(steps)) == {100}

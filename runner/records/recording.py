@@ -58,12 +58,8 @@ def descend_and_record(store: Any, run_id: str, cfg: DictConfig, problem: engine
     result, wall_time = timed(problem, engine, loop, None if job.in_launcher_process(hydra_cfg) else label)
     log.debug("descent: %d rows of %d point(s) in %.3f s", len(result.loss), problem.points, wall_time)
     records = outputs(cfg, problem, grid, result, wall_time, hydra_cfg)
-    if records.trajectory is not None:
-        store.log_trajectory(run_id, records.trajectory, cfg.mlflow.max_logged_steps)
-    store.log_metrics(run_id, {**records.metrics, "wall_time_s": wall_time})
-    store.set_tags(run_id, records.tags)
-    for name, values in records.series.items():
-        store.log_series(run_id, name, values)
+    store.log_outputs(run_id, {**records.metrics, "wall_time_s": wall_time}, records.tags, records.trajectory,
+                      cfg.mlflow.max_logged_steps, records.series)
     for name, columns in records.tables.items():
         store.log_table(run_id, columns, name)
     for line in records.lines:

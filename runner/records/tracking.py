@@ -148,30 +148,34 @@ class Store:
     def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
         self.client.log_batch(run_id, tags=[RunTag(key, str(value)) for key, value in tags.items()])
 
-    def log_trajectory(self, run_id: str, trajectory: Trajectory, max_steps: Optional[int] = None) -> None:
-        """Every series of `trajectory.columns()` at the steps `logged_steps` picks, in batches of
-        MLflow's maximum size (its SQL store takes about 0.2 ms a value even so)."""
+    def log_outputs(self, run_id: str, metrics: Mapping[str, float], tags: Mapping[str, str],
+                    trajectory: Optional[Trajectory] = None, max_steps: Optional[int] = None,
+                    series: Optional[Mapping[str, np.ndarray]] = None) -> None:
+        """A job's outputs: every series of `trajectory.columns()` at the steps `logged_steps`
+        picks, each of `series` at steps 0, 1, 2, ..., then the single values `metrics` (at step
+        0) and the `tags`. In as few `log_batch` calls as MLflow takes, 1,000 values a call (its
+        SQL store takes about 0.2 ms a value even so; each call is one transaction): one for most
+        runs. The summary and the tags go in the last, so that a run tagged with its outcome has
+        its whole record."""
         now = int(time.time() * 1000)
-        metrics = [
+        values = [] if trajectory is None else [
             Metric(name, value, now, step)
-            for name, (steps, values) in logged_series(trajectory, max_steps).items()
-            for step, value in zip(steps.tolist(), values.tolist())
+            for name, (steps, logged) in logged_series(trajectory, max_steps).items()
+            for step, value in zip(steps.tolist(), logged.tolist())
         ]
-        self._log_metrics(run_id, metrics)
+        values += [Metric(name, float(v), now, step) for name, history in (series or {}).items()
+                   for step, v in enumerate(history.tolist())]
+        values += [Metric(k, float(v), now, 0) for k, v in metrics.items()]
+        run_tags = [RunTag(key, str(value)) for key, value in tags.items()]
+        last = max(0, len(values) - (METRICS_PER_BATCH - len(run_tags)))
+        for start in range(0, last, METRICS_PER_BATCH):
+            self.client.log_batch(run_id, metrics=values[start : min(start + METRICS_PER_BATCH, last)])
+        if values[last:] or run_tags:
+            self.client.log_batch(run_id, metrics=values[last:], tags=run_tags)
 
     def log_metrics(self, run_id: str, values: Mapping[str, float]) -> None:
         """Single values (a summary), at step 0."""
-        now = int(time.time() * 1000)
-        self._log_metrics(run_id, [Metric(k, float(v), now, 0) for k, v in values.items()])
-
-    def _log_metrics(self, run_id: str, metrics: list[Metric]) -> None:
-        for start in range(0, len(metrics), METRICS_PER_BATCH):
-            self.client.log_batch(run_id, metrics=metrics[start : start + METRICS_PER_BATCH])
-
-    def log_series(self, run_id: str, name: str, values: np.ndarray) -> None:
-        """A metric's values at steps 0, 1, 2, ... (one step per entry)."""
-        now = int(time.time() * 1000)
-        self._log_metrics(run_id, [Metric(name, float(v), now, step) for step, v in enumerate(values.tolist())])
+        self.log_outputs(run_id, values, {})
 
     def log_table(self, run_id: str, columns: Mapping[str, list], artifact_file: str) -> None:
         """A table as the MLflow UI shows one (`mlflow.log_table`). It needs pandas, which MLflow's
