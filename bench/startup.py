@@ -43,27 +43,35 @@ def timed(code: str, overrides: list[str], folder: Path) -> tuple[float, float]:
     return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
+def compare(variants: dict[str, str], overrides: list[str], repeats: int) -> None:
+    """Each variant's code run with `overrides` `repeats` times, taking turns, in a temporary folder
+    with its own store; prints each one's median wall and CPU seconds, and the first against the
+    second as ratios."""
+    folder = Path(tempfile.mkdtemp(prefix="bench"))
+    first, second = variants
+    try:
+        timed(variants[first], ["epochs=1"], folder)  # the store's migrations, once, uncounted
+        times: dict[str, list[tuple[float, float]]] = {name: [] for name in variants}
+        for _ in range(repeats):
+            for name, code in variants.items():
+                times[name].append(timed(code, overrides, folder))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    median = {name: (statistics.median(w for w, _ in runs), statistics.median(c for _, c in runs))
+              for name, runs in times.items()}
+    print(f"python -m runner {' '.join(overrides)}, {repeats} runs each (median)")
+    for name, (wall, cpu) in median.items():
+        print(f"  {name:13}  wall {wall:.2f} s  CPU {cpu:.2f} s")
+    (wall, cpu), (base_wall, base_cpu) = median[first], median[second]
+    print(f"  {first} / {second}: wall {wall / base_wall:.2f}, CPU {cpu / base_cpu:.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=8)
     parser.add_argument("overrides", nargs="*", default=["epochs=3"])
     args = parser.parse_args()
-    folder = Path(tempfile.mkdtemp(prefix="startup"))
-    try:
-        timed(VARIANTS["runner"], args.overrides, folder)  # the store's migrations, once, uncounted
-        times: dict[str, list[tuple[float, float]]] = {name: [] for name in VARIANTS}
-        for _ in range(args.repeats):
-            for name, code in VARIANTS.items():
-                times[name].append(timed(code, args.overrides, folder))
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-    median = {name: (statistics.median(w for w, _ in runs), statistics.median(c for _, c in runs))
-              for name, runs in times.items()}
-    print(f"python -m runner {' '.join(args.overrides)}, {args.repeats} runs each (median)")
-    for name, (wall, cpu) in median.items():
-        print(f"  {name:8}  wall {wall:.2f} s  CPU {cpu:.2f} s")
-    (wall, cpu), (base_wall, base_cpu) = median["runner"], median["defaults"]
-    print(f"  runner / defaults: wall {wall / base_wall:.2f}, CPU {cpu / base_cpu:.2f}")
+    compare(VARIANTS, args.overrides, args.repeats)
 
 
 if __name__ == "__main__":
