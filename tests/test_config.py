@@ -163,10 +163,11 @@ def test_the_presets_are_these():
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
-def test_every_preset_composes_and_its_corner_jobs_are_valid(preset):
+def test_every_preset_composes_and_its_corner_jobs_are_valid(preset, monkeypatch):
     """Each preset composes, makes as many jobs (or points) as its comment says, and its first
     and last value of every swept key, in every combination, is a job the runner accepts: checked
     as the sweeper checks its jobs before running any (`runner.sweeps.sweep.check_jobs`)."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # check_jobs probes a server's: none here
     import itertools
 
     from runner.problem import from_config
